@@ -1,0 +1,75 @@
+//! The coordinator's one error type, and its one mapping to gRPC status codes.
+
+use std::path::PathBuf;
+
+use crate::sweep::Diagnostics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The sweep file has problems; every one is listed.
+    #[error("{0}")]
+    Sweep(Diagnostics),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing {path}: {source}")]
+    Parquet {
+        path: PathBuf,
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+    #[error("building a results table: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("unknown worker `{0}`: register first (the coordinator may have restarted)")]
+    UnknownWorker(String),
+    #[error("unknown trial `{0}`")]
+    UnknownTrial(String),
+    #[error("trial {trial} attempt {attempt} is not leased to worker {worker}")]
+    NotLeased {
+        trial: String,
+        attempt: u32,
+        worker: String,
+    },
+    #[error("metric batch {got} of trial {trial} arrived while batch {expected} was due")]
+    OutOfOrder { trial: String, expected: u64, got: u64 },
+    #[error("worker version {worker} does not match coordinator version {coordinator}")]
+    VersionMismatch { worker: String, coordinator: String },
+    #[error("invalid request: {0}")]
+    InvalidArgument(String),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> tonic::Status {
+        use tonic::Code;
+        let code = match &e {
+            Error::UnknownWorker(_) | Error::UnknownTrial(_) => Code::NotFound,
+            Error::NotLeased { .. } | Error::OutOfOrder { .. } | Error::VersionMismatch { .. } => {
+                Code::FailedPrecondition
+            }
+            Error::InvalidArgument(_) | Error::Sweep(_) => Code::InvalidArgument,
+            Error::Refused(_) => Code::FailedPrecondition,
+            Error::Io { .. } | Error::Parquet { .. } | Error::Arrow(_) | Error::Transport(_) => {
+                Code::Internal
+            }
+        };
+        tonic::Status::new(code, e.to_string())
+    }
+}

@@ -1,0 +1,228 @@
+//! `bnsweep`: validate a sweep file, run it on this machine, or serve it to remote workers.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use bnsweep::local::{self, LocalWorkers};
+use bnsweep::results::ResultsDir;
+use bnsweep::scheduler::Policy;
+use bnsweep::sweep::{self, Sweep};
+use bnsweep::{server, Error};
+
+#[derive(Parser)]
+#[command(
+    name = "bnsweep",
+    version,
+    about = "Sweeps over learning rate, BatchNorm, noise and seeds, trained by bnsweep-worker processes",
+    long_about = "bnsweep reads a YAML sweep file, expands it into trials, hands the trials to \
+                  bnsweep-worker processes over gRPC and writes every metric to Parquet.\n\n\
+                  Sweep files: docs/sweep-file.md. Results: docs/results.md."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a sweep file and print its trials; runs nothing.
+    ///
+    /// Every problem is printed as FILE:LINE:COL: FIELD: MESSAGE and the exit status is 2.
+    Validate {
+        /// The sweep file (YAML).
+        file: PathBuf,
+    },
+    /// Run a sweep on this machine: a coordinator on loopback and local worker processes.
+    ///
+    /// Exits 0 once every trial is completed or diverged, 1 if any trial failed.
+    Run {
+        /// The sweep file (YAML).
+        file: PathBuf,
+        /// Results directory (must not hold files yet). Default: results/<sweep name>.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Number of local worker processes, each running one trial at a time.
+        #[arg(long, default_value_t = 2)]
+        workers: u32,
+        /// Device for every worker: cpu, cuda or cuda:N. Default: CUDA when available.
+        #[arg(long)]
+        device: Option<String>,
+        /// CPU threads per worker for libtorch. Default: the machine's cores / workers.
+        #[arg(long)]
+        threads: Option<u32>,
+    },
+    /// Serve a sweep to bnsweep-worker processes on other machines.
+    ///
+    /// Start workers with `bnsweep-worker --coordinator http://HOST:PORT`. Exits once every
+    /// trial is final.
+    Serve {
+        /// The sweep file (YAML).
+        file: PathBuf,
+        /// Address to listen on, e.g. 0.0.0.0:50051 (all interfaces) or 127.0.0.1:50051.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Results directory (must not hold files yet).
+        #[arg(long)]
+        out: PathBuf,
+        /// Seconds without a poll after which a worker is lost and its trials are re-queued.
+        #[arg(long, default_value_t = 30)]
+        worker_timeout: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BNSWEEP_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate { file } => validate(&file),
+        Command::Run { file, out, workers, device, threads } => run(&file, out, workers, device, threads),
+        Command::Serve { file, listen, out, worker_timeout } => serve(&file, listen, &out, worker_timeout),
+    };
+    match result {
+        Ok(code) => code,
+        Err(Error::Sweep(diags)) => {
+            eprintln!("{diags}");
+            eprintln!("{} problem(s) in {}; nothing was run", diags.items.len(), diags.file);
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(file: &Path) -> Result<Sweep, Error> {
+    let sweep = Sweep::load(file).map_err(Error::Sweep)?;
+    for w in &sweep.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(sweep)
+}
+
+fn validate(file: &Path) -> Result<ExitCode, Error> {
+    let sweep = load(file)?;
+    for problem in sweep::missing_dataset_dirs(&sweep) {
+        eprintln!(
+            "warning: {}: {problem} on this machine (fine if the workers run elsewhere and have it)",
+            file.display()
+        );
+    }
+    let cols = sweep.param_columns();
+    let mut table: Vec<Vec<String>> = vec![std::iter::once("trial_id".to_string())
+        .chain(cols.iter().map(|c| c.0.clone()))
+        .collect()];
+    for t in &sweep.trials {
+        let mut row = vec![t.id.clone()];
+        for (_, _, field) in &cols {
+            row.push(if *field == "seed" { t.config.seed.to_string() } else { t.config.get(field).to_string() });
+        }
+        table.push(row);
+    }
+    let widths: Vec<usize> = (0..table[0].len()).map(|c| table.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+    for row in &table {
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
+    println!("{} trials", sweep.trials.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("tokio runtime", e))
+}
+
+fn report(summary: &server::Summary, out: &Path) -> ExitCode {
+    let p = &summary.progress;
+    println!(
+        "{} trials in {}: {} completed, {} diverged, {} failed",
+        p.total,
+        bnsweep::progress::human(summary.elapsed),
+        p.completed,
+        p.diverged,
+        p.failed
+    );
+    println!("results: {}", out.display());
+    if p.failed > 0 {
+        eprintln!("{} trial(s) failed; their errors are in {}/trials.parquet", p.failed, out.display());
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn run(file: &Path, out: Option<PathBuf>, workers: u32, device: Option<String>, threads: Option<u32>) -> Result<ExitCode, Error> {
+    let sweep = load(file)?;
+    let missing = sweep::missing_dataset_dirs(&sweep);
+    if !missing.is_empty() {
+        return Err(Error::Refused(format!(
+            "{}: {} (see docs/sweep-file.md for how to get CIFAR-10)",
+            file.display(),
+            missing.join("; ")
+        )));
+    }
+    if workers == 0 {
+        return Err(Error::Refused("--workers must be at least 1".into()));
+    }
+    let out = out.unwrap_or_else(|| Path::new("results").join(&sweep.name));
+    let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let spec = LocalWorkers {
+        count: workers.min(sweep.trials.len().max(1) as u32),
+        device,
+        threads: threads.unwrap_or((cores / workers).max(1)),
+        binary: local::find_worker_binary(),
+    };
+    let results = ResultsDir::create(&out, &sweep)?;
+    eprintln!(
+        "bnsweep: sweep `{}`: {} trials on {} local worker(s); results in {}",
+        sweep.name,
+        sweep.trials.len(),
+        spec.count,
+        out.display()
+    );
+    let rt = runtime()?;
+    let summary = rt.block_on(async {
+        let listener = server::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let addr = listener.local_addr().map_err(|e| Error::io("listener", e))?;
+        let children = local::spawn(&spec, &format!("http://{addr}"), &results.logs_dir())?;
+        let policy = Policy {
+            poll_interval: Duration::from_millis(200),
+            ..Policy::default()
+        };
+        server::run_sweep(&sweep, results, listener, policy, children).await
+    })?;
+    Ok(report(&summary, &out))
+}
+
+fn serve(file: &Path, listen: SocketAddr, out: &Path, worker_timeout: u64) -> Result<ExitCode, Error> {
+    let sweep = load(file)?;
+    let results = ResultsDir::create(out, &sweep)?;
+    let rt = runtime()?;
+    let summary = rt.block_on(async {
+        let listener = server::bind(listen).await?;
+        let addr = listener.local_addr().map_err(|e| Error::io("listener", e))?;
+        eprintln!(
+            "bnsweep: serving sweep `{}` ({} trials) on {addr}; start workers with `bnsweep-worker --coordinator http://{addr}`",
+            sweep.name,
+            sweep.trials.len()
+        );
+        let policy = Policy {
+            worker_timeout: Duration::from_secs(worker_timeout.max(1)),
+            ..Policy::default()
+        };
+        server::run_sweep(&sweep, results, listener, policy, Vec::new()).await
+    })?;
+    Ok(report(&summary, out))
+}

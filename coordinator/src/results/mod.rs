@@ -1,0 +1,90 @@
+//! The results directory, the public contract of bnsweep (docs/results.md):
+//!
+//! ```text
+//! DIR/sweep.yaml               the sweep file as submitted
+//! DIR/trials.parquet           one row per trial
+//! DIR/train/<trial_id>.parquet one row per training step
+//! DIR/eval/<trial_id>.parquet  one row per evaluation
+//! DIR/logs/                    logs of the local workers (`bnsweep run`)
+//! ```
+//!
+//! Every file appears whole or not at all: it is written under a temporary name and renamed.
+
+mod tables;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::scheduler::{AttemptRows, TrialRecord};
+use crate::sweep::Sweep;
+
+pub use tables::{read_row_count, ParamColumn};
+
+/// Writes one sweep's results.
+pub struct ResultsDir {
+    dir: PathBuf,
+    params: Vec<ParamColumn>,
+}
+
+impl ResultsDir {
+    /// Creates the directory and writes `sweep.yaml`. An existing directory holding files is
+    /// refused, so that no earlier results are overwritten.
+    pub fn create(dir: &Path, sweep: &Sweep) -> Result<ResultsDir> {
+        if dir.exists() {
+            let mut entries = fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+            if entries.next().is_some() {
+                return Err(Error::Refused(format!(
+                    "{} already exists and is not empty; pass another --out, or remove it first",
+                    dir.display()
+                )));
+            }
+        }
+        for sub in ["", "train", "eval", "logs"] {
+            let d = dir.join(sub);
+            fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+        }
+        let results = ResultsDir {
+            dir: dir.to_path_buf(),
+            params: tables::param_columns(sweep),
+        };
+        write_atomic(&dir.join("sweep.yaml"), sweep.source.as_bytes())?;
+        Ok(results)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn logs_dir(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+
+    /// Writes the train and eval tables of a trial that has ended.
+    pub fn write_trial(&self, record: &TrialRecord, rows: &AttemptRows) -> Result<()> {
+        let id = &record.trial.id;
+        let train = tables::train_batch(&self.params, record, &rows.train)?;
+        tables::write_parquet(&self.dir.join("train").join(format!("{id}.parquet")), &train)?;
+        let eval = tables::eval_batch(&self.params, record, &rows.eval)?;
+        tables::write_parquet(&self.dir.join("eval").join(format!("{id}.parquet")), &eval)
+    }
+
+    /// Rewrites `trials.parquet` from the records.
+    pub fn write_trials(&self, records: &[TrialRecord]) -> Result<()> {
+        let batch = tables::trials_batch(&self.params, records)?;
+        tables::write_parquet(&self.dir.join("trials.parquet"), &batch)
+    }
+}
+
+/// Writes a file under a temporary name in the same directory, then renames it into place.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp_path(path);
+    fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
+}

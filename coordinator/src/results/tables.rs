@@ -1,0 +1,204 @@
+//! Arrow tables of the results and their Parquet files.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arrow_array::builder::{BooleanBuilder, Float64Builder, Int64Builder, StringBuilder};
+use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use bnsweep_proto as pb;
+
+use crate::error::{Error, Result};
+use crate::scheduler::TrialRecord;
+use crate::sweep::config::Kind;
+use crate::sweep::{ParamValue, Sweep};
+
+/// A swept parameter as a column: its name in the results, its type, its field path.
+#[derive(Debug, Clone)]
+pub struct ParamColumn {
+    pub name: String,
+    pub kind: Kind,
+    pub field: &'static str,
+}
+
+pub fn param_columns(sweep: &Sweep) -> Vec<ParamColumn> {
+    sweep
+        .param_columns()
+        .into_iter()
+        .map(|(name, kind, field)| ParamColumn { name, kind, field })
+        .collect()
+}
+
+fn data_type(kind: Kind) -> DataType {
+    match kind {
+        Kind::Float => DataType::Float64,
+        Kind::Int => DataType::Int64,
+        Kind::Bool => DataType::Boolean,
+        Kind::Str => DataType::Utf8,
+    }
+}
+
+fn value(record: &TrialRecord, field: &str) -> ParamValue {
+    if field == "seed" {
+        ParamValue::Int(record.trial.config.seed as i64)
+    } else {
+        record.trial.config.get(field)
+    }
+}
+
+/// One column holding each record's value of a parameter, repeated `repeat(i)` times.
+fn param_array(col: &ParamColumn, records: &[&TrialRecord], repeat: impl Fn(usize) -> usize) -> ArrayRef {
+    let values: Vec<(ParamValue, usize)> = records.iter().enumerate().map(|(i, r)| (value(r, col.field), repeat(i))).collect();
+    match col.kind {
+        Kind::Float => {
+            let mut b = Float64Builder::new();
+            for (v, n) in &values {
+                let ParamValue::Float(x) = v else { unreachable!("typed by the field") };
+                (0..*n).for_each(|_| b.append_value(*x));
+            }
+            Arc::new(b.finish())
+        }
+        Kind::Int => {
+            let mut b = Int64Builder::new();
+            for (v, n) in &values {
+                let ParamValue::Int(x) = v else { unreachable!("typed by the field") };
+                (0..*n).for_each(|_| b.append_value(*x));
+            }
+            Arc::new(b.finish())
+        }
+        Kind::Bool => {
+            let mut b = BooleanBuilder::new();
+            for (v, n) in &values {
+                let ParamValue::Bool(x) = v else { unreachable!("typed by the field") };
+                (0..*n).for_each(|_| b.append_value(*x));
+            }
+            Arc::new(b.finish())
+        }
+        Kind::Str => {
+            let mut b = StringBuilder::new();
+            for (v, n) in &values {
+                let ParamValue::Str(x) = v else { unreachable!("typed by the field") };
+                (0..*n).for_each(|_| b.append_value(x));
+            }
+            Arc::new(b.finish())
+        }
+    }
+}
+
+/// `trial_id` and the parameter columns, each row repeated `n` times, in front of a table.
+fn key_columns(params: &[ParamColumn], record: &TrialRecord, n: usize) -> (Vec<Field>, Vec<ArrayRef>) {
+    let mut fields = vec![Field::new("trial_id", DataType::Utf8, false)];
+    let mut arrays: Vec<ArrayRef> = vec![Arc::new(StringArray::from(vec![record.trial.id.as_str(); n]))];
+    for col in params {
+        fields.push(Field::new(&col.name, data_type(col.kind), false));
+        arrays.push(param_array(col, &[record], |_| n));
+    }
+    (fields, arrays)
+}
+
+pub fn train_batch(params: &[ParamColumn], record: &TrialRecord, rows: &[pb::TrainRow]) -> Result<RecordBatch> {
+    let (mut fields, mut arrays) = key_columns(params, record, rows.len());
+    fields.extend([
+        Field::new("step", DataType::Int64, false),
+        Field::new("epoch", DataType::Int64, false),
+        Field::new("loss", DataType::Float64, false),
+        Field::new("acc", DataType::Float64, false),
+        Field::new("lr", DataType::Float64, false),
+        Field::new("wall_s", DataType::Float64, false),
+    ]);
+    // `lr` is both a parameter and a per-step column; the per-step one wins its name.
+    if let Some(i) = fields[..fields.len() - 6].iter().position(|f| f.name() == "lr") {
+        fields.remove(i);
+        arrays.remove(i);
+    }
+    arrays.extend::<[ArrayRef; 6]>([
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.step as i64))),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| i64::from(r.epoch)))),
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.loss))),
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.acc))),
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.lr))),
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.wall_s))),
+    ]);
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
+}
+
+pub fn eval_batch(params: &[ParamColumn], record: &TrialRecord, rows: &[pb::EvalRow]) -> Result<RecordBatch> {
+    let (mut fields, mut arrays) = key_columns(params, record, rows.len());
+    fields.extend([
+        Field::new("step", DataType::Int64, false),
+        Field::new("test_loss", DataType::Float64, false),
+        Field::new("test_acc", DataType::Float64, false),
+    ]);
+    arrays.extend::<[ArrayRef; 3]>([
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.step as i64))),
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.test_loss))),
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.test_acc))),
+    ]);
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
+}
+
+fn micros(t: Option<SystemTime>) -> Option<i64> {
+    t.map(|t| t.duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0))
+}
+
+pub fn trials_batch(params: &[ParamColumn], records: &[TrialRecord]) -> Result<RecordBatch> {
+    let refs: Vec<&TrialRecord> = records.iter().collect();
+    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    let mut fields = vec![Field::new("trial_id", DataType::Utf8, false)];
+    let mut arrays: Vec<ArrayRef> = vec![Arc::new(StringArray::from_iter_values(records.iter().map(|r| r.trial.id.as_str())))];
+    for col in params {
+        fields.push(Field::new(&col.name, data_type(col.kind), false));
+        arrays.push(param_array(col, &refs, |_| 1));
+    }
+    fields.extend([
+        Field::new("status", DataType::Utf8, false),
+        Field::new("attempts", DataType::Int64, false),
+        Field::new("worker", DataType::Utf8, true),
+        Field::new("device", DataType::Utf8, true),
+        Field::new("started_at", ts.clone(), true),
+        Field::new("ended_at", ts, true),
+        Field::new("final_test_acc", DataType::Float64, true),
+        Field::new("final_train_loss", DataType::Float64, true),
+        Field::new("error", DataType::Utf8, true),
+    ]);
+    arrays.extend::<[ArrayRef; 9]>([
+        Arc::new(StringArray::from_iter_values(records.iter().map(|r| r.status.as_str()))),
+        Arc::new(Int64Array::from_iter_values(records.iter().map(|r| i64::from(r.attempts)))),
+        Arc::new(StringArray::from_iter(records.iter().map(|r| r.worker.as_deref()))),
+        Arc::new(StringArray::from_iter(records.iter().map(|r| r.device.as_deref()))),
+        Arc::new(TimestampMicrosecondArray::from_iter(records.iter().map(|r| micros(r.started_at))).with_timezone("UTC")),
+        Arc::new(TimestampMicrosecondArray::from_iter(records.iter().map(|r| micros(r.ended_at))).with_timezone("UTC")),
+        Arc::new(Float64Array::from_iter(records.iter().map(|r| r.final_test_acc))),
+        Arc::new(Float64Array::from_iter(records.iter().map(|r| r.final_train_loss))),
+        Arc::new(StringArray::from_iter(records.iter().map(|r| r.error.as_deref()))),
+    ]);
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
+}
+
+/// Writes a ZSTD-compressed Parquet file under a temporary name, then renames it into place.
+pub fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<()> {
+    let tmp = super::tmp_path(path);
+    let parquet_err = |source| Error::Parquet { path: path.to_path_buf(), source };
+    let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(parquet_err)?))
+        .build();
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(parquet_err)?;
+    writer.write(batch).map_err(parquet_err)?;
+    writer.close().map_err(parquet_err)?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// Number of rows in a Parquet file (for tests and checks).
+pub fn read_row_count(path: &Path) -> Result<i64> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let reader = SerializedFileReader::new(file).map_err(|source| Error::Parquet { path: path.to_path_buf(), source })?;
+    Ok(reader.metadata().file_metadata().num_rows())
+}

@@ -1,0 +1,415 @@
+//! The sweep's state, changed in this one place: the queue, which worker holds which trial,
+//! the rows each running attempt has sent, and how every trial ended.
+//!
+//! The gRPC handlers check a request, call one method here under a lock, and do any file
+//! writing outside it. Nothing here does I/O.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant, SystemTime};
+
+use bnsweep_proto as pb;
+
+use crate::error::{Error, Result};
+use crate::sweep::{Sweep, Trial};
+
+/// Where a trial stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Queued,
+    Running,
+    Completed,
+    Diverged,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Running => "running",
+            Status::Completed => "completed",
+            Status::Diverged => "diverged",
+            Status::Failed => "failed",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Completed | Status::Diverged | Status::Failed)
+    }
+}
+
+/// One trial's record: what `trials.parquet` holds about it.
+#[derive(Debug, Clone)]
+pub struct TrialRecord {
+    pub trial: Trial,
+    pub status: Status,
+    /// Attempts started so far.
+    pub attempts: u32,
+    pub worker: Option<String>,
+    pub device: Option<String>,
+    pub started_at: Option<SystemTime>,
+    pub ended_at: Option<SystemTime>,
+    pub final_test_acc: Option<f64>,
+    pub final_train_loss: Option<f64>,
+    pub error: Option<String>,
+    /// Last training step reported by the running attempt (progress).
+    pub last_step: u64,
+    /// True once a final trial's files are on disk.
+    pub persisted: bool,
+}
+
+/// The rows one attempt has sent so far.
+#[derive(Debug, Default)]
+pub struct AttemptRows {
+    pub next_seq: u64,
+    pub train: Vec<pb::TrainRow>,
+    pub eval: Vec<pb::EvalRow>,
+}
+
+/// A trial that has just ended: its rows, to be written before it counts as done.
+#[derive(Debug)]
+pub struct Finished {
+    pub index: usize,
+    pub rows: AttemptRows,
+}
+
+struct Worker {
+    host: String,
+    last_seen: Instant,
+    running: Vec<usize>,
+}
+
+/// Counts for the progress display.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Progress {
+    pub total: usize,
+    pub queued: usize,
+    pub running: usize,
+    pub completed: usize,
+    pub diverged: usize,
+    pub failed: usize,
+    /// Fraction of all training steps done, finished trials counting whole.
+    pub fraction: f64,
+    pub workers: usize,
+}
+
+impl Progress {
+    pub fn finished(&self) -> usize {
+        self.completed + self.diverged + self.failed
+    }
+}
+
+/// Rules the scheduler follows.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// A worker not heard from for this long is lost; its trials go back to the queue.
+    pub worker_timeout: Duration,
+    /// Attempts a trial gets when its failures are the infrastructure's.
+    pub max_attempts: u32,
+    pub poll_interval: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            worker_timeout: Duration::from_secs(30),
+            max_attempts: 3,
+            poll_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+pub struct Scheduler {
+    records: Vec<TrialRecord>,
+    by_id: HashMap<String, usize>,
+    queue: VecDeque<usize>,
+    rows: HashMap<usize, AttemptRows>,
+    workers: HashMap<String, Worker>,
+    next_worker: u64,
+    pub policy: Policy,
+}
+
+impl Scheduler {
+    pub fn new(sweep: &Sweep, policy: Policy) -> Scheduler {
+        let records: Vec<TrialRecord> = sweep
+            .trials
+            .iter()
+            .map(|t| TrialRecord {
+                trial: t.clone(),
+                status: Status::Queued,
+                attempts: 0,
+                worker: None,
+                device: None,
+                started_at: None,
+                ended_at: None,
+                final_test_acc: None,
+                final_train_loss: None,
+                error: None,
+                last_step: 0,
+                persisted: false,
+            })
+            .collect();
+        let by_id = records.iter().enumerate().map(|(i, r)| (r.trial.id.clone(), i)).collect();
+        Scheduler {
+            queue: (0..records.len()).collect(),
+            records,
+            by_id,
+            rows: HashMap::new(),
+            workers: HashMap::new(),
+            next_worker: 1,
+            policy,
+        }
+    }
+
+    pub fn records(&self) -> &[TrialRecord] {
+        &self.records
+    }
+
+    pub fn register(&mut self, host: &str, now: Instant) -> String {
+        let id = format!("w{}-{}", self.next_worker, sanitize(host));
+        self.next_worker += 1;
+        self.workers.insert(
+            id.clone(),
+            Worker {
+                host: host.to_string(),
+                last_seen: now,
+                running: Vec::new(),
+            },
+        );
+        id
+    }
+
+    /// Hands out up to `free_slots` queued trials to a worker; also its heartbeat.
+    pub fn poll(&mut self, worker_id: &str, free_slots: u32, now: Instant) -> Result<(Vec<pb::TrialAssignment>, bool)> {
+        let worker = self.workers.get_mut(worker_id).ok_or_else(|| Error::UnknownWorker(worker_id.into()))?;
+        worker.last_seen = now;
+        let mut out = Vec::new();
+        while out.len() < free_slots as usize {
+            let Some(i) = self.queue.pop_front() else { break };
+            let r = &mut self.records[i];
+            r.status = Status::Running;
+            r.attempts += 1;
+            r.worker = Some(worker_id.to_string());
+            r.device = None;
+            r.started_at = Some(SystemTime::now());
+            r.last_step = 0;
+            worker.running.push(i);
+            self.rows.insert(i, AttemptRows::default());
+            out.push(pb::TrialAssignment {
+                trial_id: r.trial.id.clone(),
+                attempt: r.attempts,
+                spec: Some(spec(&r.trial)),
+            });
+        }
+        Ok((out, self.is_done()))
+    }
+
+    /// Looks up the running attempt a worker speaks of.
+    fn leased(&self, worker_id: &str, trial_id: &str, attempt: u32) -> Result<usize> {
+        if !self.workers.contains_key(worker_id) {
+            return Err(Error::UnknownWorker(worker_id.into()));
+        }
+        let &i = self.by_id.get(trial_id).ok_or_else(|| Error::UnknownTrial(trial_id.into()))?;
+        let r = &self.records[i];
+        if r.status != Status::Running || r.attempts != attempt || r.worker.as_deref() != Some(worker_id) {
+            return Err(Error::NotLeased {
+                trial: trial_id.into(),
+                attempt,
+                worker: worker_id.into(),
+            });
+        }
+        Ok(i)
+    }
+
+    /// Takes one batch of rows. A batch seen before is acknowledged and ignored.
+    pub fn metrics(&mut self, batch: pb::MetricsBatch, now: Instant) -> Result<()> {
+        let i = self.leased(&batch.worker_id, &batch.trial_id, batch.attempt)?;
+        if let Some(w) = self.workers.get_mut(&batch.worker_id) {
+            w.last_seen = now;
+        }
+        let rows = self.rows.entry(i).or_default();
+        if batch.seq < rows.next_seq {
+            return Ok(());
+        }
+        if batch.seq > rows.next_seq {
+            return Err(Error::OutOfOrder {
+                trial: batch.trial_id,
+                expected: rows.next_seq,
+                got: batch.seq,
+            });
+        }
+        rows.next_seq += 1;
+        if let Some(last) = batch.train.last() {
+            self.records[i].last_step = last.step;
+        }
+        rows.train.extend(batch.train);
+        rows.eval.extend(batch.eval);
+        Ok(())
+    }
+
+    /// Ends an attempt. Returns the trial's rows when the trial is now final (to be written,
+    /// then confirmed with [`Scheduler::persisted`]); a retryable failure with attempts left
+    /// puts the trial back in the queue instead.
+    pub fn finish(&mut self, outcome: &pb::TrialOutcome, now: Instant) -> Result<Option<Finished>> {
+        let i = self.leased(&outcome.worker_id, &outcome.trial_id, outcome.attempt)?;
+        let rows = self.rows.remove(&i).unwrap_or_default();
+        if outcome.batches_sent != rows.next_seq {
+            // Keep the lease: the worker resends the missing batches, then finishes again.
+            let expected = rows.next_seq;
+            self.rows.insert(i, rows);
+            return Err(Error::OutOfOrder {
+                trial: outcome.trial_id.clone(),
+                expected,
+                got: outcome.batches_sent,
+            });
+        }
+        if let Some(w) = self.workers.get_mut(&outcome.worker_id) {
+            w.last_seen = now;
+            w.running.retain(|&j| j != i);
+        }
+        let status = match pb::TrialStatus::try_from(outcome.status) {
+            Ok(pb::TrialStatus::Completed) => Status::Completed,
+            Ok(pb::TrialStatus::Diverged) => Status::Diverged,
+            Ok(pb::TrialStatus::Failed) => Status::Failed,
+            _ => {
+                return Err(Error::InvalidArgument(format!("trial outcome status {} is not a final status", outcome.status)))
+            }
+        };
+        let max = self.policy.max_attempts;
+        let r = &mut self.records[i];
+        r.device = Some(outcome.device.clone()).filter(|d| !d.is_empty());
+        if status == Status::Failed && outcome.retryable && r.attempts < max {
+            r.status = Status::Queued;
+            r.error = Some(outcome.error.clone());
+            self.queue.push_front(i);
+            return Ok(None);
+        }
+        r.status = status;
+        r.ended_at = Some(SystemTime::now());
+        r.error = Some(outcome.error.clone()).filter(|e| !e.is_empty());
+        r.final_test_acc = rows.eval.last().map(|e| e.test_acc);
+        r.final_train_loss = final_train_loss(&rows.train);
+        Ok(Some(Finished { index: i, rows }))
+    }
+
+    /// Ends a trial whose files could not be written as `failed`, with the reason.
+    pub fn fail_unwritten(&mut self, index: usize, error: String) {
+        let r = &mut self.records[index];
+        r.status = Status::Failed;
+        r.error = Some(error);
+    }
+
+    /// Marks a final trial's files as written.
+    pub fn persisted(&mut self, index: usize) {
+        self.records[index].persisted = true;
+    }
+
+    /// Declares workers not heard from within the timeout lost and re-queues their trials.
+    /// Returns what happened, for the log.
+    pub fn expire(&mut self, now: Instant) -> Vec<String> {
+        let timeout = self.policy.worker_timeout;
+        let lost: Vec<String> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| now.duration_since(w.last_seen) > timeout)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut log = Vec::new();
+        for id in lost {
+            let Some(w) = self.workers.remove(&id) else { continue };
+            log.push(format!("worker {id} on {} lost (silent for over {timeout:?})", w.host));
+            for i in w.running {
+                self.rows.remove(&i);
+                let r = &mut self.records[i];
+                r.error = Some(format!("worker {id} was lost during attempt {}", r.attempts));
+                if r.attempts < self.policy.max_attempts {
+                    r.status = Status::Queued;
+                    self.queue.push_front(i);
+                    log.push(format!("trial {} goes back to the queue", r.trial.id));
+                } else {
+                    r.status = Status::Failed;
+                    r.ended_at = Some(SystemTime::now());
+                    r.persisted = true;
+                    log.push(format!("trial {} failed: {} attempts lost", r.trial.id, r.attempts));
+                }
+            }
+        }
+        log
+    }
+
+    /// True when every trial is final and written.
+    pub fn is_done(&self) -> bool {
+        self.records.iter().all(|r| r.status.is_final() && r.persisted)
+    }
+
+    pub fn progress(&self) -> Progress {
+        let mut p = Progress {
+            total: self.records.len(),
+            workers: self.workers.len(),
+            ..Progress::default()
+        };
+        let mut steps_done = 0.0;
+        for r in &self.records {
+            match r.status {
+                Status::Queued => p.queued += 1,
+                Status::Running => {
+                    p.running += 1;
+                    steps_done += (r.last_step as f64 / r.trial.config.steps as f64).min(1.0);
+                }
+                Status::Completed => p.completed += 1,
+                Status::Diverged => p.diverged += 1,
+                Status::Failed => p.failed += 1,
+            }
+        }
+        steps_done += p.finished() as f64;
+        p.fraction = if p.total == 0 { 1.0 } else { steps_done / p.total as f64 };
+        p
+    }
+}
+
+/// Mean training loss over the last 50 steps (fewer if the trial had fewer).
+pub fn final_train_loss(train: &[pb::TrainRow]) -> Option<f64> {
+    let tail = &train[train.len().saturating_sub(50)..];
+    (!tail.is_empty()).then(|| tail.iter().map(|r| r.loss).sum::<f64>() / tail.len() as f64)
+}
+
+fn sanitize(host: &str) -> String {
+    let s: String = host
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .take(64)
+        .collect();
+    if s.is_empty() { "unknown".into() } else { s }
+}
+
+/// The wire form of a trial's configuration.
+pub fn spec(t: &Trial) -> pb::TrialSpec {
+    let c = &t.config;
+    pb::TrialSpec {
+        seed: c.seed,
+        lr: c.lr,
+        bn: c.bn,
+        noise: c.noise,
+        model: Some(pb::ModelSpec {
+            name: c.model.name.clone(),
+            width: c.model.width,
+        }),
+        dataset: Some(pb::DatasetSpec {
+            name: c.dataset.name.clone(),
+            path: c.dataset.path.clone(),
+            augment: c.dataset.augment,
+            train_size: c.dataset.train_size,
+            test_size: c.dataset.test_size,
+            data_seed: c.dataset.seed,
+        }),
+        optimizer: Some(pb::OptimizerSpec {
+            name: c.optimizer.name.clone(),
+            momentum: c.optimizer.momentum,
+            weight_decay: c.optimizer.weight_decay,
+            nesterov: c.optimizer.nesterov,
+        }),
+        batch_size: c.batch_size,
+        steps: c.steps,
+        eval_every: c.eval_every,
+    }
+}

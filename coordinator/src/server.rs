@@ -1,0 +1,117 @@
+//! Running a sweep: the gRPC server on a socket, the clock that finds lost workers, the
+//! progress display, and the end of the sweep.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bnsweep_proto as pb;
+use tokio::net::TcpListener;
+use tokio::process::Child;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::error::{Error, Result};
+use crate::progress::Reporter;
+use crate::results::ResultsDir;
+use crate::scheduler::{Policy, Progress, Scheduler};
+use crate::service::{CoordinatorService, Shared};
+use crate::sweep::Sweep;
+
+/// How the sweep ended.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub progress: Progress,
+    pub elapsed: Duration,
+}
+
+/// Binds the listening socket (port 0 picks a free one).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Refused(format!("cannot listen on {addr}: {e}")))
+}
+
+/// Serves the sweep until every trial is final and written. `local` are worker processes this
+/// process started (`bnsweep run`): if they all exit before the sweep is done, it stops with an
+/// error instead of waiting for ever.
+pub async fn run_sweep(
+    sweep: &Sweep,
+    results: ResultsDir,
+    listener: TcpListener,
+    policy: Policy,
+    mut local: Vec<Child>,
+) -> Result<Summary> {
+    let start = Instant::now();
+    let grace = policy.poll_interval * 4;
+    let shared = Shared::new(Scheduler::new(sweep, policy), results);
+    shared.write_trials()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let service = pb::coordinator_server::CoordinatorServer::new(CoordinatorService::new(shared.clone()))
+        .max_decoding_message_size(64 * 1024 * 1024);
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = stop_rx.await;
+            }),
+    );
+    let outcome = watch(&shared, &mut local).await;
+    if outcome.is_ok() {
+        // Let the workers see `sweep_done` on their next poll, then stop.
+        tokio::time::sleep(grace).await;
+    }
+    let _ = stop_tx.send(());
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e.into()),
+        Err(e) => return Err(Error::Refused(format!("gRPC server task: {e}"))),
+    }
+    for child in &mut local {
+        let _ = tokio::time::timeout(grace, child.wait()).await;
+    }
+    let progress = outcome?;
+    Ok(Summary {
+        progress,
+        elapsed: start.elapsed(),
+    })
+}
+
+async fn watch(shared: &Arc<Shared>, local: &mut [Child]) -> Result<Progress> {
+    let mut reporter = Reporter::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let (lost, progress, done) = {
+            let mut s = shared.scheduler();
+            let lost = s.expire(Instant::now());
+            (lost, s.progress(), s.is_done())
+        };
+        for line in &lost {
+            tracing::warn!("{line}");
+        }
+        if !lost.is_empty() {
+            shared.write_trials()?;
+        }
+        if done {
+            shared.write_trials()?;
+            reporter.finish(&progress);
+            return Ok(progress);
+        }
+        reporter.show(&progress);
+        if !local.is_empty() {
+            let mut alive = 0;
+            for child in local.iter_mut() {
+                if matches!(child.try_wait(), Ok(None)) {
+                    alive += 1;
+                }
+            }
+            if alive == 0 {
+                reporter.finish(&progress);
+                return Err(Error::Refused(format!(
+                    "every worker exited before the sweep was done; their logs are in {}",
+                    shared.results.logs_dir().display()
+                )));
+            }
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The gRPC service: each handler checks its request, makes one change through the
+//! [`Scheduler`], and writes result files outside the scheduler's lock.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bnsweep_proto as pb;
+use tonic::{Request, Response, Status};
+
+use crate::error::{Error, Result};
+use crate::results::ResultsDir;
+use crate::scheduler::{Finished, Scheduler};
+
+/// Largest number of rows one metric batch may carry.
+pub const MAX_ROWS_PER_BATCH: usize = 100_000;
+
+/// What the handlers share.
+pub struct Shared {
+    pub scheduler: Mutex<Scheduler>,
+    pub results: ResultsDir,
+    /// Held while `trials.parquet` is rewritten, so that two rewrites never interleave.
+    write_lock: Mutex<()>,
+}
+
+impl Shared {
+    pub fn new(scheduler: Scheduler, results: ResultsDir) -> Arc<Shared> {
+        Arc::new(Shared {
+            scheduler: Mutex::new(scheduler),
+            results,
+            write_lock: Mutex::new(()),
+        })
+    }
+
+    pub fn scheduler(&self) -> std::sync::MutexGuard<'_, Scheduler> {
+        self.scheduler.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Rewrites `trials.parquet` from the current records.
+    pub fn write_trials(&self) -> Result<()> {
+        let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let records = self.scheduler().records().to_vec();
+        self.results.write_trials(&records)
+    }
+
+    /// Writes a trial that just ended, then counts it as done. A trial whose files cannot be
+    /// written ends `failed` with the reason.
+    pub fn persist(&self, finished: Finished) -> Result<()> {
+        let record = self.scheduler().records()[finished.index].clone();
+        let written = self.results.write_trial(&record, &finished.rows);
+        {
+            let mut s = self.scheduler();
+            if let Err(e) = &written {
+                s.fail_unwritten(finished.index, format!("writing results: {e}"));
+            }
+            s.persisted(finished.index);
+        }
+        self.write_trials()?;
+        written
+    }
+}
+
+pub struct CoordinatorService {
+    shared: Arc<Shared>,
+}
+
+impl CoordinatorService {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        CoordinatorService { shared }
+    }
+}
+
+fn require(cond: bool, what: &str) -> Result<()> {
+    if cond {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(what.to_string()))
+    }
+}
+
+fn check_id(name: &str, id: &str) -> Result<()> {
+    require(!id.is_empty() && id.len() <= 128, &format!("`{name}` must be 1 to 128 characters"))
+}
+
+#[tonic::async_trait]
+impl pb::coordinator_server::Coordinator for CoordinatorService {
+    async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let req = req.into_inner();
+        if req.version != pb::PROTOCOL_VERSION {
+            return Err(Error::VersionMismatch {
+                worker: req.version,
+                coordinator: pb::PROTOCOL_VERSION.into(),
+            }
+            .into());
+        }
+        require(req.slots >= 1 && req.slots <= 1024, "`slots` must be in [1, 1024]")?;
+        check_id("host", &req.host)?;
+        let mut s = self.shared.scheduler();
+        let worker_id = s.register(&req.host, Instant::now());
+        tracing::info!(worker = %worker_id, devices = ?req.devices, slots = req.slots, "worker registered");
+        Ok(Response::new(pb::RegisterResponse {
+            worker_id,
+            poll_interval_ms: s.policy.poll_interval.as_millis() as u32,
+        }))
+    }
+
+    async fn poll_work(&self, req: Request<pb::PollWorkRequest>) -> Result<Response<pb::PollWorkResponse>, Status> {
+        let req = req.into_inner();
+        check_id("worker_id", &req.worker_id)?;
+        require(req.free_slots <= 1024, "`free_slots` must be <= 1024")?;
+        let (trials, sweep_done) = self.shared.scheduler().poll(&req.worker_id, req.free_slots, Instant::now())?;
+        for t in &trials {
+            tracing::info!(trial = %t.trial_id, attempt = t.attempt, worker = %req.worker_id, "trial handed out");
+        }
+        Ok(Response::new(pb::PollWorkResponse { trials, sweep_done }))
+    }
+
+    async fn report_metrics(&self, req: Request<pb::MetricsBatch>) -> Result<Response<pb::MetricsAck>, Status> {
+        let batch = req.into_inner();
+        check_id("worker_id", &batch.worker_id)?;
+        check_id("trial_id", &batch.trial_id)?;
+        require(
+            batch.train.len() + batch.eval.len() <= MAX_ROWS_PER_BATCH,
+            &format!("a metric batch holds at most {MAX_ROWS_PER_BATCH} rows"),
+        )?;
+        self.shared.scheduler().metrics(batch, Instant::now())?;
+        Ok(Response::new(pb::MetricsAck {}))
+    }
+
+    async fn finish_trial(&self, req: Request<pb::TrialOutcome>) -> Result<Response<pb::FinishAck>, Status> {
+        let outcome = req.into_inner();
+        check_id("worker_id", &outcome.worker_id)?;
+        check_id("trial_id", &outcome.trial_id)?;
+        let finished = self.shared.scheduler().finish(&outcome, Instant::now())?;
+        let status = pb::TrialStatus::try_from(outcome.status).map(|s| s.as_str_name()).unwrap_or("?");
+        match finished {
+            None => tracing::warn!(trial = %outcome.trial_id, error = %outcome.error, "attempt failed; trial re-queued"),
+            Some(f) => {
+                tracing::info!(trial = %outcome.trial_id, status, "trial ended");
+                let shared = self.shared.clone();
+                tokio::task::spawn_blocking(move || shared.persist(f))
+                    .await
+                    .map_err(|e| Status::internal(format!("writing results: {e}")))??;
+            }
+        }
+        Ok(Response::new(pb::FinishAck {}))
+    }
+}

@@ -1,0 +1,112 @@
+//! Turning a sweep file into its trials: the grid's cartesian product or the random draws,
+//! times the seeds, each checked as a complete configuration and named by its content.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sha2::{Digest, Sha256};
+
+use super::config::{Origin, ParamValue, TrialConfig};
+use super::diagnostic::Diagnostic;
+use super::{Domain, Method, SweepFile};
+
+/// One trial of a sweep.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trial {
+    /// Derived from the full configuration: the same configuration always has the same id.
+    pub id: String,
+    pub config: TrialConfig,
+}
+
+/// A trial's id: `t` and the first 12 hex digits of the SHA-256 of its canonical configuration.
+pub fn trial_id(config: &TrialConfig) -> String {
+    let digest = Sha256::digest(config.canonical().as_bytes());
+    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("t{hex}")
+}
+
+/// One choice of a value for every axis.
+type Assignment = Vec<(&'static str, ParamValue, Origin)>;
+
+/// Expands the file into trials in dispatch order (parameter combinations outer, seeds inner),
+/// plus warnings. Problems go to `diags`; each is reported once however many trials share it.
+pub fn expand(file: &SweepFile, diags: &mut Vec<Diagnostic>) -> (Vec<super::Trial>, Vec<String>) {
+    let mut warnings = Vec::new();
+    let assignments = match file.method {
+        Method::Grid => grid(file),
+        Method::Random { samples, seed } => random(file, samples, seed),
+    };
+    let mut trials: Vec<Trial> = Vec::new();
+    let mut duplicates = 0usize;
+    for assignment in &assignments {
+        let mut settings = file.base.clone();
+        for (field, value, origin) in assignment {
+            settings.insert(field, (value.clone(), origin.clone()));
+        }
+        for &seed in &file.seeds {
+            match TrialConfig::build(seed, &settings) {
+                Ok(config) => {
+                    let id = trial_id(&config);
+                    if trials.iter().any(|t| t.id == id) {
+                        duplicates += 1;
+                    } else {
+                        trials.push(Trial { id, config });
+                    }
+                }
+                Err(found) => diags.extend(found),
+            }
+        }
+    }
+    if duplicates > 0 {
+        warnings.push(format!(
+            "{duplicates} random draw(s) repeated an earlier trial's configuration and were dropped"
+        ));
+    }
+    (trials, warnings)
+}
+
+fn grid(file: &SweepFile) -> Vec<Assignment> {
+    let mut out: Vec<Assignment> = vec![Vec::new()];
+    for axis in &file.axes {
+        let Domain::Values(values) = &axis.domain else {
+            continue; // rejected while reading: distributions need `method: random`
+        };
+        out = out
+            .into_iter()
+            .flat_map(|prefix| {
+                values.iter().map(move |(v, o)| {
+                    let mut a = prefix.clone();
+                    a.push((axis.field, v.clone(), o.clone()));
+                    a
+                })
+            })
+            .collect();
+    }
+    out
+}
+
+fn random(file: &SweepFile, samples: u32, seed: u64) -> Vec<Assignment> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..samples)
+        .map(|_| {
+            file.axes
+                .iter()
+                .map(|axis| {
+                    let (value, origin) = match &axis.domain {
+                        Domain::Values(values) => values[rng.gen_range(0..values.len())].clone(),
+                        Domain::Uniform { min, max, origin } => {
+                            (ParamValue::Float(rng.gen_range(*min..=*max)), origin.clone())
+                        }
+                        Domain::LogUniform { min, max, origin } => {
+                            let x: f64 = rng.gen_range(min.ln()..=max.ln());
+                            (ParamValue::Float(x.exp().clamp(*min, *max)), origin.clone())
+                        }
+                        Domain::IntUniform { min, max, origin } => {
+                            (ParamValue::Int(rng.gen_range(*min..=*max)), origin.clone())
+                        }
+                    };
+                    (axis.field, value, origin)
+                })
+                .collect()
+        })
+        .collect()
+}

@@ -1,0 +1,474 @@
+//! Sweep files: reading, checking and expanding them into trials.
+//!
+//! A sweep file is read in three steps: the YAML text becomes a tree that remembers positions
+//! ([`yaml`]), the tree becomes a checked [`SweepFile`] (this module), and the file expands into
+//! its [`Trial`]s ([`expand`]), each checked as a complete [`TrialConfig`]. Every problem of every
+//! step is collected and reported at once, with `FILE:LINE:COL` and the field's path.
+
+pub mod config;
+pub mod diagnostic;
+pub mod expand;
+pub mod yaml;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+
+pub use config::{ParamValue, TrialConfig};
+pub use diagnostic::{Diagnostic, Diagnostics};
+pub use expand::Trial;
+
+use config::{Kind, Settings};
+use yaml::{Node, Pos, Scalar, Value};
+
+/// How parameter combinations are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// Every combination of every axis.
+    Grid,
+    /// `samples` independent draws, reproducible from `seed`.
+    Random { samples: u32, seed: u64 },
+}
+
+/// The values one swept field takes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Domain {
+    /// An explicit list; each value with where it stands in the file.
+    Values(Vec<(ParamValue, config::Origin)>),
+    /// A float drawn uniformly from [min, max] (random only).
+    Uniform { min: f64, max: f64, origin: config::Origin },
+    /// A float whose logarithm is uniform on [ln min, ln max] (random only).
+    LogUniform { min: f64, max: f64, origin: config::Origin },
+    /// An integer drawn uniformly from min..=max (random only).
+    IntUniform { min: i64, max: i64, origin: config::Origin },
+}
+
+/// One swept training field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Axis {
+    /// The field's dotted path (`lr`, `optimizer.momentum`).
+    pub field: &'static str,
+    pub domain: Domain,
+}
+
+/// A checked sweep file, before expansion.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepFile {
+    pub name: String,
+    pub method: Method,
+    pub seeds: Vec<u64>,
+    pub axes: Vec<Axis>,
+    /// The `train:` settings shared by every trial.
+    pub base: Settings,
+}
+
+/// A sweep ready to run: its source text and its trials, in dispatch order.
+#[derive(Debug, Clone)]
+pub struct Sweep {
+    pub name: String,
+    /// The file as the user wrote it, kept next to the results.
+    pub source: String,
+    /// The swept fields, in file order: the parameter columns of the results besides
+    /// `lr`, `bn`, `noise` and `seed`, which are always there.
+    pub axes: Vec<&'static str>,
+    pub trials: Vec<Trial>,
+    /// Things worth telling the user that do not stop the sweep.
+    pub warnings: Vec<String>,
+}
+
+const TOP_KEYS: &[&str] = &["name", "description", "method", "samples", "seed", "seeds", "parameters", "train"];
+
+impl Sweep {
+    /// Reads, checks and expands a sweep file. `Err` holds every problem found.
+    pub fn load(path: &Path) -> Result<Sweep, Diagnostics> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Diagnostics::new(
+                &shown,
+                vec![Diagnostic::new(Pos { line: 0, col: 0 }, "", format!("cannot read the file: {e}"))],
+            )
+        })?;
+        Sweep::parse(&shown, &text)
+    }
+
+    /// Like [`Sweep::load`], from text; `file` names it in messages.
+    pub fn parse(file: &str, text: &str) -> Result<Sweep, Diagnostics> {
+        let root = yaml::parse(text).map_err(|e| {
+            Diagnostics::new(file, vec![Diagnostic::new(e.pos, "", format!("YAML syntax error: {}", e.message))])
+        })?;
+        let mut diags = Vec::new();
+        let parsed = SweepFile::from_tree(&root, &mut diags);
+        let expanded = expand::expand(&parsed, &mut diags);
+        if !diags.is_empty() {
+            return Err(Diagnostics::new(file, diags));
+        }
+        let (trials, mut warnings) = expanded;
+        let mut axes: Vec<&'static str> = Vec::new();
+        for a in &parsed.axes {
+            if !axes.contains(&a.field) {
+                axes.push(a.field);
+            }
+        }
+        for w in &mut warnings {
+            *w = format!("{file}: {w}");
+        }
+        Ok(Sweep {
+            name: parsed.name,
+            source: text.to_string(),
+            axes,
+            trials,
+            warnings,
+        })
+    }
+
+    /// Column names of the swept parameters for the results, in order: `lr`, `bn`, `noise`,
+    /// `seed`, then every other swept field with its dots written as underscores.
+    pub fn param_columns(&self) -> Vec<(String, Kind, &'static str)> {
+        let mut cols: Vec<(String, Kind, &'static str)> = vec![
+            ("lr".into(), Kind::Float, "lr"),
+            ("bn".into(), Kind::Bool, "bn"),
+            ("noise".into(), Kind::Float, "noise"),
+            ("seed".into(), Kind::Int, "seed"),
+        ];
+        for a in &self.axes {
+            if !cols.iter().any(|c| c.2 == *a) {
+                let kind = config::field(a).map(|f| f.kind).unwrap_or(Kind::Str);
+                cols.push((a.replace('.', "_"), kind, a));
+            }
+        }
+        cols
+    }
+}
+
+impl SweepFile {
+    /// Checks the top level of the file and its `parameters` and `train` sections.
+    pub fn from_tree(root: &Node, diags: &mut Vec<Diagnostic>) -> SweepFile {
+        let mut out = SweepFile {
+            name: String::new(),
+            method: Method::Grid,
+            seeds: vec![0],
+            axes: Vec::new(),
+            base: Settings::new(),
+        };
+        let Some(entries) = root.as_map() else {
+            diags.push(Diagnostic::new(root.pos, "", format!("a sweep file is a mapping, got {}", root.kind())));
+            return out;
+        };
+        let get = |key: &str| entries.iter().find(|(k, _, _)| k == key).map(|(_, _, n)| n);
+        for (key, pos, _) in entries {
+            if !TOP_KEYS.contains(&key.as_str()) {
+                diags.push(Diagnostic::new(
+                    *pos,
+                    key.clone(),
+                    format!("unknown key `{key}` (expected one of: {})", TOP_KEYS.join(", ")),
+                ));
+            }
+        }
+        match get("name") {
+            Some(Node { value: Value::Scalar(Scalar::Str(s)), pos }) => {
+                if s.trim().is_empty() {
+                    diags.push(Diagnostic::new(*pos, "name", "must not be empty"));
+                }
+                out.name = s.clone();
+            }
+            Some(n) => diags.push(Diagnostic::new(n.pos, "name", format!("expected a string, got {}", n.kind()))),
+            None => diags.push(Diagnostic::new(root.pos, "name", "missing: every sweep needs a `name`")),
+        }
+        if let Some(n) = get("description") {
+            if !matches!(n.value, Value::Scalar(Scalar::Str(_))) {
+                diags.push(Diagnostic::new(n.pos, "description", format!("expected a string, got {}", n.kind())));
+            }
+        }
+        let seed = match get("seed") {
+            Some(n) => non_negative(n, "seed", diags),
+            None => 0,
+        };
+        let random = match get("method") {
+            None => false,
+            Some(Node { value: Value::Scalar(Scalar::Str(m)), pos }) => match m.as_str() {
+                "grid" => false,
+                "random" => true,
+                other => {
+                    diags.push(Diagnostic::new(*pos, "method", format!("unknown method `{other}` (known: grid, random)")));
+                    false
+                }
+            },
+            Some(n) => {
+                diags.push(Diagnostic::new(n.pos, "method", format!("expected grid or random, got {}", n.kind())));
+                false
+            }
+        };
+        match (get("samples"), random) {
+            (Some(n), true) => {
+                let samples = non_negative(n, "samples", diags);
+                if samples == 0 || samples > 1_000_000 {
+                    diags.push(Diagnostic::new(n.pos, "samples", format!("must be in [1, 1000000], got {samples}")));
+                }
+                out.method = Method::Random { samples: samples.clamp(1, 1_000_000) as u32, seed };
+            }
+            (None, true) => diags.push(Diagnostic::new(root.pos, "samples", "missing: `method: random` needs `samples`")),
+            (Some(n), false) => diags.push(Diagnostic::new(n.pos, "samples", "only `method: random` takes `samples`")),
+            (None, false) => {}
+        }
+        if let Some(n) = get("seeds") {
+            out.seeds = read_seeds(n, diags);
+        }
+        if let Some(n) = get("train") {
+            out.base = config::read_train(n, diags);
+        }
+        if let Some(n) = get("parameters") {
+            out.axes = read_axes(n, random, diags);
+        }
+        for axis in &out.axes {
+            if let Some((_, origin)) = out.base.get(axis.field) {
+                diags.push(Diagnostic::new(
+                    origin.pos,
+                    origin.path.clone(),
+                    format!("`{}` is swept under `parameters`; remove it from `train`", axis.field),
+                ));
+            }
+        }
+        out
+    }
+}
+
+fn non_negative(n: &Node, path: &str, diags: &mut Vec<Diagnostic>) -> u64 {
+    match &n.value {
+        Value::Scalar(Scalar::Int(i)) if *i >= 0 => *i as u64,
+        Value::Scalar(Scalar::Int(i)) => {
+            diags.push(Diagnostic::new(n.pos, path, format!("must be >= 0, got {i}")));
+            0
+        }
+        _ => {
+            diags.push(Diagnostic::new(n.pos, path, format!("expected an integer, got {}", n.kind())));
+            0
+        }
+    }
+}
+
+fn read_seeds(n: &Node, diags: &mut Vec<Diagnostic>) -> Vec<u64> {
+    let Value::Seq(items) = &n.value else {
+        diags.push(Diagnostic::new(n.pos, "seeds", format!("expected a list of integers, got {}", n.kind())));
+        return vec![0];
+    };
+    if items.is_empty() {
+        diags.push(Diagnostic::new(n.pos, "seeds", "empty list: give at least one seed"));
+    }
+    let mut seeds = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("seeds[{i}]");
+        let s = non_negative(item, &path, diags);
+        if seeds.contains(&s) {
+            diags.push(Diagnostic::new(item.pos, path, format!("seed {s} is listed twice")));
+        } else {
+            seeds.push(s);
+        }
+    }
+    seeds
+}
+
+fn read_axes(n: &Node, random: bool, diags: &mut Vec<Diagnostic>) -> Vec<Axis> {
+    let Some(entries) = n.as_map() else {
+        diags.push(Diagnostic::new(n.pos, "parameters", format!("expected a mapping, got {}", n.kind())));
+        return Vec::new();
+    };
+    let mut axes = Vec::new();
+    for (key, key_pos, value) in entries {
+        let shown = format!("parameters.{key}");
+        let Some(field) = config::field(key) else {
+            let hint = if key == "seed" {
+                "seeds are swept with the top-level `seeds` list".to_string()
+            } else {
+                let all: Vec<&str> = config::FIELDS.iter().map(|f| f.path).collect();
+                format!("unknown parameter `{key}` (sweepable: {})", all.join(", "))
+            };
+            diags.push(Diagnostic::new(*key_pos, shown, hint));
+            continue;
+        };
+        if let Some(domain) = read_domain(value, field, &shown, random, diags) {
+            axes.push(Axis { field: field.path, domain });
+        }
+    }
+    axes
+}
+
+fn read_domain(
+    n: &Node,
+    field: &'static config::Field,
+    shown: &str,
+    random: bool,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Domain> {
+    let list = match &n.value {
+        Value::Seq(items) => Some((items, n.pos, shown.to_string())),
+        Value::Map(entries) => {
+            let get = |k: &str| entries.iter().find(|(key, _, _)| key == k);
+            for (k, p, _) in entries.iter() {
+                if !["values", "distribution", "min", "max"].contains(&k.as_str()) {
+                    diags.push(Diagnostic::new(
+                        *p,
+                        format!("{shown}.{k}"),
+                        format!("unknown key `{k}` (expected `values`, or `distribution` with `min` and `max`)"),
+                    ));
+                }
+            }
+            match (get("values"), get("distribution")) {
+                (Some((_, _, v)), None) => match &v.value {
+                    Value::Seq(items) => Some((items, v.pos, format!("{shown}.values"))),
+                    _ => {
+                        diags.push(Diagnostic::new(v.pos, format!("{shown}.values"), format!("expected a list, got {}", v.kind())));
+                        return None;
+                    }
+                },
+                (None, Some((_, _, d))) => return read_distribution(n, d, field, shown, random, diags),
+                (Some(_), Some((_, p, _))) => {
+                    diags.push(Diagnostic::new(*p, shown, "give either `values` or `distribution`, not both"));
+                    return None;
+                }
+                (None, None) => {
+                    diags.push(Diagnostic::new(n.pos, shown, "expected `values: [...]` or `distribution: ...`"));
+                    return None;
+                }
+            }
+        }
+        Value::Scalar(_) => {
+            diags.push(Diagnostic::new(
+                n.pos,
+                shown,
+                format!("expected a list of values, got {} (a fixed value belongs under `train`)", n.kind()),
+            ));
+            return None;
+        }
+    };
+    let (items, pos, list_path) = list?;
+    if items.is_empty() {
+        diags.push(Diagnostic::new(pos, list_path, "empty axis: give at least one value"));
+        return None;
+    }
+    let mut values: Vec<(ParamValue, config::Origin)> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("{list_path}[{i}]");
+        match ParamValue::from_node(item, field.kind, &path) {
+            Ok(v) if values.iter().any(|(w, _)| *w == v) => {
+                diags.push(Diagnostic::new(item.pos, path, format!("value {v} is listed twice")));
+            }
+            Ok(v) => values.push((v, config::Origin { pos: item.pos, path })),
+            Err(d) => diags.push(d),
+        }
+    }
+    Some(Domain::Values(values))
+}
+
+fn read_distribution(
+    n: &Node,
+    d: &Node,
+    field: &'static config::Field,
+    shown: &str,
+    random: bool,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Domain> {
+    let dist_path = format!("{shown}.distribution");
+    let Value::Scalar(Scalar::Str(name)) = &d.value else {
+        diags.push(Diagnostic::new(d.pos, dist_path, format!("expected a distribution name, got {}", d.kind())));
+        return None;
+    };
+    if !random {
+        diags.push(Diagnostic::new(
+            d.pos,
+            dist_path,
+            "a distribution needs `method: random`; a grid sweep takes a list of values",
+        ));
+        return None;
+    }
+    let allowed: &[&str] = match field.kind {
+        Kind::Float => &["uniform", "log_uniform"],
+        Kind::Int => &["int_uniform"],
+        _ => &[],
+    };
+    if !allowed.contains(&name.as_str()) {
+        let msg = if allowed.is_empty() {
+            format!("`{}` takes a list of values, not a distribution", field.path)
+        } else {
+            format!("unknown distribution `{name}` for `{}` (known: {})", field.path, allowed.join(", "))
+        };
+        diags.push(Diagnostic::new(d.pos, dist_path, msg));
+        return None;
+    }
+    let entries = n.as_map().unwrap_or(&[]);
+    let bound = |key: &str, diags: &mut Vec<Diagnostic>| -> Option<(ParamValue, Pos)> {
+        let path = format!("{shown}.{key}");
+        match entries.iter().find(|(k, _, _)| k == key) {
+            None => {
+                diags.push(Diagnostic::new(n.pos, path, format!("missing: `{name}` needs `{key}`")));
+                None
+            }
+            Some((_, _, v)) => match ParamValue::from_node(v, field.kind, &path) {
+                Ok(value) => Some((value, v.pos)),
+                Err(e) => {
+                    diags.push(e);
+                    None
+                }
+            },
+        }
+    };
+    let lo = bound("min", diags);
+    let hi = bound("max", diags);
+    let ((lo, lo_pos), (hi, _)) = (lo?, hi?);
+    let origin = config::Origin {
+        pos: lo_pos,
+        path: format!("{shown}.min"),
+    };
+    match (lo, hi) {
+        (ParamValue::Float(min), ParamValue::Float(max)) => {
+            if !(min.is_finite() && max.is_finite() && min < max) {
+                diags.push(Diagnostic::new(lo_pos, origin.path, format!("needs min < max, got min {min}, max {max}")));
+                return None;
+            }
+            if name == "log_uniform" {
+                if min <= 0.0 {
+                    diags.push(Diagnostic::new(lo_pos, origin.path, format!("log_uniform needs min > 0, got {min}")));
+                    return None;
+                }
+                Some(Domain::LogUniform { min, max, origin })
+            } else {
+                Some(Domain::Uniform { min, max, origin })
+            }
+        }
+        (ParamValue::Int(min), ParamValue::Int(max)) => {
+            if min > max {
+                diags.push(Diagnostic::new(lo_pos, origin.path, format!("needs min <= max, got min {min}, max {max}")));
+                return None;
+            }
+            Some(Domain::IntUniform { min, max, origin })
+        }
+        _ => None,
+    }
+}
+
+/// Directories named by cifar10 trials that do not exist here, each once, with where the file
+/// names them.
+pub fn missing_dataset_dirs(sweep: &Sweep) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for t in &sweep.trials {
+        let d = &t.config.dataset;
+        if d.name != "cifar10" {
+            continue;
+        }
+        let dir = Path::new(&d.path);
+        let problem = if !dir.is_dir() {
+            Some(format!("dataset directory `{}` does not exist", d.path))
+        } else {
+            ["data_batch_1.bin", "test_batch.bin"]
+                .iter()
+                .find(|f| !dir.join(f).is_file())
+                .map(|f| format!("dataset directory `{}` has no `{f}`", d.path))
+        };
+        if let Some(p) = problem {
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,161 @@
+//! Expansion, trial ids and the exact messages a user sees.
+
+use super::*;
+
+fn parse(text: &str) -> Result<Sweep, Diagnostics> {
+    Sweep::parse("s.yaml", text)
+}
+
+fn errors(text: &str) -> Vec<String> {
+    parse(text).unwrap_err().to_string().lines().map(str::to_string).collect()
+}
+
+const GRID: &str = "\
+name: g
+seeds: [0, 1]
+parameters:
+  lr: [0.1, 0.5]
+  bn: [true, false]
+  noise: {values: [0.0, 1.0]}
+train:
+  steps: 10
+";
+
+#[test]
+fn a_grid_is_the_product_of_its_axes_times_the_seeds() {
+    let s = parse(GRID).unwrap();
+    assert_eq!(s.trials.len(), 16);
+    let first: Vec<(f64, bool, f64, u64)> =
+        s.trials.iter().take(4).map(|t| (t.config.lr, t.config.bn, t.config.noise, t.config.seed)).collect();
+    // The first axis varies slowest, seeds fastest.
+    assert_eq!(first, vec![(0.1, true, 0.0, 0), (0.1, true, 0.0, 1), (0.1, true, 1.0, 0), (0.1, true, 1.0, 1)]);
+    assert_eq!(s.axes, vec!["lr", "bn", "noise"]);
+    assert!(s.trials.iter().all(|t| t.config.steps == 10 && t.config.model.name == "vgg8"));
+}
+
+#[test]
+fn trial_ids_come_from_the_configuration_alone() {
+    let a = parse(GRID).unwrap();
+    let b = parse(GRID).unwrap();
+    let ids: Vec<&str> = a.trials.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, b.trials.iter().map(|t| t.id.as_str()).collect::<Vec<_>>());
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 16);
+    assert!(ids.iter().all(|id| id.len() == 13 && id.starts_with('t')));
+    // Same trial written differently (a fixed value instead of a one-value axis): same id.
+    let fixed = parse("name: other\nseeds: [1]\nparameters:\n  lr: [0.5]\ntrain:\n  bn: false\n  noise: 1\n  steps: 10\n").unwrap();
+    let same = a.trials.iter().find(|t| t.config == fixed.trials[0].config).unwrap();
+    assert_eq!(same.id, fixed.trials[0].id);
+    // Any change of any field changes it.
+    let longer = parse(&GRID.replace("steps: 10", "steps: 11")).unwrap();
+    assert!(longer.trials.iter().all(|t| !ids.contains(&t.id.as_str())));
+}
+
+#[test]
+fn random_sampling_is_reproducible_from_its_seed() {
+    let text = "\
+name: r
+method: random
+samples: 6
+seed: 3
+seeds: [0, 1]
+parameters:
+  lr: {distribution: log_uniform, min: 0.001, max: 1.0}
+  noise: {distribution: uniform, min: 0, max: 2}
+  batch_size: {distribution: int_uniform, min: 16, max: 64}
+  bn: [true, false]
+";
+    let a = parse(text).unwrap();
+    let b = parse(text).unwrap();
+    assert_eq!(a.trials.len(), 12);
+    assert_eq!(a.trials, b.trials);
+    for t in &a.trials {
+        assert!((0.001..=1.0).contains(&t.config.lr));
+        assert!((0.0..=2.0).contains(&t.config.noise));
+        assert!((16..=64).contains(&t.config.batch_size));
+    }
+    let c = parse(&text.replace("seed: 3", "seed: 4")).unwrap();
+    assert_ne!(a.trials[0].config.lr, c.trials[0].config.lr);
+    assert_eq!(a.param_columns().iter().map(|c| c.0.as_str()).collect::<Vec<_>>(), ["lr", "bn", "noise", "seed", "batch_size"]);
+}
+
+#[test]
+fn nested_fields_can_be_swept_by_their_dotted_path() {
+    let s = parse("name: n\nparameters:\n  lr: [0.1]\n  optimizer.momentum: [0.0, 0.9]\n  model.width: [0.5]\n").unwrap();
+    assert_eq!(s.trials.len(), 2);
+    assert_eq!(s.trials[1].config.optimizer.momentum, 0.9);
+    assert_eq!(s.trials[1].config.model.width, 0.5);
+    let cols: Vec<String> = s.param_columns().into_iter().map(|c| c.0).collect();
+    assert_eq!(cols, ["lr", "bn", "noise", "seed", "optimizer_momentum", "model_width"]);
+}
+
+#[test]
+fn defaults_fill_what_the_file_leaves_out() {
+    let s = parse("name: d\nparameters:\n  lr: [0.1]\n").unwrap();
+    let c = &s.trials[0].config;
+    assert_eq!((c.bn, c.noise, c.batch_size, c.steps, c.eval_every, c.seed), (true, 0.0, 128, 1000, 500, 0));
+    assert_eq!((c.dataset.name.as_str(), c.dataset.train_size, c.dataset.test_size), ("synthetic", 5000, 1000));
+    assert_eq!((c.optimizer.name.as_str(), c.optimizer.momentum), ("sgd", 0.0));
+}
+
+#[test]
+fn messages_name_file_line_column_and_field() {
+    assert_eq!(errors("name: x\nparameters:\n  lr: []\n"), ["s.yaml:3:7: parameters.lr: empty axis: give at least one value"]);
+    assert_eq!(
+        errors("name: x\nparameters:\n  lr: [0.1, 0]\n"),
+        ["s.yaml:3:13: parameters.lr[1]: learning rate must be > 0, got 0"]
+    );
+    assert_eq!(
+        errors("name: x\ntrain:\n  lr: 0.1\n  noise: -0.5\n"),
+        ["s.yaml:4:10: train.noise: noise level must be >= 0, got -0.5"]
+    );
+    assert_eq!(
+        errors("name: x\ntrain:\n  lr: fast\n"),
+        ["s.yaml:3:7: train.lr: expected a number, got a string"]
+    );
+    assert_eq!(
+        errors("name: x\ntrain:\n  lr: 0.1\n  dataset: {name: imagenet}\n"),
+        ["s.yaml:4:19: train.dataset.name: unknown dataset `imagenet` (known: cifar10, synthetic)"]
+    );
+    assert_eq!(
+        errors("name: x\ntrain:\n  lr: 0.1\n  model: {depth: 3}\n"),
+        ["s.yaml:4:12: train.model.depth: unknown key `depth` (expected one of: name, width)"]
+    );
+    assert_eq!(
+        errors("name: x\nmethod: bayes\ntrain: {lr: 0.1}\n"),
+        ["s.yaml:2:9: method: unknown method `bayes` (known: grid, random)"]
+    );
+    assert_eq!(errors("train: {lr: 0.1}\n"), ["s.yaml:1:1: name: missing: every sweep needs a `name`"]);
+    assert_eq!(
+        errors("name: x\nparameters:\n  bn: [true]\n"),
+        ["s.yaml:1:1: train.lr: missing: set `lr` under `train` or sweep it under `parameters`"]
+    );
+    assert_eq!(
+        errors("name: x\nparameters:\n  lr: {distribution: uniform, min: 0.1, max: 1}\n"),
+        ["s.yaml:3:22: parameters.lr.distribution: a distribution needs `method: random`; a grid sweep takes a list of values"]
+    );
+    assert_eq!(
+        errors("name: x\nseeds: [0, 0]\ntrain: {lr: 0.1}\n"),
+        ["s.yaml:2:12: seeds[1]: seed 0 is listed twice"]
+    );
+    assert_eq!(
+        errors("name: x\nparameters:\n  lr: [0.1]\ntrain:\n  lr: 0.2\n"),
+        ["s.yaml:5:7: train.lr: `lr` is swept under `parameters`; remove it from `train`"]
+    );
+    assert_eq!(
+        errors("name: x\nparameters:\n  seed: [1, 2]\ntrain: {lr: 0.1}\n"),
+        ["s.yaml:3:3: parameters.seed: seeds are swept with the top-level `seeds` list"]
+    );
+    assert_eq!(
+        errors("name: x\ntrain: {lr: 0.1, batch_size: 64, dataset: {train_size: 32}}\n"),
+        ["s.yaml:2:32: train.batch_size: batch size 64 is larger than the training set (32 images)"]
+    );
+}
+
+#[test]
+fn every_problem_is_reported_once_even_when_many_trials_share_it() {
+    let errs = errors("name: x\nseeds: [0, 1, 2]\nparameters:\n  lr: [0.1, 0.2]\ntrain:\n  model: {width: -1}\n");
+    assert_eq!(errs, ["s.yaml:6:18: train.model.width: width must be in (0, 16], got -1"]);
+}

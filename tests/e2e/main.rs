@@ -1,0 +1,6 @@
+//! End-to-end tests: the real `bnsweep` and `bnsweep-worker` binaries, real sockets, results
+//! read back by pyarrow, pandas, polars and DuckDB.
+
+mod run_sweep;
+mod serve_and_worker;
+mod validate;

@@ -1,0 +1,57 @@
+//! `bnsweep run`: a coordinator on loopback and two real worker processes, end to end.
+
+use bnsweep_e2e::{bnsweep, check_results, cifar_dir};
+
+const TINY: &str = "\
+name: tiny
+seeds: [0, 1]
+parameters:
+  lr: [0.05, 0.2]
+  bn: [true, false]
+  noise: [0.0, 1.0]
+train:
+  model: {name: vgg8, width: 0.125}
+  dataset: {name: synthetic, train_size: 256, test_size: 64, augment: true}
+  batch_size: 32
+  steps: 40
+  eval_every: 15
+  optimizer: {name: sgd, momentum: 0.9}
+";
+
+#[test]
+fn a_sweep_runs_on_two_workers_into_parquet_that_every_reader_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tiny.yaml"), TINY).unwrap();
+    let ran = bnsweep(dir.path(), &["run", "tiny.yaml", "--workers", "2", "--out", "out", "--threads", "1"]);
+    assert!(ran.ok(), "{ran:?}");
+    assert!(ran.stdout.contains("16 trials in"), "{ran:?}");
+    assert!(ran.stdout.contains("results: out"), "{ran:?}");
+    assert_eq!(std::fs::read_to_string(dir.path().join("out/sweep.yaml")).unwrap(), TINY);
+    let out = dir.path().join("out");
+    let checked = check_results(&out, &["--trials", "16", "--steps", "40", "--eval-every", "15", "--min-workers", "2"]);
+    assert!(checked.ok(), "{checked:?}");
+    // A second run into the same directory would overwrite results: refused.
+    let again = bnsweep(dir.path(), &["run", "tiny.yaml", "--out", "out"]);
+    assert_eq!(again.code, Some(1), "{again:?}");
+    assert!(again.stderr.contains("already exists and is not empty"), "{again:?}");
+}
+
+#[test]
+fn cifar10_files_from_shared_data_train() {
+    let Some(cifar) = cifar_dir() else {
+        eprintln!("skipped: BNSWEEP_CIFAR_DIR is not set (scripts/test sets it when ../shared/data exists)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "name: cifar\nparameters:\n  lr: [0.05]\ntrain:\n  model: {{name: vgg8, width: 0.125}}\n  \
+         dataset: {{name: cifar10, path: {}, train_size: 2048, test_size: 500}}\n  batch_size: 64\n  \
+         steps: 20\n  eval_every: 10\n",
+        cifar.display()
+    );
+    std::fs::write(dir.path().join("cifar.yaml"), text).unwrap();
+    let ran = bnsweep(dir.path(), &["run", "cifar.yaml", "--workers", "1", "--out", "out"]);
+    assert!(ran.ok(), "{ran:?}");
+    let checked = check_results(&dir.path().join("out"), &["--trials", "1", "--steps", "20", "--eval-every", "10"]);
+    assert!(checked.ok(), "{checked:?}");
+}

@@ -1,0 +1,90 @@
+//! A small harness for the end-to-end tests: the real binaries, a temporary directory per
+//! test, and the Python that reads results back.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository's root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// A built binary of the workspace, from the same profile as this test (`scripts/test` builds
+/// them first).
+pub fn bin(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("BNSWEEP_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let exe = std::env::current_exe().expect("test executable");
+            // target/<profile>/deps/e2e-HASH -> target/<profile>
+            exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+        }
+    };
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the binaries first (scripts/test does `cargo build --release --bins`)",
+        path.display()
+    );
+    path
+}
+
+/// The Python with pyarrow, polars and DuckDB (`scripts/setup-python.sh`).
+pub fn python() -> PathBuf {
+    PathBuf::from(std::env::var_os("BNSWEEP_PYTHON").expect(
+        "BNSWEEP_PYTHON is not set: run the tests with scripts/test, which installs pyarrow, polars and DuckDB",
+    ))
+}
+
+/// The CIFAR-10 binary directory made from shared/data, when this machine has it.
+pub fn cifar_dir() -> Option<PathBuf> {
+    std::env::var_os("BNSWEEP_CIFAR_DIR").map(PathBuf::from).filter(|p| p.join("test_batch.bin").is_file())
+}
+
+/// What a finished command printed.
+pub struct Ran {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Ran {
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+impl std::fmt::Debug for Ran {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {:?}\n--- stdout\n{}\n--- stderr\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+impl From<Output> for Ran {
+    fn from(o: Output) -> Ran {
+        Ran {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// Runs a command to its end.
+pub fn run(cmd: &mut Command) -> Ran {
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}")).into()
+}
+
+/// `bnsweep ARGS` in `dir`.
+pub fn bnsweep(dir: &Path, args: &[&str]) -> Ran {
+    run(Command::new(bin("bnsweep")).args(args).current_dir(dir))
+}
+
+/// Runs `tests/read_results.py DIR ARGS...`, which checks a results directory with pyarrow,
+/// polars and DuckDB and exits non-zero on the first problem.
+pub fn check_results(dir: &Path, args: &[&str]) -> Ran {
+    run(Command::new(python())
+        .arg(repo_root().join("tests/read_results.py"))
+        .arg(dir)
+        .args(args))
+}

@@ -1,0 +1,275 @@
+//! The worker's side of the protocol: register, poll for trials, run each on a thread of its
+//! own, stream its rows back in numbered batches, and report how it ended.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bnsweep_proto as pb;
+use pb::coordinator_client::CoordinatorClient;
+use tch::Device;
+use tokio::sync::{mpsc, Notify};
+use tonic::transport::Channel;
+use tonic::Code;
+
+use crate::device;
+use crate::error::{Error, Result};
+use crate::trainer::{self, Ending, HostData, Row};
+
+/// Rows a metric batch carries at most, and how long rows wait before they are sent.
+const BATCH_ROWS: usize = 5000;
+const BATCH_WAIT: Duration = Duration::from_millis(1000);
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub url: String,
+    pub slots: u32,
+    pub device: Device,
+    pub name: String,
+    /// How long the coordinator may stay unreachable before the worker gives up.
+    pub patience: Duration,
+}
+
+type Client = CoordinatorClient<Channel>;
+
+/// Datasets loaded on the host, shared by the trials that use them.
+#[derive(Default)]
+struct DataCache(Mutex<HashMap<String, Arc<HostData>>>);
+
+impl DataCache {
+    fn get(&self, spec: &pb::DatasetSpec) -> Result<Arc<HostData>> {
+        let key = format!("{spec:?}");
+        if let Some(d) = self.0.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(d.clone());
+        }
+        let data = Arc::new(trainer::load_data(spec)?);
+        let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= 2 {
+            cache.clear();
+        }
+        cache.insert(key, data.clone());
+        Ok(data)
+    }
+}
+
+async fn connect(cfg: &Config) -> Result<Client> {
+    let deadline = Instant::now() + cfg.patience;
+    let mut wait = Duration::from_millis(100);
+    loop {
+        let endpoint = Channel::from_shared(cfg.url.clone())
+            .map_err(|e| Error::Device(format!("--coordinator {}: {e}", cfg.url)))?
+            .connect_timeout(Duration::from_secs(5));
+        match endpoint.connect().await {
+            Ok(channel) => return Ok(CoordinatorClient::new(channel).max_decoding_message_size(64 * 1024 * 1024)),
+            Err(source) if Instant::now() >= deadline => {
+                return Err(Error::Connect {
+                    url: cfg.url.clone(),
+                    source,
+                })
+            }
+            Err(e) => {
+                tracing::warn!("coordinator {} not reachable yet ({e}); retrying", cfg.url);
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn register(client: &mut Client, cfg: &Config) -> Result<(String, Duration)> {
+    let resp = client
+        .register(pb::RegisterRequest {
+            host: cfg.name.clone(),
+            devices: vec![device::name(cfg.device)],
+            slots: cfg.slots,
+            version: pb::PROTOCOL_VERSION.into(),
+        })
+        .await?
+        .into_inner();
+    tracing::info!(worker = %resp.worker_id, "registered with {}", cfg.url);
+    Ok((resp.worker_id, Duration::from_millis(u64::from(resp.poll_interval_ms.max(50)))))
+}
+
+/// Runs until the coordinator says the sweep is done and no trial of ours is left.
+pub async fn run(cfg: Config) -> Result<()> {
+    let mut client = connect(&cfg).await?;
+    let (mut worker_id, mut poll_every) = register(&mut client, &cfg).await?;
+    let running = Arc::new(AtomicUsize::new(0));
+    let wake = Arc::new(Notify::new());
+    let cache = Arc::new(DataCache::default());
+    let mut last_contact = Instant::now();
+    loop {
+        let busy = running.load(Ordering::SeqCst) as u32;
+        let request = pb::PollWorkRequest {
+            worker_id: worker_id.clone(),
+            free_slots: cfg.slots.saturating_sub(busy),
+        };
+        match client.poll_work(request).await {
+            Ok(resp) => {
+                last_contact = Instant::now();
+                let resp = resp.into_inner();
+                for assignment in resp.trials {
+                    running.fetch_add(1, Ordering::SeqCst);
+                    let (client, worker_id, cache) = (client.clone(), worker_id.clone(), cache.clone());
+                    let (running, wake, device) = (running.clone(), wake.clone(), cfg.device);
+                    tokio::spawn(async move {
+                        run_trial(client, worker_id, assignment, device, cache).await;
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        wake.notify_one();
+                    });
+                }
+                if resp.sweep_done && running.load(Ordering::SeqCst) == 0 {
+                    tracing::info!("sweep done; exiting");
+                    return Ok(());
+                }
+            }
+            Err(s) if s.code() == Code::NotFound => {
+                tracing::warn!("coordinator does not know this worker ({}); registering again", s.message());
+                (worker_id, poll_every) = register(&mut client, &cfg).await?;
+            }
+            Err(s) if last_contact.elapsed() > cfg.patience => return Err(s.into()),
+            Err(s) => tracing::warn!("poll failed: {}; retrying", s.message()),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(poll_every) => {}
+            _ = wake.notified() => {}
+        }
+    }
+}
+
+enum Msg {
+    Row(Row),
+    End(Result<Ending>),
+}
+
+/// Runs one trial: training on a thread of its own, rows to the coordinator as they come.
+async fn run_trial(mut client: Client, worker_id: String, a: pb::TrialAssignment, device: Device, cache: Arc<DataCache>) {
+    let span = tracing::info_span!("trial", trial = %a.trial_id, attempt = a.attempt);
+    let _enter = span.enter();
+    tracing::info!("starting on {}", device::name(device));
+    let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
+    let spec = a.spec.clone().unwrap_or_default();
+    std::thread::spawn(move || {
+        let rows = tx.clone();
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let data = cache.get(spec.dataset.as_ref().unwrap_or(&pb::DatasetSpec::default()))?;
+            trainer::train(&spec, data, device, |row| {
+                let _ = rows.send(Msg::Row(row));
+            })
+        }))
+        .unwrap_or_else(|panic| {
+            let text = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(Error::Crashed(text))
+        });
+        let _ = tx.send(Msg::End(result));
+    });
+
+    let mut batch = pb::MetricsBatch {
+        worker_id: worker_id.clone(),
+        trial_id: a.trial_id.clone(),
+        attempt: a.attempt,
+        ..Default::default()
+    };
+    let mut seq = 0u64;
+    let mut last_send = Instant::now();
+    let result = loop {
+        let msg = tokio::time::timeout(BATCH_WAIT, rx.recv()).await;
+        let end = match msg {
+            Ok(Some(Msg::Row(Row::Train(r)))) => {
+                batch.train.push(r);
+                None
+            }
+            Ok(Some(Msg::Row(Row::Eval(r)))) => {
+                batch.eval.push(r);
+                None
+            }
+            Ok(Some(Msg::End(result))) => Some(result),
+            Ok(None) => Some(Err(Error::Crashed("trainer thread vanished".into()))),
+            Err(_) => None,
+        };
+        let rows = batch.train.len() + batch.eval.len();
+        let due = rows >= BATCH_ROWS || (rows > 0 && last_send.elapsed() >= BATCH_WAIT) || (end.is_some() && rows > 0);
+        if due {
+            batch.seq = seq;
+            let next = pb::MetricsBatch {
+                train: Vec::new(),
+                eval: Vec::new(),
+                ..batch.clone()
+            };
+            let sending = std::mem::replace(&mut batch, next);
+            if let Err(e) = send_metrics(&mut client, sending).await {
+                tracing::error!("abandoning the trial: {e}");
+                return;
+            }
+            seq += 1;
+            last_send = Instant::now();
+        }
+        if let Some(result) = end {
+            break result;
+        }
+    };
+    let (status, error, retryable) = match &result {
+        Ok(Ending::Completed) => (pb::TrialStatus::Completed, String::new(), false),
+        Ok(Ending::Diverged) => (pb::TrialStatus::Diverged, String::new(), false),
+        Err(e) => (pb::TrialStatus::Failed, e.to_string(), e.retryable()),
+    };
+    match &result {
+        Ok(_) => tracing::info!("ended: {}", status.as_str_name()),
+        Err(e) => tracing::error!("failed: {e}"),
+    }
+    let outcome = pb::TrialOutcome {
+        worker_id,
+        trial_id: a.trial_id.clone(),
+        attempt: a.attempt,
+        status: status as i32,
+        error,
+        retryable,
+        device: device::name(device),
+        batches_sent: seq,
+    };
+    if let Err(e) = retry(|| {
+        let mut c = client.clone();
+        let o = outcome.clone();
+        async move { c.finish_trial(o).await.map(|_| ()) }
+    })
+    .await
+    {
+        tracing::error!("could not report the outcome: {e}");
+    }
+}
+
+async fn send_metrics(client: &mut Client, batch: pb::MetricsBatch) -> Result<()> {
+    retry(|| {
+        let mut c = client.clone();
+        let b = batch.clone();
+        async move { c.report_metrics(b).await.map(|_| ()) }
+    })
+    .await
+}
+
+/// Retries a call while the coordinator is unreachable or busy, for up to a minute.
+async fn retry<F, Fut>(mut call: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match call().await {
+            Ok(()) => return Ok(()),
+            Err(s) if matches!(s.code(), Code::Unavailable | Code::ResourceExhausted | Code::Unknown) && Instant::now() < deadline => {
+                tracing::warn!("coordinator busy or unreachable ({}); retrying", s.message());
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(s) => return Err(s.into()),
+        }
+    }
+}

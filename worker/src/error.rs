@@ -1,0 +1,38 @@
+//! The worker's one error type. Whether another attempt could succeed is decided here, once.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The trial's data is missing or malformed on this machine: retrying will not help.
+    #[error("dataset: {path}: {message}")]
+    Data { path: PathBuf, message: String },
+    /// The trial asks for something this worker cannot train (another version's model, say).
+    #[error("unsupported trial: {0}")]
+    Unsupported(String),
+    /// libtorch failed (out of memory, a CUDA error): another attempt may succeed.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    /// The trainer thread panicked.
+    #[error("trainer crashed: {0}")]
+    Crashed(String),
+    #[error("device: {0}")]
+    Device(String),
+    #[error("cannot reach the coordinator at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("coordinator answered: {0}")]
+    Rpc(#[from] tonic::Status),
+}
+
+impl Error {
+    /// True when the failure is the infrastructure's, not the trial's own.
+    pub fn retryable(&self) -> bool {
+        !matches!(self, Error::Data { .. } | Error::Unsupported(_))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

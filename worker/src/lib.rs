@@ -1,0 +1,9 @@
+//! bnsweep's worker: a gRPC agent that pulls trials from the coordinator and trains them with
+//! libtorch (through tch), measuring what bn-experiments.md defines.
+
+pub mod agent;
+pub mod device;
+pub mod error;
+pub mod trainer;
+
+pub use error::{Error, Result};

@@ -1,0 +1,91 @@
+//! `bnsweep-worker`: trains the trials a bnsweep coordinator hands out.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use bnsweep_worker::{agent, device};
+
+#[derive(Parser)]
+#[command(
+    name = "bnsweep-worker",
+    version,
+    about = "Trains the trials of a bnsweep coordinator (libtorch, CPU or CUDA)",
+    long_about = "Connects to a coordinator started with `bnsweep serve` (or by `bnsweep run`), \
+                  pulls trials, trains them and streams every metric back. Exits when the sweep \
+                  is done.\n\nOn a GPU machine, put PyTorch's lib directory on LD_LIBRARY_PATH: \
+                  the worker loads libtorch_cuda.so from there and trains on the GPU."
+)]
+struct Cli {
+    /// The coordinator's address, e.g. http://10.0.0.5:50051.
+    #[arg(long, env = "BNSWEEP_COORDINATOR")]
+    coordinator: String,
+    /// Trials this worker trains at once.
+    #[arg(long, default_value_t = 1)]
+    slots: u32,
+    /// Device: cpu, cuda or cuda:N. Default: CUDA when libtorch_cuda.so loads and a GPU is
+    /// present, else the CPU.
+    #[arg(long)]
+    device: Option<String>,
+    /// CPU threads for libtorch's operators. Default: every core.
+    #[arg(long)]
+    threads: Option<u32>,
+    /// This worker's name in the results (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Seconds the coordinator may stay unreachable before the worker gives up.
+    #[arg(long, default_value_t = 60)]
+    patience: u64,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BNSWEEP_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if cli.slots == 0 {
+        eprintln!("error: --slots must be at least 1");
+        return ExitCode::from(2);
+    }
+    let device = match device::choose(cli.device.as_deref()) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(t) = cli.threads {
+        tch::set_num_threads(t.max(1) as i32);
+    }
+    tch::set_num_interop_threads(1);
+    if device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+    let name = cli.name.unwrap_or_else(|| {
+        hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "worker".into())
+    });
+    tracing::info!(device = %device::name(device), slots = cli.slots, "bnsweep-worker {}", env!("CARGO_PKG_VERSION"));
+    let cfg = agent::Config {
+        url: cli.coordinator,
+        slots: cli.slots,
+        device,
+        name,
+        patience: Duration::from_secs(cli.patience.max(1)),
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(agent::run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
