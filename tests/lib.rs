@@ -6,7 +6,10 @@ use std::process::{Command, Output};
 
 /// The repository's root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// A built binary of the workspace, from the same profile as this test (`scripts/test` builds
@@ -17,7 +20,10 @@ pub fn bin(name: &str) -> PathBuf {
         None => {
             let exe = std::env::current_exe().expect("test executable");
             // target/<profile>/deps/e2e-HASH -> target/<profile>
-            exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("target dir")
+                .to_path_buf()
         }
     };
     let path = dir.join(name);
@@ -38,7 +44,9 @@ pub fn python() -> PathBuf {
 
 /// The CIFAR-10 binary directory made from shared/data, when this machine has it.
 pub fn cifar_dir() -> Option<PathBuf> {
-    std::env::var_os("BNSWEEP_CIFAR_DIR").map(PathBuf::from).filter(|p| p.join("test_batch.bin").is_file())
+    std::env::var_os("BNSWEEP_CIFAR_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.join("test_batch.bin").is_file())
 }
 
 /// What a finished command printed.
@@ -56,7 +64,11 @@ impl Ran {
 
 impl std::fmt::Debug for Ran {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit {:?}\n--- stdout\n{}\n--- stderr\n{}", self.code, self.stdout, self.stderr)
+        write!(
+            f,
+            "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
     }
 }
 
@@ -72,7 +84,9 @@ impl From<Output> for Ran {
 
 /// Runs a command to its end.
 pub fn run(cmd: &mut Command) -> Ran {
-    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}")).into()
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+        .into()
 }
 
 /// `bnsweep ARGS` in `dir`.

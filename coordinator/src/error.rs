@@ -36,7 +36,11 @@ pub enum Error {
         worker: String,
     },
     #[error("metric batch {got} of trial {trial} arrived while batch {expected} was due")]
-    OutOfOrder { trial: String, expected: u64, got: u64 },
+    OutOfOrder {
+        trial: String,
+        expected: u64,
+        got: u64,
+    },
     #[error("worker version {worker} does not match coordinator version {coordinator}")]
     VersionMismatch { worker: String, coordinator: String },
     #[error("invalid request: {0}")]

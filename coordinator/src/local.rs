@@ -23,7 +23,10 @@ pub fn find_worker_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("BNSWEEP_WORKER_BIN") {
         return PathBuf::from(p);
     }
-    if let Some(dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+    {
         let sibling = dir.join("bnsweep-worker");
         if sibling.is_file() {
             return sibling;

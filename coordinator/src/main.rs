@@ -77,21 +77,38 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BNSWEEP_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("BNSWEEP_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate { file } => validate(&file),
-        Command::Run { file, out, workers, device, threads } => run(&file, out, workers, device, threads),
-        Command::Serve { file, listen, out, worker_timeout } => serve(&file, listen, &out, worker_timeout),
+        Command::Run {
+            file,
+            out,
+            workers,
+            device,
+            threads,
+        } => run(&file, out, workers, device, threads),
+        Command::Serve {
+            file,
+            listen,
+            out,
+            worker_timeout,
+        } => serve(&file, listen, &out, worker_timeout),
     };
     match result {
         Ok(code) => code,
         Err(Error::Sweep(diags)) => {
             eprintln!("{diags}");
-            eprintln!("{} problem(s) in {}; nothing was run", diags.items.len(), diags.file);
+            eprintln!(
+                "{} problem(s) in {}; nothing was run",
+                diags.items.len(),
+                diags.file
+            );
             ExitCode::from(2)
         }
         Err(e) => {
@@ -124,13 +141,23 @@ fn validate(file: &Path) -> Result<ExitCode, Error> {
     for t in &sweep.trials {
         let mut row = vec![t.id.clone()];
         for (_, _, field) in &cols {
-            row.push(if *field == "seed" { t.config.seed.to_string() } else { t.config.get(field).to_string() });
+            row.push(if *field == "seed" {
+                t.config.seed.to_string()
+            } else {
+                t.config.get(field).to_string()
+            });
         }
         table.push(row);
     }
-    let widths: Vec<usize> = (0..table[0].len()).map(|c| table.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..table[0].len())
+        .map(|c| table.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
     for row in &table {
-        let cells: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         println!("{}", cells.join("  ").trim_end());
     }
     println!("{} trials", sweep.trials.len());
@@ -156,14 +183,24 @@ fn report(summary: &server::Summary, out: &Path) -> ExitCode {
     );
     println!("results: {}", out.display());
     if p.failed > 0 {
-        eprintln!("{} trial(s) failed; their errors are in {}/trials.parquet", p.failed, out.display());
+        eprintln!(
+            "{} trial(s) failed; their errors are in {}/trials.parquet",
+            p.failed,
+            out.display()
+        );
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     }
 }
 
-fn run(file: &Path, out: Option<PathBuf>, workers: u32, device: Option<String>, threads: Option<u32>) -> Result<ExitCode, Error> {
+fn run(
+    file: &Path,
+    out: Option<PathBuf>,
+    workers: u32,
+    device: Option<String>,
+    threads: Option<u32>,
+) -> Result<ExitCode, Error> {
     let sweep = load(file)?;
     let missing = sweep::missing_dataset_dirs(&sweep);
     if !missing.is_empty() {
@@ -177,7 +214,9 @@ fn run(file: &Path, out: Option<PathBuf>, workers: u32, device: Option<String>, 
         return Err(Error::Refused("--workers must be at least 1".into()));
     }
     let out = out.unwrap_or_else(|| Path::new("results").join(&sweep.name));
-    let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
     let spec = LocalWorkers {
         count: workers.min(sweep.trials.len().max(1) as u32),
         device,
@@ -195,7 +234,9 @@ fn run(file: &Path, out: Option<PathBuf>, workers: u32, device: Option<String>, 
     let rt = runtime()?;
     let summary = rt.block_on(async {
         let listener = server::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-        let addr = listener.local_addr().map_err(|e| Error::io("listener", e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("listener", e))?;
         let children = local::spawn(&spec, &format!("http://{addr}"), &results.logs_dir())?;
         let policy = Policy {
             poll_interval: Duration::from_millis(200),
@@ -206,7 +247,12 @@ fn run(file: &Path, out: Option<PathBuf>, workers: u32, device: Option<String>, 
     Ok(report(&summary, &out))
 }
 
-fn serve(file: &Path, listen: SocketAddr, out: &Path, worker_timeout: u64) -> Result<ExitCode, Error> {
+fn serve(
+    file: &Path,
+    listen: SocketAddr,
+    out: &Path,
+    worker_timeout: u64,
+) -> Result<ExitCode, Error> {
     let sweep = load(file)?;
     let results = ResultsDir::create(out, &sweep)?;
     let rt = runtime()?;

@@ -70,7 +70,8 @@ impl Reporter {
             let due = match &self.last {
                 None => true,
                 Some((at, last)) => {
-                    (last.finished() != p.finished() || last.running != p.running) && now - *at >= Duration::from_secs(2)
+                    (last.finished() != p.finished() || last.running != p.running)
+                        && now - *at >= Duration::from_secs(2)
                         || now - *at >= Duration::from_secs(10)
                 }
             };

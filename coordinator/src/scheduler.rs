@@ -149,7 +149,11 @@ impl Scheduler {
                 persisted: false,
             })
             .collect();
-        let by_id = records.iter().enumerate().map(|(i, r)| (r.trial.id.clone(), i)).collect();
+        let by_id = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.trial.id.clone(), i))
+            .collect();
         Scheduler {
             queue: (0..records.len()).collect(),
             records,
@@ -180,12 +184,22 @@ impl Scheduler {
     }
 
     /// Hands out up to `free_slots` queued trials to a worker; also its heartbeat.
-    pub fn poll(&mut self, worker_id: &str, free_slots: u32, now: Instant) -> Result<(Vec<pb::TrialAssignment>, bool)> {
-        let worker = self.workers.get_mut(worker_id).ok_or_else(|| Error::UnknownWorker(worker_id.into()))?;
+    pub fn poll(
+        &mut self,
+        worker_id: &str,
+        free_slots: u32,
+        now: Instant,
+    ) -> Result<(Vec<pb::TrialAssignment>, bool)> {
+        let worker = self
+            .workers
+            .get_mut(worker_id)
+            .ok_or_else(|| Error::UnknownWorker(worker_id.into()))?;
         worker.last_seen = now;
         let mut out = Vec::new();
         while out.len() < free_slots as usize {
-            let Some(i) = self.queue.pop_front() else { break };
+            let Some(i) = self.queue.pop_front() else {
+                break;
+            };
             let r = &mut self.records[i];
             r.status = Status::Running;
             r.attempts += 1;
@@ -209,9 +223,15 @@ impl Scheduler {
         if !self.workers.contains_key(worker_id) {
             return Err(Error::UnknownWorker(worker_id.into()));
         }
-        let &i = self.by_id.get(trial_id).ok_or_else(|| Error::UnknownTrial(trial_id.into()))?;
+        let &i = self
+            .by_id
+            .get(trial_id)
+            .ok_or_else(|| Error::UnknownTrial(trial_id.into()))?;
         let r = &self.records[i];
-        if r.status != Status::Running || r.attempts != attempt || r.worker.as_deref() != Some(worker_id) {
+        if r.status != Status::Running
+            || r.attempts != attempt
+            || r.worker.as_deref() != Some(worker_id)
+        {
             return Err(Error::NotLeased {
                 trial: trial_id.into(),
                 attempt,
@@ -272,7 +292,10 @@ impl Scheduler {
             Ok(pb::TrialStatus::Diverged) => Status::Diverged,
             Ok(pb::TrialStatus::Failed) => Status::Failed,
             _ => {
-                return Err(Error::InvalidArgument(format!("trial outcome status {} is not a final status", outcome.status)))
+                return Err(Error::InvalidArgument(format!(
+                    "trial outcome status {} is not a final status",
+                    outcome.status
+                )))
             }
         };
         let max = self.policy.max_attempts;
@@ -316,12 +339,20 @@ impl Scheduler {
             .collect();
         let mut log = Vec::new();
         for id in lost {
-            let Some(w) = self.workers.remove(&id) else { continue };
-            log.push(format!("worker {id} on {} lost (silent for over {timeout:?})", w.host));
+            let Some(w) = self.workers.remove(&id) else {
+                continue;
+            };
+            log.push(format!(
+                "worker {id} on {} lost (silent for over {timeout:?})",
+                w.host
+            ));
             for i in w.running {
                 self.rows.remove(&i);
                 let r = &mut self.records[i];
-                r.error = Some(format!("worker {id} was lost during attempt {}", r.attempts));
+                r.error = Some(format!(
+                    "worker {id} was lost during attempt {}",
+                    r.attempts
+                ));
                 if r.attempts < self.policy.max_attempts {
                     r.status = Status::Queued;
                     self.queue.push_front(i);
@@ -330,7 +361,10 @@ impl Scheduler {
                     r.status = Status::Failed;
                     r.ended_at = Some(SystemTime::now());
                     r.persisted = true;
-                    log.push(format!("trial {} failed: {} attempts lost", r.trial.id, r.attempts));
+                    log.push(format!(
+                        "trial {} failed: {} attempts lost",
+                        r.trial.id, r.attempts
+                    ));
                 }
             }
         }
@@ -339,7 +373,9 @@ impl Scheduler {
 
     /// True when every trial is final and written.
     pub fn is_done(&self) -> bool {
-        self.records.iter().all(|r| r.status.is_final() && r.persisted)
+        self.records
+            .iter()
+            .all(|r| r.status.is_final() && r.persisted)
     }
 
     pub fn progress(&self) -> Progress {
@@ -362,7 +398,11 @@ impl Scheduler {
             }
         }
         steps_done += p.finished() as f64;
-        p.fraction = if p.total == 0 { 1.0 } else { steps_done / p.total as f64 };
+        p.fraction = if p.total == 0 {
+            1.0
+        } else {
+            steps_done / p.total as f64
+        };
         p
     }
 }
@@ -376,10 +416,20 @@ pub fn final_train_loss(train: &[pb::TrainRow]) -> Option<f64> {
 fn sanitize(host: &str) -> String {
     let s: String = host
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(64)
         .collect();
-    if s.is_empty() { "unknown".into() } else { s }
+    if s.is_empty() {
+        "unknown".into()
+    } else {
+        s
+    }
 }
 
 /// The wire form of a trial's configuration.

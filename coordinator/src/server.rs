@@ -46,8 +46,9 @@ pub async fn run_sweep(
     let shared = Shared::new(Scheduler::new(sweep, policy), results);
     shared.write_trials()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let service = pb::coordinator_server::CoordinatorServer::new(CoordinatorService::new(shared.clone()))
-        .max_decoding_message_size(64 * 1024 * 1024);
+    let service =
+        pb::coordinator_server::CoordinatorServer::new(CoordinatorService::new(shared.clone()))
+            .max_decoding_message_size(64 * 1024 * 1024);
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(service)

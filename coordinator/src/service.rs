@@ -78,12 +78,18 @@ fn require(cond: bool, what: &str) -> Result<()> {
 }
 
 fn check_id(name: &str, id: &str) -> Result<()> {
-    require(!id.is_empty() && id.len() <= 128, &format!("`{name}` must be 1 to 128 characters"))
+    require(
+        !id.is_empty() && id.len() <= 128,
+        &format!("`{name}` must be 1 to 128 characters"),
+    )
 }
 
 #[tonic::async_trait]
 impl pb::coordinator_server::Coordinator for CoordinatorService {
-    async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+    async fn register(
+        &self,
+        req: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
         let req = req.into_inner();
         if req.version != pb::PROTOCOL_VERSION {
             return Err(Error::VersionMismatch {
@@ -92,7 +98,10 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             }
             .into());
         }
-        require(req.slots >= 1 && req.slots <= 1024, "`slots` must be in [1, 1024]")?;
+        require(
+            req.slots >= 1 && req.slots <= 1024,
+            "`slots` must be in [1, 1024]",
+        )?;
         check_id("host", &req.host)?;
         let mut s = self.shared.scheduler();
         let worker_id = s.register(&req.host, Instant::now());
@@ -103,18 +112,27 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         }))
     }
 
-    async fn poll_work(&self, req: Request<pb::PollWorkRequest>) -> Result<Response<pb::PollWorkResponse>, Status> {
+    async fn poll_work(
+        &self,
+        req: Request<pb::PollWorkRequest>,
+    ) -> Result<Response<pb::PollWorkResponse>, Status> {
         let req = req.into_inner();
         check_id("worker_id", &req.worker_id)?;
         require(req.free_slots <= 1024, "`free_slots` must be <= 1024")?;
-        let (trials, sweep_done) = self.shared.scheduler().poll(&req.worker_id, req.free_slots, Instant::now())?;
+        let (trials, sweep_done) =
+            self.shared
+                .scheduler()
+                .poll(&req.worker_id, req.free_slots, Instant::now())?;
         for t in &trials {
             tracing::info!(trial = %t.trial_id, attempt = t.attempt, worker = %req.worker_id, "trial handed out");
         }
         Ok(Response::new(pb::PollWorkResponse { trials, sweep_done }))
     }
 
-    async fn report_metrics(&self, req: Request<pb::MetricsBatch>) -> Result<Response<pb::MetricsAck>, Status> {
+    async fn report_metrics(
+        &self,
+        req: Request<pb::MetricsBatch>,
+    ) -> Result<Response<pb::MetricsAck>, Status> {
         let batch = req.into_inner();
         check_id("worker_id", &batch.worker_id)?;
         check_id("trial_id", &batch.trial_id)?;
@@ -126,14 +144,21 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         Ok(Response::new(pb::MetricsAck {}))
     }
 
-    async fn finish_trial(&self, req: Request<pb::TrialOutcome>) -> Result<Response<pb::FinishAck>, Status> {
+    async fn finish_trial(
+        &self,
+        req: Request<pb::TrialOutcome>,
+    ) -> Result<Response<pb::FinishAck>, Status> {
         let outcome = req.into_inner();
         check_id("worker_id", &outcome.worker_id)?;
         check_id("trial_id", &outcome.trial_id)?;
         let finished = self.shared.scheduler().finish(&outcome, Instant::now())?;
-        let status = pb::TrialStatus::try_from(outcome.status).map(|s| s.as_str_name()).unwrap_or("?");
+        let status = pb::TrialStatus::try_from(outcome.status)
+            .map(|s| s.as_str_name())
+            .unwrap_or("?");
         match finished {
-            None => tracing::warn!(trial = %outcome.trial_id, error = %outcome.error, "attempt failed; trial re-queued"),
+            None => {
+                tracing::warn!(trial = %outcome.trial_id, error = %outcome.error, "attempt failed; trial re-queued")
+            }
             Some(f) => {
                 tracing::info!(trial = %outcome.trial_id, status, "trial ended");
                 let shared = self.shared.clone();

@@ -22,18 +22,48 @@ train:
 fn a_sweep_runs_on_two_workers_into_parquet_that_every_reader_opens() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("tiny.yaml"), TINY).unwrap();
-    let ran = bnsweep(dir.path(), &["run", "tiny.yaml", "--workers", "2", "--out", "out", "--threads", "1"]);
+    let ran = bnsweep(
+        dir.path(),
+        &[
+            "run",
+            "tiny.yaml",
+            "--workers",
+            "2",
+            "--out",
+            "out",
+            "--threads",
+            "1",
+        ],
+    );
     assert!(ran.ok(), "{ran:?}");
     assert!(ran.stdout.contains("16 trials in"), "{ran:?}");
     assert!(ran.stdout.contains("results: out"), "{ran:?}");
-    assert_eq!(std::fs::read_to_string(dir.path().join("out/sweep.yaml")).unwrap(), TINY);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out/sweep.yaml")).unwrap(),
+        TINY
+    );
     let out = dir.path().join("out");
-    let checked = check_results(&out, &["--trials", "16", "--steps", "40", "--eval-every", "15", "--min-workers", "2"]);
+    let checked = check_results(
+        &out,
+        &[
+            "--trials",
+            "16",
+            "--steps",
+            "40",
+            "--eval-every",
+            "15",
+            "--min-workers",
+            "2",
+        ],
+    );
     assert!(checked.ok(), "{checked:?}");
     // A second run into the same directory would overwrite results: refused.
     let again = bnsweep(dir.path(), &["run", "tiny.yaml", "--out", "out"]);
     assert_eq!(again.code, Some(1), "{again:?}");
-    assert!(again.stderr.contains("already exists and is not empty"), "{again:?}");
+    assert!(
+        again.stderr.contains("already exists and is not empty"),
+        "{again:?}"
+    );
 }
 
 #[test]
@@ -50,8 +80,14 @@ fn cifar10_files_from_shared_data_train() {
         cifar.display()
     );
     std::fs::write(dir.path().join("cifar.yaml"), text).unwrap();
-    let ran = bnsweep(dir.path(), &["run", "cifar.yaml", "--workers", "1", "--out", "out"]);
+    let ran = bnsweep(
+        dir.path(),
+        &["run", "cifar.yaml", "--workers", "1", "--out", "out"],
+    );
     assert!(ran.ok(), "{ran:?}");
-    let checked = check_results(&dir.path().join("out"), &["--trials", "1", "--steps", "20", "--eval-every", "10"]);
+    let checked = check_results(
+        &dir.path().join("out"),
+        &["--trials", "1", "--steps", "20", "--eval-every", "10"],
+    );
     assert!(checked.ok(), "{checked:?}");
 }

@@ -7,7 +7,11 @@ use std::time::{Duration, Instant};
 use bnsweep_e2e::{bin, check_results, run};
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A worker lacking the dataset fails the trial at once, without retries, naming the path.
@@ -26,7 +30,14 @@ fn a_worker_without_the_data_fails_the_trial_naming_the_path() {
         .spawn()
         .unwrap();
     let worker = run(Command::new(bin("bnsweep-worker"))
-        .args(["--coordinator", &format!("http://{addr}"), "--device", "cpu", "--name", "remote-box"])
+        .args([
+            "--coordinator",
+            &format!("http://{addr}"),
+            "--device",
+            "cpu",
+            "--name",
+            "remote-box",
+        ])
         .current_dir(dir.path()));
     assert!(worker.ok(), "{worker:?}");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -39,8 +50,14 @@ fn a_worker_without_the_data_fails_the_trial_naming_the_path() {
     };
     let served = bnsweep_e2e::Ran::from(serve.wait_with_output().unwrap());
     assert_eq!(status.code(), Some(1), "{served:?}");
-    assert!(served.stdout.contains("0 completed, 0 diverged, 2 failed"), "{served:?}");
-    let checked = check_results(&dir.path().join("out"), &["--trials", "2", "--failed-error", "/data/not-here"]);
+    assert!(
+        served.stdout.contains("0 completed, 0 diverged, 2 failed"),
+        "{served:?}"
+    );
+    let checked = check_results(
+        &dir.path().join("out"),
+        &["--trials", "2", "--failed-error", "/data/not-here"],
+    );
     assert!(checked.ok(), "{checked:?}");
 }
 
@@ -56,5 +73,10 @@ fn a_worker_without_a_coordinator_gives_up_with_a_clear_error() {
         "1",
     ]));
     assert_eq!(ran.code, Some(1), "{ran:?}");
-    assert!(ran.stderr.contains(&format!("cannot reach the coordinator at http://127.0.0.1:{port}")), "{ran:?}");
+    assert!(
+        ran.stderr.contains(&format!(
+            "cannot reach the coordinator at http://127.0.0.1:{port}"
+        )),
+        "{ran:?}"
+    );
 }

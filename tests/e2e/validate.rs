@@ -8,7 +8,10 @@ fn the_paper_sweep_has_sixteen_trials() {
     assert!(ran.ok(), "{ran:?}");
     assert!(ran.stdout.lines().any(|l| l == "16 trials"), "{ran:?}");
     let header = ran.stdout.lines().next().unwrap();
-    assert!(header.starts_with("trial_id") && header.contains("lr") && header.contains("noise"), "{header}");
+    assert!(
+        header.starts_with("trial_id") && header.contains("lr") && header.contains("noise"),
+        "{header}"
+    );
 }
 
 #[test]
@@ -55,7 +58,11 @@ broken.yaml:11:3: train.optimiser: unknown key `optimiser` (expected one of: lr,
 #[test]
 fn a_yaml_syntax_error_names_its_line() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("bad.yaml"), "name: x\nparameters:\n  lr: [0.1, 0.2\ntrain: {}\n").unwrap();
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "name: x\nparameters:\n  lr: [0.1, 0.2\ntrain: {}\n",
+    )
+    .unwrap();
     let ran = bnsweep(dir.path(), &["validate", "bad.yaml"]);
     assert_eq!(ran.code, Some(2), "{ran:?}");
     assert!(ran.stderr.starts_with("bad.yaml:"), "{ran:?}");
@@ -69,9 +76,20 @@ fn run_refuses_a_missing_dataset_and_validate_only_warns() {
     std::fs::write(dir.path().join("c.yaml"), text).unwrap();
     let ran = bnsweep(dir.path(), &["validate", "c.yaml"]);
     assert!(ran.ok(), "{ran:?}");
-    assert!(ran.stderr.contains("warning: c.yaml: dataset directory `nowhere/cifar` does not exist"), "{ran:?}");
+    assert!(
+        ran.stderr
+            .contains("warning: c.yaml: dataset directory `nowhere/cifar` does not exist"),
+        "{ran:?}"
+    );
     let ran = bnsweep(dir.path(), &["run", "c.yaml", "--out", "res"]);
     assert_eq!(ran.code, Some(1), "{ran:?}");
-    assert!(ran.stderr.contains("dataset directory `nowhere/cifar` does not exist"), "{ran:?}");
-    assert!(!dir.path().join("res").exists(), "nothing may be written before the sweep can run");
+    assert!(
+        ran.stderr
+            .contains("dataset directory `nowhere/cifar` does not exist"),
+        "{ran:?}"
+    );
+    assert!(
+        !dir.path().join("res").exists(),
+        "nothing may be written before the sweep can run"
+    );
 }

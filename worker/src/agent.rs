@@ -62,7 +62,11 @@ async fn connect(cfg: &Config) -> Result<Client> {
             .map_err(|e| Error::Device(format!("--coordinator {}: {e}", cfg.url)))?
             .connect_timeout(Duration::from_secs(5));
         match endpoint.connect().await {
-            Ok(channel) => return Ok(CoordinatorClient::new(channel).max_decoding_message_size(64 * 1024 * 1024)),
+            Ok(channel) => {
+                return Ok(
+                    CoordinatorClient::new(channel).max_decoding_message_size(64 * 1024 * 1024)
+                )
+            }
             Err(source) if Instant::now() >= deadline => {
                 return Err(Error::Connect {
                     url: cfg.url.clone(),
@@ -89,7 +93,10 @@ async fn register(client: &mut Client, cfg: &Config) -> Result<(String, Duration
         .await?
         .into_inner();
     tracing::info!(worker = %resp.worker_id, "registered with {}", cfg.url);
-    Ok((resp.worker_id, Duration::from_millis(u64::from(resp.poll_interval_ms.max(50)))))
+    Ok((
+        resp.worker_id,
+        Duration::from_millis(u64::from(resp.poll_interval_ms.max(50))),
+    ))
 }
 
 /// Runs until the coordinator says the sweep is done and no trial of ours is left.
@@ -112,7 +119,8 @@ pub async fn run(cfg: Config) -> Result<()> {
                 let resp = resp.into_inner();
                 for assignment in resp.trials {
                     running.fetch_add(1, Ordering::SeqCst);
-                    let (client, worker_id, cache) = (client.clone(), worker_id.clone(), cache.clone());
+                    let (client, worker_id, cache) =
+                        (client.clone(), worker_id.clone(), cache.clone());
                     let (running, wake, device) = (running.clone(), wake.clone(), cfg.device);
                     tokio::spawn(async move {
                         run_trial(client, worker_id, assignment, device, cache).await;
@@ -126,7 +134,10 @@ pub async fn run(cfg: Config) -> Result<()> {
                 }
             }
             Err(s) if s.code() == Code::NotFound => {
-                tracing::warn!("coordinator does not know this worker ({}); registering again", s.message());
+                tracing::warn!(
+                    "coordinator does not know this worker ({}); registering again",
+                    s.message()
+                );
                 (worker_id, poll_every) = register(&mut client, &cfg).await?;
             }
             Err(s) if last_contact.elapsed() > cfg.patience => return Err(s.into()),
@@ -145,7 +156,13 @@ enum Msg {
 }
 
 /// Runs one trial: training on a thread of its own, rows to the coordinator as they come.
-async fn run_trial(mut client: Client, worker_id: String, a: pb::TrialAssignment, device: Device, cache: Arc<DataCache>) {
+async fn run_trial(
+    mut client: Client,
+    worker_id: String,
+    a: pb::TrialAssignment,
+    device: Device,
+    cache: Arc<DataCache>,
+) {
     let span = tracing::info_span!("trial", trial = %a.trial_id, attempt = a.attempt);
     let _enter = span.enter();
     tracing::info!("starting on {}", device::name(device));
@@ -194,7 +211,9 @@ async fn run_trial(mut client: Client, worker_id: String, a: pb::TrialAssignment
             Err(_) => None,
         };
         let rows = batch.train.len() + batch.eval.len();
-        let due = rows >= BATCH_ROWS || (rows > 0 && last_send.elapsed() >= BATCH_WAIT) || (end.is_some() && rows > 0);
+        let due = rows >= BATCH_ROWS
+            || (rows > 0 && last_send.elapsed() >= BATCH_WAIT)
+            || (end.is_some() && rows > 0);
         if due {
             batch.seq = seq;
             let next = pb::MetricsBatch {
@@ -264,8 +283,16 @@ where
     loop {
         match call().await {
             Ok(()) => return Ok(()),
-            Err(s) if matches!(s.code(), Code::Unavailable | Code::ResourceExhausted | Code::Unknown) && Instant::now() < deadline => {
-                tracing::warn!("coordinator busy or unreachable ({}); retrying", s.message());
+            Err(s)
+                if matches!(
+                    s.code(),
+                    Code::Unavailable | Code::ResourceExhausted | Code::Unknown
+                ) && Instant::now() < deadline =>
+            {
+                tracing::warn!(
+                    "coordinator busy or unreachable ({}); retrying",
+                    s.message()
+                );
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
             }

@@ -33,15 +33,21 @@ pub fn choose(requested: Option<&str>) -> Result<Device> {
             }
             let index: usize = match r.strip_prefix("cuda:") {
                 None => 0,
-                Some(n) => n.parse().map_err(|_| Error::Device(format!("--device {r}: expected cuda:N")))?,
+                Some(n) => n
+                    .parse()
+                    .map_err(|_| Error::Device(format!("--device {r}: expected cuda:N")))?,
             };
             let count = tch::Cuda::device_count() as usize;
             if index >= count {
-                return Err(Error::Device(format!("--device {r}: this machine has {count} CUDA device(s)")));
+                return Err(Error::Device(format!(
+                    "--device {r}: this machine has {count} CUDA device(s)"
+                )));
             }
             Ok(Device::Cuda(index))
         }
-        Some(r) => Err(Error::Device(format!("--device {r}: expected cpu, cuda or cuda:N"))),
+        Some(r) => Err(Error::Device(format!(
+            "--device {r}: expected cpu, cuda or cuda:N"
+        ))),
     }
 }
 

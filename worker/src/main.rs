@@ -41,8 +41,12 @@ struct Cli {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BNSWEEP_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BNSWEEP_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     if cli.slots == 0 {
@@ -64,7 +68,9 @@ fn main() -> ExitCode {
         tch::Cuda::cudnn_set_benchmark(true);
     }
     let name = cli.name.unwrap_or_else(|| {
-        hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "worker".into())
+        hostname::get()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "worker".into())
     });
     tracing::info!(device = %device::name(device), slots = cli.slots, "bnsweep-worker {}", env!("CARGO_PKG_VERSION"));
     let cfg = agent::Config {
@@ -74,7 +80,11 @@ fn main() -> ExitCode {
         name,
         patience: Duration::from_secs(cli.patience.max(1)),
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: tokio runtime: {e}");

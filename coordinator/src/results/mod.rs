@@ -64,7 +64,10 @@ impl ResultsDir {
     pub fn write_trial(&self, record: &TrialRecord, rows: &AttemptRows) -> Result<()> {
         let id = &record.trial.id;
         let train = tables::train_batch(&self.params, record, &rows.train)?;
-        tables::write_parquet(&self.dir.join("train").join(format!("{id}.parquet")), &train)?;
+        tables::write_parquet(
+            &self.dir.join("train").join(format!("{id}.parquet")),
+            &train,
+        )?;
         let eval = tables::eval_batch(&self.params, record, &rows.eval)?;
         tables::write_parquet(&self.dir.join("eval").join(format!("{id}.parquet")), &eval)
     }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arrow_array::builder::{BooleanBuilder, Float64Builder, Int64Builder, StringBuilder};
-use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow_array::{
+    ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -53,13 +55,23 @@ fn value(record: &TrialRecord, field: &str) -> ParamValue {
 }
 
 /// One column holding each record's value of a parameter, repeated `repeat(i)` times.
-fn param_array(col: &ParamColumn, records: &[&TrialRecord], repeat: impl Fn(usize) -> usize) -> ArrayRef {
-    let values: Vec<(ParamValue, usize)> = records.iter().enumerate().map(|(i, r)| (value(r, col.field), repeat(i))).collect();
+fn param_array(
+    col: &ParamColumn,
+    records: &[&TrialRecord],
+    repeat: impl Fn(usize) -> usize,
+) -> ArrayRef {
+    let values: Vec<(ParamValue, usize)> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (value(r, col.field), repeat(i)))
+        .collect();
     match col.kind {
         Kind::Float => {
             let mut b = Float64Builder::new();
             for (v, n) in &values {
-                let ParamValue::Float(x) = v else { unreachable!("typed by the field") };
+                let ParamValue::Float(x) = v else {
+                    unreachable!("typed by the field")
+                };
                 (0..*n).for_each(|_| b.append_value(*x));
             }
             Arc::new(b.finish())
@@ -67,7 +79,9 @@ fn param_array(col: &ParamColumn, records: &[&TrialRecord], repeat: impl Fn(usiz
         Kind::Int => {
             let mut b = Int64Builder::new();
             for (v, n) in &values {
-                let ParamValue::Int(x) = v else { unreachable!("typed by the field") };
+                let ParamValue::Int(x) = v else {
+                    unreachable!("typed by the field")
+                };
                 (0..*n).for_each(|_| b.append_value(*x));
             }
             Arc::new(b.finish())
@@ -75,7 +89,9 @@ fn param_array(col: &ParamColumn, records: &[&TrialRecord], repeat: impl Fn(usiz
         Kind::Bool => {
             let mut b = BooleanBuilder::new();
             for (v, n) in &values {
-                let ParamValue::Bool(x) = v else { unreachable!("typed by the field") };
+                let ParamValue::Bool(x) = v else {
+                    unreachable!("typed by the field")
+                };
                 (0..*n).for_each(|_| b.append_value(*x));
             }
             Arc::new(b.finish())
@@ -83,7 +99,9 @@ fn param_array(col: &ParamColumn, records: &[&TrialRecord], repeat: impl Fn(usiz
         Kind::Str => {
             let mut b = StringBuilder::new();
             for (v, n) in &values {
-                let ParamValue::Str(x) = v else { unreachable!("typed by the field") };
+                let ParamValue::Str(x) = v else {
+                    unreachable!("typed by the field")
+                };
                 (0..*n).for_each(|_| b.append_value(x));
             }
             Arc::new(b.finish())
@@ -92,9 +110,16 @@ fn param_array(col: &ParamColumn, records: &[&TrialRecord], repeat: impl Fn(usiz
 }
 
 /// `trial_id` and the parameter columns, each row repeated `n` times, in front of a table.
-fn key_columns(params: &[ParamColumn], record: &TrialRecord, n: usize) -> (Vec<Field>, Vec<ArrayRef>) {
+fn key_columns(
+    params: &[ParamColumn],
+    record: &TrialRecord,
+    n: usize,
+) -> (Vec<Field>, Vec<ArrayRef>) {
     let mut fields = vec![Field::new("trial_id", DataType::Utf8, false)];
-    let mut arrays: Vec<ArrayRef> = vec![Arc::new(StringArray::from(vec![record.trial.id.as_str(); n]))];
+    let mut arrays: Vec<ArrayRef> = vec![Arc::new(StringArray::from(vec![
+        record.trial.id.as_str();
+        n
+    ]))];
     for col in params {
         fields.push(Field::new(&col.name, data_type(col.kind), false));
         arrays.push(param_array(col, &[record], |_| n));
@@ -102,7 +127,11 @@ fn key_columns(params: &[ParamColumn], record: &TrialRecord, n: usize) -> (Vec<F
     (fields, arrays)
 }
 
-pub fn train_batch(params: &[ParamColumn], record: &TrialRecord, rows: &[pb::TrainRow]) -> Result<RecordBatch> {
+pub fn train_batch(
+    params: &[ParamColumn],
+    record: &TrialRecord,
+    rows: &[pb::TrainRow],
+) -> Result<RecordBatch> {
     let (mut fields, mut arrays) = key_columns(params, record, rows.len());
     fields.extend([
         Field::new("step", DataType::Int64, false),
@@ -113,22 +142,35 @@ pub fn train_batch(params: &[ParamColumn], record: &TrialRecord, rows: &[pb::Tra
         Field::new("wall_s", DataType::Float64, false),
     ]);
     // `lr` is both a parameter and a per-step column; the per-step one wins its name.
-    if let Some(i) = fields[..fields.len() - 6].iter().position(|f| f.name() == "lr") {
+    if let Some(i) = fields[..fields.len() - 6]
+        .iter()
+        .position(|f| f.name() == "lr")
+    {
         fields.remove(i);
         arrays.remove(i);
     }
     arrays.extend::<[ArrayRef; 6]>([
-        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.step as i64))),
-        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| i64::from(r.epoch)))),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| r.step as i64),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| i64::from(r.epoch)),
+        )),
         Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.loss))),
         Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.acc))),
         Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.lr))),
-        Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.wall_s))),
+        Arc::new(Float64Array::from_iter_values(
+            rows.iter().map(|r| r.wall_s),
+        )),
     ]);
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
 }
 
-pub fn eval_batch(params: &[ParamColumn], record: &TrialRecord, rows: &[pb::EvalRow]) -> Result<RecordBatch> {
+pub fn eval_batch(
+    params: &[ParamColumn],
+    record: &TrialRecord,
+    rows: &[pb::EvalRow],
+) -> Result<RecordBatch> {
     let (mut fields, mut arrays) = key_columns(params, record, rows.len());
     fields.extend([
         Field::new("step", DataType::Int64, false),
@@ -136,22 +178,34 @@ pub fn eval_batch(params: &[ParamColumn], record: &TrialRecord, rows: &[pb::Eval
         Field::new("test_acc", DataType::Float64, false),
     ]);
     arrays.extend::<[ArrayRef; 3]>([
-        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.step as i64))),
-        Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.test_loss))),
-        Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.test_acc))),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| r.step as i64),
+        )),
+        Arc::new(Float64Array::from_iter_values(
+            rows.iter().map(|r| r.test_loss),
+        )),
+        Arc::new(Float64Array::from_iter_values(
+            rows.iter().map(|r| r.test_acc),
+        )),
     ]);
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
 }
 
 fn micros(t: Option<SystemTime>) -> Option<i64> {
-    t.map(|t| t.duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0))
+    t.map(|t| {
+        t.duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0)
+    })
 }
 
 pub fn trials_batch(params: &[ParamColumn], records: &[TrialRecord]) -> Result<RecordBatch> {
     let refs: Vec<&TrialRecord> = records.iter().collect();
     let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
     let mut fields = vec![Field::new("trial_id", DataType::Utf8, false)];
-    let mut arrays: Vec<ArrayRef> = vec![Arc::new(StringArray::from_iter_values(records.iter().map(|r| r.trial.id.as_str())))];
+    let mut arrays: Vec<ArrayRef> = vec![Arc::new(StringArray::from_iter_values(
+        records.iter().map(|r| r.trial.id.as_str()),
+    ))];
     for col in params {
         fields.push(Field::new(&col.name, data_type(col.kind), false));
         arrays.push(param_array(col, &refs, |_| 1));
@@ -168,15 +222,35 @@ pub fn trials_batch(params: &[ParamColumn], records: &[TrialRecord]) -> Result<R
         Field::new("error", DataType::Utf8, true),
     ]);
     arrays.extend::<[ArrayRef; 9]>([
-        Arc::new(StringArray::from_iter_values(records.iter().map(|r| r.status.as_str()))),
-        Arc::new(Int64Array::from_iter_values(records.iter().map(|r| i64::from(r.attempts)))),
-        Arc::new(StringArray::from_iter(records.iter().map(|r| r.worker.as_deref()))),
-        Arc::new(StringArray::from_iter(records.iter().map(|r| r.device.as_deref()))),
-        Arc::new(TimestampMicrosecondArray::from_iter(records.iter().map(|r| micros(r.started_at))).with_timezone("UTC")),
-        Arc::new(TimestampMicrosecondArray::from_iter(records.iter().map(|r| micros(r.ended_at))).with_timezone("UTC")),
-        Arc::new(Float64Array::from_iter(records.iter().map(|r| r.final_test_acc))),
-        Arc::new(Float64Array::from_iter(records.iter().map(|r| r.final_train_loss))),
-        Arc::new(StringArray::from_iter(records.iter().map(|r| r.error.as_deref()))),
+        Arc::new(StringArray::from_iter_values(
+            records.iter().map(|r| r.status.as_str()),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            records.iter().map(|r| i64::from(r.attempts)),
+        )),
+        Arc::new(StringArray::from_iter(
+            records.iter().map(|r| r.worker.as_deref()),
+        )),
+        Arc::new(StringArray::from_iter(
+            records.iter().map(|r| r.device.as_deref()),
+        )),
+        Arc::new(
+            TimestampMicrosecondArray::from_iter(records.iter().map(|r| micros(r.started_at)))
+                .with_timezone("UTC"),
+        ),
+        Arc::new(
+            TimestampMicrosecondArray::from_iter(records.iter().map(|r| micros(r.ended_at)))
+                .with_timezone("UTC"),
+        ),
+        Arc::new(Float64Array::from_iter(
+            records.iter().map(|r| r.final_test_acc),
+        )),
+        Arc::new(Float64Array::from_iter(
+            records.iter().map(|r| r.final_train_loss),
+        )),
+        Arc::new(StringArray::from_iter(
+            records.iter().map(|r| r.error.as_deref()),
+        )),
     ]);
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
 }
@@ -184,12 +258,18 @@ pub fn trials_batch(params: &[ParamColumn], records: &[TrialRecord]) -> Result<R
 /// Writes a ZSTD-compressed Parquet file under a temporary name, then renames it into place.
 pub fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<()> {
     let tmp = super::tmp_path(path);
-    let parquet_err = |source| Error::Parquet { path: path.to_path_buf(), source };
+    let parquet_err = |source| Error::Parquet {
+        path: path.to_path_buf(),
+        source,
+    };
     let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(parquet_err)?))
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).map_err(parquet_err)?,
+        ))
         .build();
-    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(parquet_err)?;
+    let mut writer =
+        ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(parquet_err)?;
     writer.write(batch).map_err(parquet_err)?;
     writer.close().map_err(parquet_err)?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
@@ -199,6 +279,9 @@ pub fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<()> {
 pub fn read_row_count(path: &Path) -> Result<i64> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let reader = SerializedFileReader::new(file).map_err(|source| Error::Parquet { path: path.to_path_buf(), source })?;
+    let reader = SerializedFileReader::new(file).map_err(|source| Error::Parquet {
+        path: path.to_path_buf(),
+        source,
+    })?;
     Ok(reader.metadata().file_metadata().num_rows())
 }

@@ -35,24 +35,78 @@ pub struct Field {
 
 /// Every training field. A path with a dot lives in a nested mapping (`model: {width: 0.5}`).
 pub const FIELDS: &[Field] = &[
-    Field { path: "lr", kind: Kind::Float },
-    Field { path: "bn", kind: Kind::Bool },
-    Field { path: "noise", kind: Kind::Float },
-    Field { path: "batch_size", kind: Kind::Int },
-    Field { path: "steps", kind: Kind::Int },
-    Field { path: "eval_every", kind: Kind::Int },
-    Field { path: "model.name", kind: Kind::Str },
-    Field { path: "model.width", kind: Kind::Float },
-    Field { path: "dataset.name", kind: Kind::Str },
-    Field { path: "dataset.path", kind: Kind::Str },
-    Field { path: "dataset.augment", kind: Kind::Bool },
-    Field { path: "dataset.train_size", kind: Kind::Int },
-    Field { path: "dataset.test_size", kind: Kind::Int },
-    Field { path: "dataset.seed", kind: Kind::Int },
-    Field { path: "optimizer.name", kind: Kind::Str },
-    Field { path: "optimizer.momentum", kind: Kind::Float },
-    Field { path: "optimizer.weight_decay", kind: Kind::Float },
-    Field { path: "optimizer.nesterov", kind: Kind::Bool },
+    Field {
+        path: "lr",
+        kind: Kind::Float,
+    },
+    Field {
+        path: "bn",
+        kind: Kind::Bool,
+    },
+    Field {
+        path: "noise",
+        kind: Kind::Float,
+    },
+    Field {
+        path: "batch_size",
+        kind: Kind::Int,
+    },
+    Field {
+        path: "steps",
+        kind: Kind::Int,
+    },
+    Field {
+        path: "eval_every",
+        kind: Kind::Int,
+    },
+    Field {
+        path: "model.name",
+        kind: Kind::Str,
+    },
+    Field {
+        path: "model.width",
+        kind: Kind::Float,
+    },
+    Field {
+        path: "dataset.name",
+        kind: Kind::Str,
+    },
+    Field {
+        path: "dataset.path",
+        kind: Kind::Str,
+    },
+    Field {
+        path: "dataset.augment",
+        kind: Kind::Bool,
+    },
+    Field {
+        path: "dataset.train_size",
+        kind: Kind::Int,
+    },
+    Field {
+        path: "dataset.test_size",
+        kind: Kind::Int,
+    },
+    Field {
+        path: "dataset.seed",
+        kind: Kind::Int,
+    },
+    Field {
+        path: "optimizer.name",
+        kind: Kind::Str,
+    },
+    Field {
+        path: "optimizer.momentum",
+        kind: Kind::Float,
+    },
+    Field {
+        path: "optimizer.weight_decay",
+        kind: Kind::Float,
+    },
+    Field {
+        path: "optimizer.nesterov",
+        kind: Kind::Bool,
+    },
 ];
 
 pub const MODELS: &[&str] = &["vgg8"];
@@ -115,10 +169,15 @@ pub struct Origin {
 /// The settings of one trial: field path -> value, before defaults and checks.
 pub type Settings = BTreeMap<&'static str, (ParamValue, Origin)>;
 
-/// Reads the `train:` mapping into settings, reporting unknown keys and wrong types.
-pub fn read_train(node: &Node, diags: &mut Vec<Diagnostic>) -> Settings {
+/// Reads the `train:` mapping into settings, reporting unknown keys and wrong types. Fields
+/// whose value could not be read are added to `broken`.
+pub fn read_train(
+    node: &Node,
+    broken: &mut Vec<&'static str>,
+    diags: &mut Vec<Diagnostic>,
+) -> Settings {
     let mut settings = Settings::new();
-    read_group(node, "", "train", &mut settings, diags);
+    read_group(node, "", "train", &mut settings, broken, diags);
     settings
 }
 
@@ -127,6 +186,7 @@ fn read_group(
     prefix: &str,
     file_path: &str,
     settings: &mut Settings,
+    broken: &mut Vec<&'static str>,
     diags: &mut Vec<Diagnostic>,
 ) {
     let Some(entries) = node.as_map() else {
@@ -154,15 +214,24 @@ fn read_group(
                         ),
                     );
                 }
-                Err(d) => diags.push(d),
+                Err(d) => {
+                    broken.push(f.path);
+                    diags.push(d);
+                }
             }
-        } else if FIELDS.iter().any(|f| f.path.starts_with(&format!("{path}."))) {
-            read_group(value, &format!("{path}."), &shown, settings, diags);
+        } else if FIELDS
+            .iter()
+            .any(|f| f.path.starts_with(&format!("{path}.")))
+        {
+            read_group(value, &format!("{path}."), &shown, settings, broken, diags);
         } else {
             diags.push(Diagnostic::new(
                 *key_pos,
                 shown,
-                format!("unknown key `{key}` (expected one of: {})", keys_under(prefix)),
+                format!(
+                    "unknown key `{key}` (expected one of: {})",
+                    keys_under(prefix)
+                ),
             ));
         }
     }
@@ -237,7 +306,12 @@ impl TrialConfig {
         let noise = r.float("noise", Some(0.0), |v| v >= 0.0, "noise level must be >= 0");
         let bn = r.bool("bn", true);
         let model_name = r.choice("model.name", "vgg8", MODELS, "model");
-        let width = r.float("model.width", Some(1.0), |v| v > 0.0 && v <= 16.0, "width must be in (0, 16]");
+        let width = r.float(
+            "model.width",
+            Some(1.0),
+            |v| v > 0.0 && v <= 16.0,
+            "width must be in (0, 16]",
+        );
         let dataset_name = r.choice("dataset.name", "synthetic", DATASETS, "dataset");
         let synthetic = dataset_name == "synthetic";
         let (train_default, test_default, train_max, test_max) = if synthetic {
@@ -255,21 +329,40 @@ impl TrialConfig {
         let augment = r.bool("dataset.augment", false);
         let data_seed = r.int("dataset.seed", 0, 0, i64::MAX);
         let batch_size = r.int("batch_size", 128, 1, 65_536);
-        let available = if train_size > 0 { train_size } else { train_max };
+        let available = if train_size > 0 {
+            train_size
+        } else {
+            train_max
+        };
         if batch_size > available {
             r.fail(
                 "batch_size",
-                format!("batch size {batch_size} is larger than the training set ({available} images)"),
+                format!(
+                    "batch size {batch_size} is larger than the training set ({available} images)"
+                ),
             );
         }
         let steps = r.int("steps", 1000, 1, i64::MAX);
         let eval_every = r.int("eval_every", 500, 1, i64::MAX);
         let opt_name = r.choice("optimizer.name", "sgd", OPTIMIZERS, "optimizer");
-        let momentum = r.float("optimizer.momentum", Some(0.0), |v| (0.0..1.0).contains(&v), "momentum must be in [0, 1)");
-        let weight_decay = r.float("optimizer.weight_decay", Some(0.0), |v| v >= 0.0, "weight decay must be >= 0");
+        let momentum = r.float(
+            "optimizer.momentum",
+            Some(0.0),
+            |v| (0.0..1.0).contains(&v),
+            "momentum must be in [0, 1)",
+        );
+        let weight_decay = r.float(
+            "optimizer.weight_decay",
+            Some(0.0),
+            |v| v >= 0.0,
+            "weight decay must be >= 0",
+        );
         let nesterov = r.bool("optimizer.nesterov", false);
         if nesterov && momentum == 0.0 {
-            r.fail("optimizer.nesterov", "Nesterov momentum needs optimizer.momentum > 0".into());
+            r.fail(
+                "optimizer.nesterov",
+                "Nesterov momentum needs optimizer.momentum > 0".into(),
+            );
         }
         if !r.diags.is_empty() {
             return Err(r.diags);
@@ -279,7 +372,10 @@ impl TrialConfig {
             lr,
             bn,
             noise,
-            model: ModelConfig { name: model_name, width },
+            model: ModelConfig {
+                name: model_name,
+                width,
+            },
             dataset: DatasetConfig {
                 name: dataset_name,
                 path,
@@ -354,7 +450,13 @@ impl Reader<'_> {
         self.diags.push(Diagnostic::new(pos, shown, message));
     }
 
-    fn float(&mut self, path: &str, default: Option<f64>, ok: impl Fn(f64) -> bool, rule: &str) -> f64 {
+    fn float(
+        &mut self,
+        path: &str,
+        default: Option<f64>,
+        ok: impl Fn(f64) -> bool,
+        rule: &str,
+    ) -> f64 {
         match (self.s.get(path), default) {
             (Some((ParamValue::Float(v), _)), _) => {
                 let v = *v;
@@ -365,7 +467,10 @@ impl Reader<'_> {
             }
             (_, Some(d)) => d,
             (_, None) => {
-                self.fail(path, format!("missing: set `{path}` under `train` or sweep it under `parameters`"));
+                self.fail(
+                    path,
+                    format!("missing: set `{path}` under `train` or sweep it under `parameters`"),
+                );
                 f64::NAN
             }
         }
@@ -406,7 +511,10 @@ impl Reader<'_> {
     fn choice(&mut self, path: &str, default: &str, known: &[&str], what: &str) -> String {
         let v = self.string(path, default);
         if !known.contains(&v.as_str()) {
-            self.fail(path, format!("unknown {what} `{v}` (known: {})", known.join(", ")));
+            self.fail(
+                path,
+                format!("unknown {what} `{v}` (known: {})", known.join(", ")),
+            );
         }
         v
     }

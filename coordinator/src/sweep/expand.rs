@@ -52,7 +52,10 @@ pub fn expand(file: &SweepFile, diags: &mut Vec<Diagnostic>) -> (Vec<super::Tria
                         trials.push(Trial { id, config });
                     }
                 }
-                Err(found) => diags.extend(found),
+                Err(found) => diags.extend(found.into_iter().filter(|d| {
+                    // A field whose axis could not be read is not missing too.
+                    !file.broken.iter().any(|f| d.path == format!("train.{f}"))
+                })),
             }
         }
     }
@@ -93,9 +96,10 @@ fn random(file: &SweepFile, samples: u32, seed: u64) -> Vec<Assignment> {
                 .map(|axis| {
                     let (value, origin) = match &axis.domain {
                         Domain::Values(values) => values[rng.gen_range(0..values.len())].clone(),
-                        Domain::Uniform { min, max, origin } => {
-                            (ParamValue::Float(rng.gen_range(*min..=*max)), origin.clone())
-                        }
+                        Domain::Uniform { min, max, origin } => (
+                            ParamValue::Float(rng.gen_range(*min..=*max)),
+                            origin.clone(),
+                        ),
                         Domain::LogUniform { min, max, origin } => {
                             let x: f64 = rng.gen_range(min.ln()..=max.ln());
                             (ParamValue::Float(x.exp().clamp(*min, *max)), origin.clone())

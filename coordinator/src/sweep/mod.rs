@@ -37,11 +37,23 @@ pub enum Domain {
     /// An explicit list; each value with where it stands in the file.
     Values(Vec<(ParamValue, config::Origin)>),
     /// A float drawn uniformly from [min, max] (random only).
-    Uniform { min: f64, max: f64, origin: config::Origin },
+    Uniform {
+        min: f64,
+        max: f64,
+        origin: config::Origin,
+    },
     /// A float whose logarithm is uniform on [ln min, ln max] (random only).
-    LogUniform { min: f64, max: f64, origin: config::Origin },
+    LogUniform {
+        min: f64,
+        max: f64,
+        origin: config::Origin,
+    },
     /// An integer drawn uniformly from min..=max (random only).
-    IntUniform { min: i64, max: i64, origin: config::Origin },
+    IntUniform {
+        min: i64,
+        max: i64,
+        origin: config::Origin,
+    },
 }
 
 /// One swept training field.
@@ -61,6 +73,8 @@ pub struct SweepFile {
     pub axes: Vec<Axis>,
     /// The `train:` settings shared by every trial.
     pub base: Settings,
+    /// Fields whose value or axis could not be read (already reported): not reported again as missing.
+    pub broken: Vec<&'static str>,
 }
 
 /// A sweep ready to run: its source text and its trials, in dispatch order.
@@ -77,7 +91,19 @@ pub struct Sweep {
     pub warnings: Vec<String>,
 }
 
-const TOP_KEYS: &[&str] = &["name", "description", "method", "samples", "seed", "seeds", "parameters", "train"];
+/// Where a missing top-level key is reported.
+const FILE_START: Pos = Pos { line: 1, col: 1 };
+
+const TOP_KEYS: &[&str] = &[
+    "name",
+    "description",
+    "method",
+    "samples",
+    "seed",
+    "seeds",
+    "parameters",
+    "train",
+];
 
 impl Sweep {
     /// Reads, checks and expands a sweep file. `Err` holds every problem found.
@@ -86,7 +112,11 @@ impl Sweep {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Diagnostics::new(
                 &shown,
-                vec![Diagnostic::new(Pos { line: 0, col: 0 }, "", format!("cannot read the file: {e}"))],
+                vec![Diagnostic::new(
+                    Pos { line: 0, col: 0 },
+                    "",
+                    format!("cannot read the file: {e}"),
+                )],
             )
         })?;
         Sweep::parse(&shown, &text)
@@ -95,7 +125,14 @@ impl Sweep {
     /// Like [`Sweep::load`], from text; `file` names it in messages.
     pub fn parse(file: &str, text: &str) -> Result<Sweep, Diagnostics> {
         let root = yaml::parse(text).map_err(|e| {
-            Diagnostics::new(file, vec![Diagnostic::new(e.pos, "", format!("YAML syntax error: {}", e.message))])
+            Diagnostics::new(
+                file,
+                vec![Diagnostic::new(
+                    e.pos,
+                    "",
+                    format!("YAML syntax error: {}", e.message),
+                )],
+            )
         })?;
         let mut diags = Vec::new();
         let parsed = SweepFile::from_tree(&root, &mut diags);
@@ -150,9 +187,14 @@ impl SweepFile {
             seeds: vec![0],
             axes: Vec::new(),
             base: Settings::new(),
+            broken: Vec::new(),
         };
         let Some(entries) = root.as_map() else {
-            diags.push(Diagnostic::new(root.pos, "", format!("a sweep file is a mapping, got {}", root.kind())));
+            diags.push(Diagnostic::new(
+                root.pos,
+                "",
+                format!("a sweep file is a mapping, got {}", root.kind()),
+            ));
             return out;
         };
         let get = |key: &str| entries.iter().find(|(k, _, _)| k == key).map(|(_, _, n)| n);
@@ -161,23 +203,41 @@ impl SweepFile {
                 diags.push(Diagnostic::new(
                     *pos,
                     key.clone(),
-                    format!("unknown key `{key}` (expected one of: {})", TOP_KEYS.join(", ")),
+                    format!(
+                        "unknown key `{key}` (expected one of: {})",
+                        TOP_KEYS.join(", ")
+                    ),
                 ));
             }
         }
         match get("name") {
-            Some(Node { value: Value::Scalar(Scalar::Str(s)), pos }) => {
+            Some(Node {
+                value: Value::Scalar(Scalar::Str(s)),
+                pos,
+            }) => {
                 if s.trim().is_empty() {
                     diags.push(Diagnostic::new(*pos, "name", "must not be empty"));
                 }
                 out.name = s.clone();
             }
-            Some(n) => diags.push(Diagnostic::new(n.pos, "name", format!("expected a string, got {}", n.kind()))),
-            None => diags.push(Diagnostic::new(root.pos, "name", "missing: every sweep needs a `name`")),
+            Some(n) => diags.push(Diagnostic::new(
+                n.pos,
+                "name",
+                format!("expected a string, got {}", n.kind()),
+            )),
+            None => diags.push(Diagnostic::new(
+                FILE_START,
+                "name",
+                "missing: every sweep needs a `name`",
+            )),
         }
         if let Some(n) = get("description") {
             if !matches!(n.value, Value::Scalar(Scalar::Str(_))) {
-                diags.push(Diagnostic::new(n.pos, "description", format!("expected a string, got {}", n.kind())));
+                diags.push(Diagnostic::new(
+                    n.pos,
+                    "description",
+                    format!("expected a string, got {}", n.kind()),
+                ));
             }
         }
         let seed = match get("seed") {
@@ -186,16 +246,27 @@ impl SweepFile {
         };
         let random = match get("method") {
             None => false,
-            Some(Node { value: Value::Scalar(Scalar::Str(m)), pos }) => match m.as_str() {
+            Some(Node {
+                value: Value::Scalar(Scalar::Str(m)),
+                pos,
+            }) => match m.as_str() {
                 "grid" => false,
                 "random" => true,
                 other => {
-                    diags.push(Diagnostic::new(*pos, "method", format!("unknown method `{other}` (known: grid, random)")));
+                    diags.push(Diagnostic::new(
+                        *pos,
+                        "method",
+                        format!("unknown method `{other}` (known: grid, random)"),
+                    ));
                     false
                 }
             },
             Some(n) => {
-                diags.push(Diagnostic::new(n.pos, "method", format!("expected grid or random, got {}", n.kind())));
+                diags.push(Diagnostic::new(
+                    n.pos,
+                    "method",
+                    format!("expected grid or random, got {}", n.kind()),
+                ));
                 false
             }
         };
@@ -203,29 +274,49 @@ impl SweepFile {
             (Some(n), true) => {
                 let samples = non_negative(n, "samples", diags);
                 if samples == 0 || samples > 1_000_000 {
-                    diags.push(Diagnostic::new(n.pos, "samples", format!("must be in [1, 1000000], got {samples}")));
+                    diags.push(Diagnostic::new(
+                        n.pos,
+                        "samples",
+                        format!("must be in [1, 1000000], got {samples}"),
+                    ));
                 }
-                out.method = Method::Random { samples: samples.clamp(1, 1_000_000) as u32, seed };
+                out.method = Method::Random {
+                    samples: samples.clamp(1, 1_000_000) as u32,
+                    seed,
+                };
             }
-            (None, true) => diags.push(Diagnostic::new(root.pos, "samples", "missing: `method: random` needs `samples`")),
-            (Some(n), false) => diags.push(Diagnostic::new(n.pos, "samples", "only `method: random` takes `samples`")),
+            (None, true) => diags.push(Diagnostic::new(
+                FILE_START,
+                "samples",
+                "missing: `method: random` needs `samples`",
+            )),
+            (Some(n), false) => diags.push(Diagnostic::new(
+                n.pos,
+                "samples",
+                "only `method: random` takes `samples`",
+            )),
             (None, false) => {}
         }
         if let Some(n) = get("seeds") {
             out.seeds = read_seeds(n, diags);
         }
         if let Some(n) = get("train") {
-            out.base = config::read_train(n, diags);
+            out.base = config::read_train(n, &mut out.broken, diags);
         }
         if let Some(n) = get("parameters") {
-            out.axes = read_axes(n, random, diags);
+            let (axes, broken) = read_axes(n, random, diags);
+            out.axes = axes;
+            out.broken.extend(broken);
         }
         for axis in &out.axes {
             if let Some((_, origin)) = out.base.get(axis.field) {
                 diags.push(Diagnostic::new(
                     origin.pos,
                     origin.path.clone(),
-                    format!("`{}` is swept under `parameters`; remove it from `train`", axis.field),
+                    format!(
+                        "`{}` is swept under `parameters`; remove it from `train`",
+                        axis.field
+                    ),
                 ));
             }
         }
@@ -237,11 +328,19 @@ fn non_negative(n: &Node, path: &str, diags: &mut Vec<Diagnostic>) -> u64 {
     match &n.value {
         Value::Scalar(Scalar::Int(i)) if *i >= 0 => *i as u64,
         Value::Scalar(Scalar::Int(i)) => {
-            diags.push(Diagnostic::new(n.pos, path, format!("must be >= 0, got {i}")));
+            diags.push(Diagnostic::new(
+                n.pos,
+                path,
+                format!("must be >= 0, got {i}"),
+            ));
             0
         }
         _ => {
-            diags.push(Diagnostic::new(n.pos, path, format!("expected an integer, got {}", n.kind())));
+            diags.push(Diagnostic::new(
+                n.pos,
+                path,
+                format!("expected an integer, got {}", n.kind()),
+            ));
             0
         }
     }
@@ -249,18 +348,30 @@ fn non_negative(n: &Node, path: &str, diags: &mut Vec<Diagnostic>) -> u64 {
 
 fn read_seeds(n: &Node, diags: &mut Vec<Diagnostic>) -> Vec<u64> {
     let Value::Seq(items) = &n.value else {
-        diags.push(Diagnostic::new(n.pos, "seeds", format!("expected a list of integers, got {}", n.kind())));
+        diags.push(Diagnostic::new(
+            n.pos,
+            "seeds",
+            format!("expected a list of integers, got {}", n.kind()),
+        ));
         return vec![0];
     };
     if items.is_empty() {
-        diags.push(Diagnostic::new(n.pos, "seeds", "empty list: give at least one seed"));
+        diags.push(Diagnostic::new(
+            n.pos,
+            "seeds",
+            "empty list: give at least one seed",
+        ));
     }
     let mut seeds = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let path = format!("seeds[{i}]");
         let s = non_negative(item, &path, diags);
         if seeds.contains(&s) {
-            diags.push(Diagnostic::new(item.pos, path, format!("seed {s} is listed twice")));
+            diags.push(Diagnostic::new(
+                item.pos,
+                path,
+                format!("seed {s} is listed twice"),
+            ));
         } else {
             seeds.push(s);
         }
@@ -268,12 +379,22 @@ fn read_seeds(n: &Node, diags: &mut Vec<Diagnostic>) -> Vec<u64> {
     seeds
 }
 
-fn read_axes(n: &Node, random: bool, diags: &mut Vec<Diagnostic>) -> Vec<Axis> {
+/// The axes that could be read, and the fields of those that could not.
+fn read_axes(
+    n: &Node,
+    random: bool,
+    diags: &mut Vec<Diagnostic>,
+) -> (Vec<Axis>, Vec<&'static str>) {
     let Some(entries) = n.as_map() else {
-        diags.push(Diagnostic::new(n.pos, "parameters", format!("expected a mapping, got {}", n.kind())));
-        return Vec::new();
+        diags.push(Diagnostic::new(
+            n.pos,
+            "parameters",
+            format!("expected a mapping, got {}", n.kind()),
+        ));
+        return (Vec::new(), Vec::new());
     };
     let mut axes = Vec::new();
+    let mut broken = Vec::new();
     for (key, key_pos, value) in entries {
         let shown = format!("parameters.{key}");
         let Some(field) = config::field(key) else {
@@ -286,11 +407,15 @@ fn read_axes(n: &Node, random: bool, diags: &mut Vec<Diagnostic>) -> Vec<Axis> {
             diags.push(Diagnostic::new(*key_pos, shown, hint));
             continue;
         };
-        if let Some(domain) = read_domain(value, field, &shown, random, diags) {
-            axes.push(Axis { field: field.path, domain });
+        match read_domain(value, field, &shown, random, diags) {
+            Some(domain) => axes.push(Axis {
+                field: field.path,
+                domain,
+            }),
+            None => broken.push(field.path),
         }
     }
-    axes
+    (axes, broken)
 }
 
 fn read_domain(
@@ -317,17 +442,31 @@ fn read_domain(
                 (Some((_, _, v)), None) => match &v.value {
                     Value::Seq(items) => Some((items, v.pos, format!("{shown}.values"))),
                     _ => {
-                        diags.push(Diagnostic::new(v.pos, format!("{shown}.values"), format!("expected a list, got {}", v.kind())));
+                        diags.push(Diagnostic::new(
+                            v.pos,
+                            format!("{shown}.values"),
+                            format!("expected a list, got {}", v.kind()),
+                        ));
                         return None;
                     }
                 },
-                (None, Some((_, _, d))) => return read_distribution(n, d, field, shown, random, diags),
+                (None, Some((_, _, d))) => {
+                    return read_distribution(n, d, field, shown, random, diags)
+                }
                 (Some(_), Some((_, p, _))) => {
-                    diags.push(Diagnostic::new(*p, shown, "give either `values` or `distribution`, not both"));
+                    diags.push(Diagnostic::new(
+                        *p,
+                        shown,
+                        "give either `values` or `distribution`, not both",
+                    ));
                     return None;
                 }
                 (None, None) => {
-                    diags.push(Diagnostic::new(n.pos, shown, "expected `values: [...]` or `distribution: ...`"));
+                    diags.push(Diagnostic::new(
+                        n.pos,
+                        shown,
+                        "expected `values: [...]` or `distribution: ...`",
+                    ));
                     return None;
                 }
             }
@@ -336,14 +475,21 @@ fn read_domain(
             diags.push(Diagnostic::new(
                 n.pos,
                 shown,
-                format!("expected a list of values, got {} (a fixed value belongs under `train`)", n.kind()),
+                format!(
+                    "expected a list of values, got {} (a fixed value belongs under `train`)",
+                    n.kind()
+                ),
             ));
             return None;
         }
     };
     let (items, pos, list_path) = list?;
     if items.is_empty() {
-        diags.push(Diagnostic::new(pos, list_path, "empty axis: give at least one value"));
+        diags.push(Diagnostic::new(
+            pos,
+            list_path,
+            "empty axis: give at least one value",
+        ));
         return None;
     }
     let mut values: Vec<(ParamValue, config::Origin)> = Vec::new();
@@ -351,9 +497,19 @@ fn read_domain(
         let path = format!("{list_path}[{i}]");
         match ParamValue::from_node(item, field.kind, &path) {
             Ok(v) if values.iter().any(|(w, _)| *w == v) => {
-                diags.push(Diagnostic::new(item.pos, path, format!("value {v} is listed twice")));
+                diags.push(Diagnostic::new(
+                    item.pos,
+                    path,
+                    format!("value {v} is listed twice"),
+                ));
             }
-            Ok(v) => values.push((v, config::Origin { pos: item.pos, path })),
+            Ok(v) => values.push((
+                v,
+                config::Origin {
+                    pos: item.pos,
+                    path,
+                },
+            )),
             Err(d) => diags.push(d),
         }
     }
@@ -370,7 +526,11 @@ fn read_distribution(
 ) -> Option<Domain> {
     let dist_path = format!("{shown}.distribution");
     let Value::Scalar(Scalar::Str(name)) = &d.value else {
-        diags.push(Diagnostic::new(d.pos, dist_path, format!("expected a distribution name, got {}", d.kind())));
+        diags.push(Diagnostic::new(
+            d.pos,
+            dist_path,
+            format!("expected a distribution name, got {}", d.kind()),
+        ));
         return None;
     };
     if !random {
@@ -388,9 +548,16 @@ fn read_distribution(
     };
     if !allowed.contains(&name.as_str()) {
         let msg = if allowed.is_empty() {
-            format!("`{}` takes a list of values, not a distribution", field.path)
+            format!(
+                "`{}` takes a list of values, not a distribution",
+                field.path
+            )
         } else {
-            format!("unknown distribution `{name}` for `{}` (known: {})", field.path, allowed.join(", "))
+            format!(
+                "unknown distribution `{name}` for `{}` (known: {})",
+                field.path,
+                allowed.join(", ")
+            )
         };
         diags.push(Diagnostic::new(d.pos, dist_path, msg));
         return None;
@@ -400,7 +567,11 @@ fn read_distribution(
         let path = format!("{shown}.{key}");
         match entries.iter().find(|(k, _, _)| k == key) {
             None => {
-                diags.push(Diagnostic::new(n.pos, path, format!("missing: `{name}` needs `{key}`")));
+                diags.push(Diagnostic::new(
+                    n.pos,
+                    path,
+                    format!("missing: `{name}` needs `{key}`"),
+                ));
                 None
             }
             Some((_, _, v)) => match ParamValue::from_node(v, field.kind, &path) {
@@ -422,12 +593,20 @@ fn read_distribution(
     match (lo, hi) {
         (ParamValue::Float(min), ParamValue::Float(max)) => {
             if !(min.is_finite() && max.is_finite() && min < max) {
-                diags.push(Diagnostic::new(lo_pos, origin.path, format!("needs min < max, got min {min}, max {max}")));
+                diags.push(Diagnostic::new(
+                    lo_pos,
+                    origin.path,
+                    format!("needs min < max, got min {min}, max {max}"),
+                ));
                 return None;
             }
             if name == "log_uniform" {
                 if min <= 0.0 {
-                    diags.push(Diagnostic::new(lo_pos, origin.path, format!("log_uniform needs min > 0, got {min}")));
+                    diags.push(Diagnostic::new(
+                        lo_pos,
+                        origin.path,
+                        format!("log_uniform needs min > 0, got {min}"),
+                    ));
                     return None;
                 }
                 Some(Domain::LogUniform { min, max, origin })
@@ -437,7 +616,11 @@ fn read_distribution(
         }
         (ParamValue::Int(min), ParamValue::Int(max)) => {
             if min > max {
-                diags.push(Diagnostic::new(lo_pos, origin.path, format!("needs min <= max, got min {min}, max {max}")));
+                diags.push(Diagnostic::new(
+                    lo_pos,
+                    origin.path,
+                    format!("needs min <= max, got min {min}, max {max}"),
+                ));
                 return None;
             }
             Some(Domain::IntUniform { min, max, origin })

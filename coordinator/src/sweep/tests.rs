@@ -7,7 +7,12 @@ fn parse(text: &str) -> Result<Sweep, Diagnostics> {
 }
 
 fn errors(text: &str) -> Vec<String> {
-    parse(text).unwrap_err().to_string().lines().map(str::to_string).collect()
+    parse(text)
+        .unwrap_err()
+        .to_string()
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 const GRID: &str = "\
@@ -25,12 +30,27 @@ train:
 fn a_grid_is_the_product_of_its_axes_times_the_seeds() {
     let s = parse(GRID).unwrap();
     assert_eq!(s.trials.len(), 16);
-    let first: Vec<(f64, bool, f64, u64)> =
-        s.trials.iter().take(4).map(|t| (t.config.lr, t.config.bn, t.config.noise, t.config.seed)).collect();
+    let first: Vec<(f64, bool, f64, u64)> = s
+        .trials
+        .iter()
+        .take(4)
+        .map(|t| (t.config.lr, t.config.bn, t.config.noise, t.config.seed))
+        .collect();
     // The first axis varies slowest, seeds fastest.
-    assert_eq!(first, vec![(0.1, true, 0.0, 0), (0.1, true, 0.0, 1), (0.1, true, 1.0, 0), (0.1, true, 1.0, 1)]);
+    assert_eq!(
+        first,
+        vec![
+            (0.1, true, 0.0, 0),
+            (0.1, true, 0.0, 1),
+            (0.1, true, 1.0, 0),
+            (0.1, true, 1.0, 1)
+        ]
+    );
     assert_eq!(s.axes, vec!["lr", "bn", "noise"]);
-    assert!(s.trials.iter().all(|t| t.config.steps == 10 && t.config.model.name == "vgg8"));
+    assert!(s
+        .trials
+        .iter()
+        .all(|t| t.config.steps == 10 && t.config.model.name == "vgg8"));
 }
 
 #[test]
@@ -38,7 +58,10 @@ fn trial_ids_come_from_the_configuration_alone() {
     let a = parse(GRID).unwrap();
     let b = parse(GRID).unwrap();
     let ids: Vec<&str> = a.trials.iter().map(|t| t.id.as_str()).collect();
-    assert_eq!(ids, b.trials.iter().map(|t| t.id.as_str()).collect::<Vec<_>>());
+    assert_eq!(
+        ids,
+        b.trials.iter().map(|t| t.id.as_str()).collect::<Vec<_>>()
+    );
     let mut unique = ids.clone();
     unique.sort();
     unique.dedup();
@@ -46,7 +69,11 @@ fn trial_ids_come_from_the_configuration_alone() {
     assert!(ids.iter().all(|id| id.len() == 13 && id.starts_with('t')));
     // Same trial written differently (a fixed value instead of a one-value axis): same id.
     let fixed = parse("name: other\nseeds: [1]\nparameters:\n  lr: [0.5]\ntrain:\n  bn: false\n  noise: 1\n  steps: 10\n").unwrap();
-    let same = a.trials.iter().find(|t| t.config == fixed.trials[0].config).unwrap();
+    let same = a
+        .trials
+        .iter()
+        .find(|t| t.config == fixed.trials[0].config)
+        .unwrap();
     assert_eq!(same.id, fixed.trials[0].id);
     // Any change of any field changes it.
     let longer = parse(&GRID.replace("steps: 10", "steps: 11")).unwrap();
@@ -78,7 +105,13 @@ parameters:
     }
     let c = parse(&text.replace("seed: 3", "seed: 4")).unwrap();
     assert_ne!(a.trials[0].config.lr, c.trials[0].config.lr);
-    assert_eq!(a.param_columns().iter().map(|c| c.0.as_str()).collect::<Vec<_>>(), ["lr", "bn", "noise", "seed", "batch_size"]);
+    assert_eq!(
+        a.param_columns()
+            .iter()
+            .map(|c| c.0.as_str())
+            .collect::<Vec<_>>(),
+        ["lr", "bn", "noise", "seed", "batch_size"]
+    );
 }
 
 #[test]
@@ -88,21 +121,47 @@ fn nested_fields_can_be_swept_by_their_dotted_path() {
     assert_eq!(s.trials[1].config.optimizer.momentum, 0.9);
     assert_eq!(s.trials[1].config.model.width, 0.5);
     let cols: Vec<String> = s.param_columns().into_iter().map(|c| c.0).collect();
-    assert_eq!(cols, ["lr", "bn", "noise", "seed", "optimizer_momentum", "model_width"]);
+    assert_eq!(
+        cols,
+        [
+            "lr",
+            "bn",
+            "noise",
+            "seed",
+            "optimizer_momentum",
+            "model_width"
+        ]
+    );
 }
 
 #[test]
 fn defaults_fill_what_the_file_leaves_out() {
     let s = parse("name: d\nparameters:\n  lr: [0.1]\n").unwrap();
     let c = &s.trials[0].config;
-    assert_eq!((c.bn, c.noise, c.batch_size, c.steps, c.eval_every, c.seed), (true, 0.0, 128, 1000, 500, 0));
-    assert_eq!((c.dataset.name.as_str(), c.dataset.train_size, c.dataset.test_size), ("synthetic", 5000, 1000));
-    assert_eq!((c.optimizer.name.as_str(), c.optimizer.momentum), ("sgd", 0.0));
+    assert_eq!(
+        (c.bn, c.noise, c.batch_size, c.steps, c.eval_every, c.seed),
+        (true, 0.0, 128, 1000, 500, 0)
+    );
+    assert_eq!(
+        (
+            c.dataset.name.as_str(),
+            c.dataset.train_size,
+            c.dataset.test_size
+        ),
+        ("synthetic", 5000, 1000)
+    );
+    assert_eq!(
+        (c.optimizer.name.as_str(), c.optimizer.momentum),
+        ("sgd", 0.0)
+    );
 }
 
 #[test]
 fn messages_name_file_line_column_and_field() {
-    assert_eq!(errors("name: x\nparameters:\n  lr: []\n"), ["s.yaml:3:7: parameters.lr: empty axis: give at least one value"]);
+    assert_eq!(
+        errors("name: x\nparameters:\n  lr: []\n"),
+        ["s.yaml:3:7: parameters.lr: empty axis: give at least one value"]
+    );
     assert_eq!(
         errors("name: x\nparameters:\n  lr: [0.1, 0]\n"),
         ["s.yaml:3:13: parameters.lr[1]: learning rate must be > 0, got 0"]
@@ -121,13 +180,16 @@ fn messages_name_file_line_column_and_field() {
     );
     assert_eq!(
         errors("name: x\ntrain:\n  lr: 0.1\n  model: {depth: 3}\n"),
-        ["s.yaml:4:12: train.model.depth: unknown key `depth` (expected one of: name, width)"]
+        ["s.yaml:4:11: train.model.depth: unknown key `depth` (expected one of: name, width)"]
     );
     assert_eq!(
         errors("name: x\nmethod: bayes\ntrain: {lr: 0.1}\n"),
         ["s.yaml:2:9: method: unknown method `bayes` (known: grid, random)"]
     );
-    assert_eq!(errors("train: {lr: 0.1}\n"), ["s.yaml:1:1: name: missing: every sweep needs a `name`"]);
+    assert_eq!(
+        errors("train: {lr: 0.1}\n"),
+        ["s.yaml:1:1: name: missing: every sweep needs a `name`"]
+    );
     assert_eq!(
         errors("name: x\nparameters:\n  bn: [true]\n"),
         ["s.yaml:1:1: train.lr: missing: set `lr` under `train` or sweep it under `parameters`"]
@@ -150,12 +212,17 @@ fn messages_name_file_line_column_and_field() {
     );
     assert_eq!(
         errors("name: x\ntrain: {lr: 0.1, batch_size: 64, dataset: {train_size: 32}}\n"),
-        ["s.yaml:2:32: train.batch_size: batch size 64 is larger than the training set (32 images)"]
+        ["s.yaml:2:30: train.batch_size: batch size 64 is larger than the training set (32 images)"]
     );
 }
 
 #[test]
 fn every_problem_is_reported_once_even_when_many_trials_share_it() {
-    let errs = errors("name: x\nseeds: [0, 1, 2]\nparameters:\n  lr: [0.1, 0.2]\ntrain:\n  model: {width: -1}\n");
-    assert_eq!(errs, ["s.yaml:6:18: train.model.width: width must be in (0, 16], got -1"]);
+    let errs = errors(
+        "name: x\nseeds: [0, 1, 2]\nparameters:\n  lr: [0.1, 0.2]\ntrain:\n  model: {width: -1}\n",
+    );
+    assert_eq!(
+        errs,
+        ["s.yaml:6:18: train.model.width: width must be in (0, 16], got -1"]
+    );
 }

@@ -77,12 +77,10 @@ pub struct SyntaxError {
 pub fn parse(text: &str) -> Result<Node, SyntaxError> {
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(text);
-    parser
-        .load(&mut builder, false)
-        .map_err(|e| SyntaxError {
-            pos: (*e.marker()).into(),
-            message: e.info().to_string(),
-        })?;
+    parser.load(&mut builder, false).map_err(|e| SyntaxError {
+        pos: (*e.marker()).into(),
+        message: e.info().to_string(),
+    })?;
     if let Some(err) = builder.error {
         return Err(err);
     }
@@ -228,7 +226,7 @@ mod tests {
             panic!("not a list")
         };
         assert_eq!(items[0].value, Value::Scalar(Scalar::Float(0.5)));
-        assert_eq!(items[1].pos, Pos { line: 3, col: 14 });
+        assert_eq!(items[1].pos, Pos { line: 3, col: 12 });
         assert_eq!(items[1].value, Value::Scalar(Scalar::Str("x".into())));
     }
 

@@ -65,14 +65,18 @@ pub fn read_cifar_files(dir: &Path, files: &[&str], limit: usize) -> Result<Host
         labels: Vec::with_capacity(want),
     };
     if !dir.is_dir() {
-        return Err(data_error(dir, "no such directory (the CIFAR-10 binary release, cifar-10-batches-bin)"));
+        return Err(data_error(
+            dir,
+            "no such directory (the CIFAR-10 binary release, cifar-10-batches-bin)",
+        ));
     }
     for file in files {
         if split.len() >= want {
             break;
         }
         let path: PathBuf = dir.join(file);
-        let bytes = std::fs::read(&path).map_err(|e| data_error(&path, format!("cannot read: {e}")))?;
+        let bytes =
+            std::fs::read(&path).map_err(|e| data_error(&path, format!("cannot read: {e}")))?;
         if bytes.len() != PER_FILE * RECORD {
             return Err(data_error(
                 &path,
@@ -86,7 +90,10 @@ pub fn read_cifar_files(dir: &Path, files: &[&str], limit: usize) -> Result<Host
         }
         for record in bytes.chunks_exact(RECORD).take(want - split.len()) {
             if record[0] > 9 {
-                return Err(data_error(&path, format!("label {} is not a CIFAR-10 class (0-9)", record[0])));
+                return Err(data_error(
+                    &path,
+                    format!("label {} is not a CIFAR-10 class (0-9)", record[0]),
+                ));
             }
             split.push_record(record);
         }
@@ -106,7 +113,7 @@ pub fn synthetic(seed: u64, train: usize, test: usize) -> (HostSplit, HostSplit)
                     rng.gen_range(-0.6..0.6f32),
                     rng.gen_range(-0.6..0.6f32),
                     rng.gen_range(0.0..std::f32::consts::TAU),
-                    rng.gen_range(30.0..60.0f32),
+                    rng.gen_range(10.0..22.0f32),
                 )
             })
         })
@@ -126,9 +133,15 @@ pub fn synthetic(seed: u64, train: usize, test: usize) -> (HostSplit, HostSplit)
                 for y in 0..32 {
                     for x in 0..32 {
                         let (fx, fy) = (x as f32 + dx, y as f32 + dy);
-                        let signal: f32 = w.iter().map(|(kx, ky, ph, amp)| amp * (kx * fx + ky * fy + ph).sin()).sum();
-                        let noise: f32 = (rng.gen::<f32>() + rng.gen::<f32>() + rng.gen::<f32>() - 1.5) * 90.0;
-                        split.images.push((128.0 + offset + gain * signal + noise).clamp(0.0, 255.0) as u8);
+                        let signal: f32 = w
+                            .iter()
+                            .map(|(kx, ky, ph, amp)| amp * (kx * fx + ky * fy + ph).sin())
+                            .sum();
+                        let noise: f32 =
+                            (rng.gen::<f32>() + rng.gen::<f32>() + rng.gen::<f32>() - 1.5) * 90.0;
+                        split
+                            .images
+                            .push((128.0 + offset + gain * signal + noise).clamp(0.0, 255.0) as u8);
                     }
                 }
             }
@@ -154,7 +167,9 @@ impl DeviceSplit {
     pub fn new(host: &HostSplit, device: Device) -> DeviceSplit {
         let n = host.len() as i64;
         DeviceSplit {
-            images: Tensor::from_slice(&host.images).view([n, 3, 32, 32]).to_device(device),
+            images: Tensor::from_slice(&host.images)
+                .view([n, 3, 32, 32])
+                .to_device(device),
             labels: Tensor::from_slice(&host.labels).to_device(device),
             len: n,
         }
@@ -188,8 +203,15 @@ pub struct Normalizer {
 
 impl Normalizer {
     pub fn new(mean: [f64; 3], std: [f64; 3], device: Device) -> Normalizer {
-        let t = |v: [f64; 3]| Tensor::from_slice(&v.map(|x| x as f32)).view([1, 3, 1, 1]).to_device(device);
-        Normalizer { mean: t(mean), std: t(std) }
+        let t = |v: [f64; 3]| {
+            Tensor::from_slice(&v.map(|x| x as f32))
+                .view([1, 3, 1, 1])
+                .to_device(device)
+        };
+        Normalizer {
+            mean: t(mean),
+            std: t(std),
+        }
     }
 
     pub fn apply(&self, images_u8: &Tensor) -> Tensor {
@@ -244,8 +266,13 @@ mod tests {
         assert_eq!(&split.images[3072..3075], &[1, 2, 3]);
 
         write_cifar(dir.path(), "short.bin", 10, 1);
-        let err = read_cifar_files(dir.path(), &["short.bin"], 0).unwrap_err().to_string();
-        assert!(err.contains("short.bin") && err.contains("30730 bytes"), "{err}");
+        let err = read_cifar_files(dir.path(), &["short.bin"], 0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("short.bin") && err.contains("30730 bytes"),
+            "{err}"
+        );
         let err = read_cifar_files(dir.path(), &["missing.bin"], 0).unwrap_err();
         assert!(err.to_string().contains("missing.bin"), "{err}");
         assert!(!err.retryable());
@@ -274,7 +301,10 @@ mod tests {
         let split = DeviceSplit::new(&host, Device::Cpu);
         let out = augment(&split.images, 0, 0);
         assert_eq!(out.size(), vec![2, 3, 32, 32]);
-        assert!(augment(&split.images, 0, 0).equal(&out), "same key, same crop");
+        assert!(
+            augment(&split.images, 0, 0).equal(&out),
+            "same key, same crop"
+        );
         // Every output row is a (possibly flipped) window of the padded row: zeros only where
         // the padding shows, and pixel values taken from the same image and channel.
         let padded = split.images.constant_pad_nd([4, 4, 4, 4]);

@@ -57,7 +57,11 @@ pub fn load_data(spec: &pb::DatasetSpec) -> Result<HostData> {
             })
         }
         "synthetic" => {
-            let (train, test) = data::synthetic(spec.data_seed, spec.train_size as usize, spec.test_size as usize);
+            let (train, test) = data::synthetic(
+                spec.data_seed,
+                spec.train_size as usize,
+                spec.test_size as usize,
+            );
             Ok(HostData { train, test })
         }
         other => Err(Error::Unsupported(format!("dataset `{other}`"))),
@@ -65,7 +69,12 @@ pub fn load_data(spec: &pb::DatasetSpec) -> Result<HostData> {
 }
 
 /// Trains one trial on `device`, handing every row to `emit` as soon as it is known.
-pub fn train(spec: &pb::TrialSpec, data: Arc<HostData>, device: Device, mut emit: impl FnMut(Row)) -> Result<Ending> {
+pub fn train(
+    spec: &pb::TrialSpec,
+    data: Arc<HostData>,
+    device: Device,
+    mut emit: impl FnMut(Row),
+) -> Result<Ending> {
     let default_model = pb::ModelSpec::default();
     let default_opt = pb::OptimizerSpec::default();
     let model_spec = spec.model.as_ref().unwrap_or(&default_model);
@@ -74,8 +83,14 @@ pub fn train(spec: &pb::TrialSpec, data: Arc<HostData>, device: Device, mut emit
         return Err(Error::Unsupported(format!("optimizer `{}`", opt_spec.name)));
     }
     let augment = spec.dataset.as_ref().is_some_and(|d| d.augment);
-    let model = Model::new(&model_spec.name, model_spec.width, spec.bn, spec.seed, device)
-        .ok_or_else(|| Error::Unsupported(format!("model `{}`", model_spec.name)))?;
+    let model = Model::new(
+        &model_spec.name,
+        model_spec.width,
+        spec.bn,
+        spec.seed,
+        device,
+    )
+    .ok_or_else(|| Error::Unsupported(format!("model `{}`", model_spec.name)))?;
     let mut opt = nn::Sgd {
         momentum: opt_spec.momentum,
         dampening: 0.0,
@@ -120,7 +135,9 @@ pub fn train(spec: &pb::TrialSpec, data: Arc<HostData>, device: Device, mut emit
             seed: spec.seed,
             step,
         };
-        let logits = model.net.forward(&x, true, (spec.noise > 0.0).then_some(noise));
+        let logits = model
+            .net
+            .forward(&x, true, (spec.noise > 0.0).then_some(noise));
         let loss = logits.cross_entropy_for_logits(&y);
         opt.backward_step(&loss);
         let acc = logits.accuracy_for_logits(&y);
@@ -141,7 +158,11 @@ pub fn train(spec: &pb::TrialSpec, data: Arc<HostData>, device: Device, mut emit
         }
         if eval_due {
             let (test_loss, test_acc) = evaluate(&model, &test_set, &norm);
-            emit(Row::Eval(pb::EvalRow { step, test_loss, test_acc }));
+            emit(Row::Eval(pb::EvalRow {
+                step,
+                test_loss,
+                test_acc,
+            }));
         }
     }
     Ok(Ending::Completed)
@@ -195,7 +216,10 @@ fn evaluate(model: &Model, test: &DeviceSplit, norm: &Normalizer) -> (f64, f64) 
             at += n;
         }
         let n = test.len.max(1) as f64;
-        (loss_sum.double_value(&[]) / n, correct.double_value(&[]) / n)
+        (
+            loss_sum.double_value(&[]) / n,
+            correct.double_value(&[]) / n,
+        )
     })
 }
 
@@ -209,7 +233,10 @@ mod tests {
             lr,
             bn,
             noise,
-            model: Some(pb::ModelSpec { name: "vgg8".into(), width: 0.125 }),
+            model: Some(pb::ModelSpec {
+                name: "vgg8".into(),
+                width: 0.125,
+            }),
             dataset: Some(pb::DatasetSpec {
                 name: "synthetic".into(),
                 augment,
@@ -218,7 +245,11 @@ mod tests {
                 data_seed: 0,
                 ..Default::default()
             }),
-            optimizer: Some(pb::OptimizerSpec { name: "sgd".into(), momentum: 0.9, ..Default::default() }),
+            optimizer: Some(pb::OptimizerSpec {
+                name: "sgd".into(),
+                momentum: 0.9,
+                ..Default::default()
+            }),
             batch_size: 32,
             steps: 30,
             eval_every: 10,
@@ -264,7 +295,11 @@ mod tests {
 
     #[test]
     fn a_nan_loss_ends_the_trial_as_diverged_keeping_its_rows() {
-        let s = pb::TrialSpec { steps: 200, eval_every: 1000, ..spec(1e6, false, 0.0, false) };
+        let s = pb::TrialSpec {
+            steps: 200,
+            eval_every: 1000,
+            ..spec(1e6, false, 0.0, false)
+        };
         let (ending, rows) = run(&s);
         assert_eq!(ending, Ending::Diverged);
         let l = losses(&rows);

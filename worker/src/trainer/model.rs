@@ -76,7 +76,8 @@ impl Vgg {
                         ..Default::default()
                     };
                     let conv = nn::conv2d(vs / format!("conv{i}"), channels, out, 3, conv_cfg);
-                    let norm = bn.then(|| nn::batch_norm2d(vs / format!("bn{i}"), out, Default::default()));
+                    let norm = bn
+                        .then(|| nn::batch_norm2d(vs / format!("bn{i}"), out, Default::default()));
                     layers.push(Layer::Conv { conv, bn: norm });
                     channels = out;
                 }
@@ -197,14 +198,24 @@ mod tests {
     fn noise_follows_the_definition_at_level_one() {
         let z = Tensor::zeros([64, 8, 16, 16], (Kind::Float, Device::Cpu));
         let ones = Tensor::ones([64, 8, 16, 16], (Kind::Float, Device::Cpu));
-        let n = StepNoise { level: 1.0, seed: 3, step: 5 };
+        let n = StepNoise {
+            level: 1.0,
+            seed: 3,
+            step: 5,
+        };
         // With z = 0 the output is m: within mu +- 0.1, mu in [-0.5, 0.5].
         let m = add_noise(&z, n, 0);
         let (lo, hi) = (m.min().double_value(&[]), m.max().double_value(&[]));
-        assert!(hi - lo <= 0.2 + 1e-6 && lo >= -0.6 && hi <= 0.6, "m in [{lo}, {hi}]");
+        assert!(
+            hi - lo <= 0.2 + 1e-6 && lo >= -0.6 && hi <= 0.6,
+            "m in [{lo}, {hi}]"
+        );
         // With z = 1 the output is s + m: s has mean sigma in [1, 1.25] and sd 0.1.
         let out = add_noise(&ones, n, 0) - &m;
-        let (mean, sd) = (out.mean(Kind::Float).double_value(&[]), out.std(true).double_value(&[]));
+        let (mean, sd) = (
+            out.mean(Kind::Float).double_value(&[]),
+            out.std(true).double_value(&[]),
+        );
         assert!((1.0..=1.25).contains(&mean), "s mean {mean}");
         assert!((sd - 0.1).abs() < 0.01, "s sd {sd}");
         // The same key gives the same draw; another step another one; level 0 nothing.
