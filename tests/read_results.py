@@ -25,6 +25,7 @@ p.add_argument("--eval-every", type=int, default=0)
 p.add_argument("--min-workers", type=int, default=1)
 p.add_argument("--failed-error", default=None, help="every trial failed, its error containing this")
 p.add_argument("--param", action="append", default=[], help="extra swept column NAME:TYPE")
+p.add_argument("--same-losses-as", default=None, help="another results dir whose trials must have identical loss curves")
 a = p.parse_args()
 d = a.dir
 
@@ -125,4 +126,11 @@ joined = con.execute(f"""
     JOIN read_parquet('{d}/trials.parquet') t USING (trial_id)
     GROUP BY ALL""").fetchall()
 check(sum(c for _, c in joined) == pl.read_parquet(f"{d}/eval/*.parquet").height, f"eval join {joined}")
+if a.same_losses_as:
+    for r in rows:
+        tid = r["trial_id"]
+        mine = pq.read_table(f"{d}/train/{tid}.parquet").column("loss").to_pylist()
+        theirs = pq.read_table(f"{a.same_losses_as}/train/{tid}.parquet").column("loss").to_pylist()
+        same = len(mine) == len(theirs) and all(x == y or (x != x and y != y) for x, y in zip(mine, theirs))
+        check(same, f"{tid}: loss curve differs from {a.same_losses_as}")
 print(f"read_results: OK: {a.trials} trials, {n_rows} training rows, read with pyarrow, pandas, polars and DuckDB")

@@ -42,7 +42,8 @@ enum Command {
     Run {
         /// The sweep file (YAML).
         file: PathBuf,
-        /// Results directory (must not hold files yet). Default: results/<sweep name>.
+        /// Results directory (must not hold files yet). Default: results/<sweep name>, or
+        /// results/<sweep name>-2, -3, ... when earlier runs hold it.
         #[arg(long)]
         out: Option<PathBuf>,
         /// Number of local worker processes, each running one trial at a time.
@@ -213,7 +214,7 @@ fn run(
     if workers == 0 {
         return Err(Error::Refused("--workers must be at least 1".into()));
     }
-    let out = out.unwrap_or_else(|| Path::new("results").join(&sweep.name));
+    let out = out.unwrap_or_else(|| default_out(&sweep.name));
     let cores = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .unwrap_or(1);
@@ -245,6 +246,19 @@ fn run(
         server::run_sweep(&sweep, results, listener, policy, children).await
     })?;
     Ok(report(&summary, &out))
+}
+
+/// `results/NAME`, or `results/NAME-2`, `-3`, ... when earlier runs hold the first ones.
+fn default_out(name: &str) -> PathBuf {
+    let free = |p: &PathBuf| std::fs::read_dir(p).map_or(true, |mut d| d.next().is_none());
+    let first = Path::new("results").join(name);
+    if free(&first) {
+        return first;
+    }
+    (2..)
+        .map(|i| Path::new("results").join(format!("{name}-{i}")))
+        .find(free)
+        .expect("some name is free")
 }
 
 fn serve(

@@ -80,3 +80,73 @@ fn a_worker_without_a_coordinator_gives_up_with_a_clear_error() {
         "{ran:?}"
     );
 }
+
+/// A worker training two trials at once in one process gives exactly the loss curves that
+/// `bnsweep run` with two single-slot worker processes gives.
+#[test]
+fn a_two_slot_worker_reproduces_the_curves_of_separate_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "\
+name: slots
+seeds: [0, 1]
+parameters:
+  noise: [0.0, 1.0]
+train:
+  lr: 0.05
+  model: {name: vgg8, width: 0.125}
+  dataset: {name: synthetic, train_size: 256, test_size: 64, augment: true}
+  batch_size: 32
+  steps: 20
+  eval_every: 10
+  optimizer: {name: sgd, momentum: 0.9}
+";
+    std::fs::write(dir.path().join("slots.yaml"), text).unwrap();
+    let ran = bnsweep_e2e::bnsweep(
+        dir.path(),
+        &[
+            "run",
+            "slots.yaml",
+            "--workers",
+            "2",
+            "--threads",
+            "1",
+            "--out",
+            "a",
+        ],
+    );
+    assert!(ran.ok(), "{ran:?}");
+
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut serve = Command::new(bin("bnsweep"))
+        .args(["serve", "slots.yaml", "--listen", &addr, "--out", "b"])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let worker = run(Command::new(bin("bnsweep-worker"))
+        .current_dir(dir.path())
+        .args([
+            "--coordinator",
+            &format!("http://{addr}"),
+            "--slots",
+            "2",
+            "--threads",
+            "1",
+        ]));
+    assert!(worker.ok(), "{worker:?}");
+    assert!(serve.wait().unwrap().success());
+    let a = dir.path().join("a");
+    let args = [
+        "--trials",
+        "4",
+        "--steps",
+        "20",
+        "--eval-every",
+        "10",
+        "--same-losses-as",
+        a.to_str().unwrap(),
+    ];
+    let checked = check_results(&dir.path().join("b"), &args);
+    assert!(checked.ok(), "{checked:?}");
+}

@@ -2,6 +2,7 @@
 //! libtorch (through tch), measuring what bn-experiments.md defines.
 
 pub mod agent;
+pub mod bench;
 pub mod device;
 pub mod error;
 pub mod trainer;

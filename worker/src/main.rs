@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use bnsweep_worker::{agent, device};
+use bnsweep_worker::{agent, bench, device};
 
 #[derive(Parser)]
 #[command(
@@ -17,10 +17,13 @@ use bnsweep_worker::{agent, device};
                   is done.\n\nOn a GPU machine, put PyTorch's lib directory on LD_LIBRARY_PATH: \
                   the worker loads libtorch_cuda.so from there and trains on the GPU."
 )]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// The coordinator's address, e.g. http://10.0.0.5:50051.
-    #[arg(long, env = "BNSWEEP_COORDINATOR")]
-    coordinator: String,
+    #[arg(long, env = "BNSWEEP_COORDINATOR", required = true)]
+    coordinator: Option<String>,
     /// Trials this worker trains at once.
     #[arg(long, default_value_t = 1)]
     slots: u32,
@@ -39,6 +42,21 @@ struct Cli {
     patience: u64,
 }
 
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Measure training throughput (img/s) of vgg8 on synthetic data; prints one JSON line.
+    Bench {
+        #[command(flatten)]
+        args: bench::BenchArgs,
+        /// Device: cpu, cuda or cuda:N (default: CUDA when available).
+        #[arg(long)]
+        device: Option<String>,
+        /// CPU threads for libtorch's operators. Default: every core.
+        #[arg(long)]
+        threads: Option<u32>,
+    },
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -49,6 +67,28 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    if let Some(Command::Bench {
+        args,
+        device,
+        threads,
+    }) = &cli.command
+    {
+        let device = match device::choose(device.as_deref()) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        configure_torch(*threads, device);
+        return match bench::run(args, device) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if cli.slots == 0 {
         eprintln!("error: --slots must be at least 1");
         return ExitCode::from(2);
@@ -60,13 +100,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(t) = cli.threads {
-        tch::set_num_threads(t.max(1) as i32);
-    }
-    tch::set_num_interop_threads(1);
-    if device.is_cuda() {
-        tch::Cuda::cudnn_set_benchmark(true);
-    }
+    configure_torch(cli.threads, device);
     let name = cli.name.unwrap_or_else(|| {
         hostname::get()
             .map(|h| h.to_string_lossy().into_owned())
@@ -74,7 +108,7 @@ fn main() -> ExitCode {
     });
     tracing::info!(device = %device::name(device), slots = cli.slots, "bnsweep-worker {}", env!("CARGO_PKG_VERSION"));
     let cfg = agent::Config {
-        url: cli.coordinator,
+        url: cli.coordinator.expect("required by clap"),
         slots: cli.slots,
         device,
         name,
@@ -97,5 +131,16 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Thread counts and cuDNN autotuning, before any training.
+fn configure_torch(threads: Option<u32>, device: tch::Device) {
+    if let Some(t) = threads {
+        tch::set_num_threads(t.max(1) as i32);
+    }
+    tch::set_num_interop_threads(1);
+    if device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(true);
     }
 }

@@ -151,10 +151,8 @@ pub fn train(
         };
         pending.push((row, Tensor::stack(&[loss.detach(), acc.detach()], 0)));
         let eval_due = step % spec.eval_every == 0 || step == spec.steps;
-        if step % READ_EVERY == 0 || eval_due {
-            if flush(&mut pending, &mut emit)? {
-                return Ok(Ending::Diverged);
-            }
+        if (step % READ_EVERY == 0 || eval_due) && flush(&mut pending, &mut emit)? {
+            return Ok(Ending::Diverged);
         }
         if eval_due {
             let (test_loss, test_acc) = evaluate(&model, &test_set, &norm);

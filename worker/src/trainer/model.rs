@@ -37,7 +37,7 @@ pub fn scaled(channels: i64, width: f64) -> i64 {
 enum Layer {
     Conv {
         conv: nn::Conv2D,
-        bn: Option<nn::BatchNorm>,
+        bn: Option<Box<nn::BatchNorm>>,
     },
     Pool,
 }
@@ -76,8 +76,13 @@ impl Vgg {
                         ..Default::default()
                     };
                     let conv = nn::conv2d(vs / format!("conv{i}"), channels, out, 3, conv_cfg);
-                    let norm = bn
-                        .then(|| nn::batch_norm2d(vs / format!("bn{i}"), out, Default::default()));
+                    let norm = bn.then(|| {
+                        Box::new(nn::batch_norm2d(
+                            vs / format!("bn{i}"),
+                            out,
+                            Default::default(),
+                        ))
+                    });
                     layers.push(Layer::Conv { conv, bn: norm });
                     channels = out;
                 }
@@ -102,7 +107,7 @@ impl Vgg {
                 Layer::Conv { conv, bn } => {
                     let mut z = h.apply(conv);
                     if let Some(bn) = bn {
-                        z = z.apply_t(bn, train);
+                        z = z.apply_t(bn.as_ref(), train);
                     }
                     if let (true, Some(n)) = (train, noise) {
                         z = add_noise(&z, n, conv_index);
