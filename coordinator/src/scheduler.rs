@@ -463,3 +463,206 @@ pub fn spec(t: &Trial) -> pb::TrialSpec {
         eval_every: c.eval_every,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sweep(trials: usize) -> Sweep {
+        let lrs: Vec<String> = (1..=trials)
+            .map(|i| format!("{}", i as f64 / 100.0))
+            .collect();
+        let text = format!(
+            "name: s\nparameters:\n  lr: [{}]\ntrain: {{steps: 10}}\n",
+            lrs.join(", ")
+        );
+        Sweep::parse("s.yaml", &text).unwrap()
+    }
+
+    fn batch(
+        worker: &str,
+        trial: &str,
+        attempt: u32,
+        seq: u64,
+        steps: std::ops::Range<u64>,
+    ) -> pb::MetricsBatch {
+        pb::MetricsBatch {
+            worker_id: worker.into(),
+            trial_id: trial.into(),
+            attempt,
+            seq,
+            train: steps
+                .map(|step| pb::TrainRow {
+                    step,
+                    loss: 1.0,
+                    ..Default::default()
+                })
+                .collect(),
+            eval: Vec::new(),
+        }
+    }
+
+    fn outcome(
+        worker: &str,
+        trial: &str,
+        attempt: u32,
+        status: pb::TrialStatus,
+        batches: u64,
+    ) -> pb::TrialOutcome {
+        pb::TrialOutcome {
+            worker_id: worker.into(),
+            trial_id: trial.into(),
+            attempt,
+            status: status as i32,
+            batches_sent: batches,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn trials_go_out_in_order_up_to_the_free_slots() {
+        let mut s = Scheduler::new(&sweep(3), Policy::default());
+        let now = Instant::now();
+        let w = s.register("h", now);
+        let (got, done) = s.poll(&w, 2, now).unwrap();
+        assert_eq!(got.len(), 2);
+        assert!(!done);
+        assert_eq!(got[0].trial_id, s.records()[0].trial.id);
+        assert_eq!(got[0].attempt, 1);
+        assert_eq!(s.progress().running, 2);
+        assert!(matches!(
+            s.poll("nobody", 1, now),
+            Err(Error::UnknownWorker(_))
+        ));
+    }
+
+    #[test]
+    fn rows_arrive_exactly_once_and_only_the_leased_attempt_may_send_them() {
+        let mut s = Scheduler::new(&sweep(1), Policy::default());
+        let now = Instant::now();
+        let w = s.register("h", now);
+        let (got, _) = s.poll(&w, 1, now).unwrap();
+        let t = got[0].trial_id.clone();
+        s.metrics(batch(&w, &t, 1, 0, 1..6), now).unwrap();
+        s.metrics(batch(&w, &t, 1, 0, 1..6), now).unwrap(); // a resend: ignored
+        assert!(matches!(
+            s.metrics(batch(&w, &t, 1, 2, 11..12), now),
+            Err(Error::OutOfOrder { expected: 1, .. })
+        ));
+        assert!(matches!(
+            s.metrics(batch(&w, &t, 2, 1, 6..11), now),
+            Err(Error::NotLeased { .. })
+        ));
+        let other = s.register("g", now);
+        assert!(matches!(
+            s.metrics(batch(&other, &t, 1, 1, 6..11), now),
+            Err(Error::NotLeased { .. })
+        ));
+        s.metrics(batch(&w, &t, 1, 1, 6..11), now).unwrap();
+        // Finishing before every batch arrived is refused, and the rows stay.
+        let early = outcome(&w, &t, 1, pb::TrialStatus::Completed, 3);
+        assert!(matches!(
+            s.finish(&early, now),
+            Err(Error::OutOfOrder {
+                expected: 2,
+                got: 3,
+                ..
+            })
+        ));
+        let done = s
+            .finish(&outcome(&w, &t, 1, pb::TrialStatus::Completed, 2), now)
+            .unwrap()
+            .unwrap();
+        let steps: Vec<u64> = done.rows.train.iter().map(|r| r.step).collect();
+        assert_eq!(steps, (1..11).collect::<Vec<_>>());
+        assert!(!s.is_done(), "not done until the files are written");
+        s.persisted(done.index);
+        assert!(s.is_done());
+        assert_eq!(s.records()[0].status, Status::Completed);
+        assert_eq!(s.records()[0].final_train_loss, Some(1.0));
+    }
+
+    #[test]
+    fn a_lost_worker_s_trial_runs_again_elsewhere_without_its_rows() {
+        let policy = Policy {
+            worker_timeout: Duration::from_secs(5),
+            ..Policy::default()
+        };
+        let mut s = Scheduler::new(&sweep(1), policy);
+        let t0 = Instant::now();
+        let lost = s.register("a", t0);
+        let t = s.poll(&lost, 1, t0).unwrap().0[0].trial_id.clone();
+        s.metrics(batch(&lost, &t, 1, 0, 1..4), t0).unwrap();
+        let later = t0 + Duration::from_secs(4);
+        let alive = s.register("b", later);
+        assert!(s.expire(later).is_empty());
+        s.poll(&alive, 0, later + Duration::from_secs(2)).unwrap();
+        let log = s.expire(later + Duration::from_secs(2));
+        assert_eq!(log.len(), 2, "{log:?}");
+        assert_eq!(s.records()[0].status, Status::Queued);
+        let again = s.poll(&alive, 1, later + Duration::from_secs(2)).unwrap().0;
+        assert_eq!(
+            (again[0].trial_id.as_str(), again[0].attempt),
+            (t.as_str(), 2)
+        );
+        // The lost worker's late rows are refused; the new attempt starts from batch 0.
+        assert!(s.metrics(batch(&lost, &t, 1, 1, 4..6), later).is_err());
+        s.metrics(batch(&alive, &t, 2, 0, 1..11), later).unwrap();
+        let done = s
+            .finish(
+                &outcome(&alive, &t, 2, pb::TrialStatus::Completed, 1),
+                later,
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(done.rows.train.len(), 10);
+        assert_eq!(s.records()[0].attempts, 2);
+    }
+
+    #[test]
+    fn failures_retry_only_when_retryable_and_divergence_never() {
+        let mut s = Scheduler::new(
+            &sweep(3),
+            Policy {
+                max_attempts: 2,
+                ..Policy::default()
+            },
+        );
+        let now = Instant::now();
+        let w = s.register("h", now);
+        let got = s.poll(&w, 3, now).unwrap().0;
+        let ids: Vec<String> = got.iter().map(|a| a.trial_id.clone()).collect();
+        let retry = pb::TrialOutcome {
+            retryable: true,
+            error: "CUDA out of memory".into(),
+            ..outcome(&w, &ids[0], 1, pb::TrialStatus::Failed, 0)
+        };
+        assert!(s.finish(&retry, now).unwrap().is_none());
+        let fatal = pb::TrialOutcome {
+            error: "no such directory".into(),
+            ..outcome(&w, &ids[1], 1, pb::TrialStatus::Failed, 0)
+        };
+        assert!(s.finish(&fatal, now).unwrap().is_some());
+        assert!(s
+            .finish(&outcome(&w, &ids[2], 1, pb::TrialStatus::Diverged, 0), now)
+            .unwrap()
+            .is_some());
+        let second = s.poll(&w, 3, now).unwrap().0;
+        assert_eq!(second.len(), 1);
+        assert_eq!(
+            (second[0].trial_id.as_str(), second[0].attempt),
+            (ids[0].as_str(), 2)
+        );
+        let retry2 = pb::TrialOutcome {
+            attempt: 2,
+            ..retry
+        };
+        assert!(
+            s.finish(&retry2, now).unwrap().is_some(),
+            "out of attempts: final"
+        );
+        let statuses: Vec<Status> = s.records().iter().map(|r| r.status).collect();
+        assert_eq!(statuses, [Status::Failed, Status::Failed, Status::Diverged]);
+        assert_eq!(s.records()[0].error.as_deref(), Some("CUDA out of memory"));
+    }
+}
