@@ -25,6 +25,11 @@ p.add_argument("--eval-every", type=int, default=0)
 p.add_argument("--min-workers", type=int, default=1)
 p.add_argument("--failed-error", default=None, help="every trial failed, its error containing this")
 p.add_argument("--param", action="append", default=[], help="extra swept column NAME:TYPE")
+p.add_argument("--measure-every", type=int, default=0, help="measurements expected every N steps")
+p.add_argument("--layers", type=int, default=11, help="layers with weights of the model")
+p.add_argument("--etas", type=int, default=8)
+p.add_argument("--act-layers", type=int, default=0)
+p.add_argument("--bins", type=int, default=64)
 p.add_argument("--same-losses-as", default=None, help="another results dir whose trials must have identical loss curves")
 a = p.parse_args()
 d = a.dir
@@ -106,6 +111,37 @@ for r in rows:
     else:
         check(not math.isfinite(tr["loss"][-1]), f"train/{tid}: diverged but its last loss is finite")
         check(len(steps) <= a.steps, f"train/{tid}: too many rows")
+
+# --- the measurement tables
+if a.measure_every:
+    measured_steps = {r["trial_id"]: [s for s in range(a.measure_every, a.steps + 1, a.measure_every)] for r in rows}
+    for r in rows:
+        tid = r["trial_id"]
+        if r["status"] != "completed":
+            continue
+        steps = measured_steps[tid]
+        lay = pq.read_table(f"{d}/layers/{tid}.parquet")
+        for col in ["ics_l2", "ics_cos", "grad_norm", "weight_dist", "weight_dist_rel", "act_pre_mean", "act_post_q99"]:
+            check(lay.schema.field(col).type == pa.float64(), f"layers/{tid}: {col} is {lay.schema.field(col).type}")
+        check(lay.schema.field("bn").type == pa.bool_(), f"layers/{tid}: no typed bn column")
+        ld = lay.to_pydict()
+        check(lay.num_rows == len(steps) * a.layers, f"layers/{tid}: {lay.num_rows} rows, want {len(steps)} x {a.layers}")
+        check(sorted(set(ld["step"])) == steps, f"layers/{tid}: steps {sorted(set(ld['step']))}, want {steps}")
+        check(all(v >= 0 for v in ld["ics_l2"]) and all(v is None or -1.0001 <= v <= 1.0001 for v in ld["ics_cos"]), f"layers/{tid}: ICS out of range")
+        check(all(v == 0 for v, l in zip(ld["ics_l2"], ld["layer"]) if l == 0), f"layers/{tid}: layer 0 ICS is not 0")
+        with_act = [l for l, m in zip(ld["layer"], ld["act_pre_mean"]) if m is not None]
+        check(len(set(with_act)) == a.act_layers, f"layers/{tid}: activation stats for layers {set(with_act)}")
+        land = pq.read_table(f"{d}/landscape/{tid}.parquet").to_pydict()
+        check(len(land["step"]) == len(steps) * a.etas, f"landscape/{tid}: {len(land['step'])} rows")
+        for i in range(len(land["step"])):
+            check(land["loss_min"][i] <= land["loss"][i] <= land["loss_max"][i] and land["beta"][i] <= land["beta_smoothness"][i],
+                  f"landscape/{tid}: row {i} outside its step's summary")
+        etas = sorted(set(land["eta"]))
+        check(all(abs(e / r["lr"] - k * 0.5) < 1e-9 for k, e in zip(range(1, 9), etas)), f"landscape/{tid}: etas {etas} are not lr x 0.5 .. 4")
+        act = pl.read_parquet(f"{d}/activations/{tid}.parquet")
+        check(act.height == len(steps) * a.act_layers * 2 * (a.bins + 2), f"activations/{tid}: {act.height} rows")
+        totals = act.group_by("step", "layer", "point").agg(pl.col("count").sum())["count"].unique().to_list()
+        check(len(totals) == a.act_layers, f"activations/{tid}: histogram totals {totals} differ within a layer")
 
 # --- pandas: trials open as a DataFrame with real dtypes
 df = pd.read_parquet(f"{d}/trials.parquet")

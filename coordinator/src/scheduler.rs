@@ -64,6 +64,9 @@ pub struct AttemptRows {
     pub next_seq: u64,
     pub train: Vec<pb::TrainRow>,
     pub eval: Vec<pb::EvalRow>,
+    pub layers: Vec<pb::LayerRow>,
+    pub landscape: Vec<pb::LandscapeRow>,
+    pub activations: Vec<pb::ActivationRow>,
 }
 
 /// A trial that has just ended: its rows, to be written before it counts as done.
@@ -126,6 +129,8 @@ pub struct Scheduler {
     rows: HashMap<usize, AttemptRows>,
     workers: HashMap<String, Worker>,
     next_worker: u64,
+    /// What every trial measures, in wire form.
+    measure: Option<pb::MeasureSpec>,
     pub policy: Policy,
 }
 
@@ -161,6 +166,7 @@ impl Scheduler {
             rows: HashMap::new(),
             workers: HashMap::new(),
             next_worker: 1,
+            measure: sweep.measure.as_ref().map(measure_spec),
             policy,
         }
     }
@@ -212,7 +218,7 @@ impl Scheduler {
             out.push(pb::TrialAssignment {
                 trial_id: r.trial.id.clone(),
                 attempt: r.attempts,
-                spec: Some(spec(&r.trial)),
+                spec: Some(spec(&r.trial, self.measure.clone())),
             });
         }
         Ok((out, self.is_done()))
@@ -264,6 +270,9 @@ impl Scheduler {
         }
         rows.train.extend(batch.train);
         rows.eval.extend(batch.eval);
+        rows.layers.extend(batch.layers);
+        rows.landscape.extend(batch.landscape);
+        rows.activations.extend(batch.activations);
         Ok(())
     }
 
@@ -432,8 +441,31 @@ fn sanitize(host: &str) -> String {
     }
 }
 
+/// The wire form of the `measure:` section.
+pub fn measure_spec(m: &crate::sweep::measure::MeasureConfig) -> pb::MeasureSpec {
+    let (landscape, eta, relative) = match &m.landscape {
+        Some(l) => (true, l.eta.clone(), l.relative_to_lr),
+        None => (false, Vec::new(), false),
+    };
+    let a = m.activations.as_ref();
+    pb::MeasureSpec {
+        every: m.every,
+        ics: m.ics,
+        landscape,
+        eta,
+        eta_relative_to_lr: relative,
+        weights: m.weights,
+        activations: a.is_some(),
+        activation_layers: a.and_then(|a| a.layers.clone()).unwrap_or_default(),
+        bins: a.map_or(0, |a| a.bins),
+        sample: a.map_or(0, |a| a.sample),
+        range_lo: a.map_or(0.0, |a| a.range.0),
+        range_hi: a.map_or(0.0, |a| a.range.1),
+    }
+}
+
 /// The wire form of a trial's configuration.
-pub fn spec(t: &Trial) -> pb::TrialSpec {
+pub fn spec(t: &Trial, measure: Option<pb::MeasureSpec>) -> pb::TrialSpec {
     let c = &t.config;
     pb::TrialSpec {
         seed: c.seed,
@@ -443,6 +475,7 @@ pub fn spec(t: &Trial) -> pb::TrialSpec {
         model: Some(pb::ModelSpec {
             name: c.model.name.clone(),
             width: c.model.width,
+            hidden: c.model.hidden.clone(),
         }),
         dataset: Some(pb::DatasetSpec {
             name: c.dataset.name.clone(),
@@ -457,10 +490,18 @@ pub fn spec(t: &Trial) -> pb::TrialSpec {
             momentum: c.optimizer.momentum,
             weight_decay: c.optimizer.weight_decay,
             nesterov: c.optimizer.nesterov,
+            beta1: c.optimizer.beta1,
+            beta2: c.optimizer.beta2,
+            eps: c.optimizer.eps,
         }),
         batch_size: c.batch_size,
         steps: c.steps,
         eval_every: c.eval_every,
+        divergence: Some(pb::DivergenceSpec {
+            loss_above: c.divergence.loss_above,
+            for_steps: c.divergence.for_steps,
+        }),
+        measure,
     }
 }
 
@@ -498,7 +539,7 @@ mod tests {
                     ..Default::default()
                 })
                 .collect(),
-            eval: Vec::new(),
+            ..Default::default()
         }
     }
 

@@ -9,6 +9,12 @@ parameters:
   lr: [0.05, 0.2]
   bn: [true, false]
   noise: [0.0, 1.0]
+measure:
+  every: 10
+  ics: true
+  landscape: true
+  activations: {layers: [0, 10], bins: 16}
+  weights: true
 train:
   model: {name: vgg8, width: 0.125}
   dataset: {name: synthetic, train_size: 256, test_size: 64, augment: true}
@@ -54,6 +60,12 @@ fn a_sweep_runs_on_two_workers_into_parquet_that_every_reader_opens() {
             "15",
             "--min-workers",
             "2",
+            "--measure-every",
+            "10",
+            "--act-layers",
+            "2",
+            "--bins",
+            "16",
         ],
     );
     assert!(checked.ok(), "{checked:?}");

@@ -198,28 +198,35 @@ async fn run_trial(
     let result = loop {
         let msg = tokio::time::timeout(BATCH_WAIT, rx.recv()).await;
         let end = match msg {
-            Ok(Some(Msg::Row(Row::Train(r)))) => {
-                batch.train.push(r);
-                None
-            }
-            Ok(Some(Msg::Row(Row::Eval(r)))) => {
-                batch.eval.push(r);
+            Ok(Some(Msg::Row(row))) => {
+                match row {
+                    Row::Train(r) => batch.train.push(r),
+                    Row::Eval(r) => batch.eval.push(r),
+                    Row::Layer(r) => batch.layers.push(r),
+                    Row::Landscape(r) => batch.landscape.push(r),
+                    Row::Activation(r) => batch.activations.push(r),
+                }
                 None
             }
             Ok(Some(Msg::End(result))) => Some(result),
             Ok(None) => Some(Err(Error::Crashed("trainer thread vanished".into()))),
             Err(_) => None,
         };
-        let rows = batch.train.len() + batch.eval.len();
+        let rows = batch.train.len()
+            + batch.eval.len()
+            + batch.layers.len()
+            + batch.landscape.len()
+            + batch.activations.len();
         let due = rows >= BATCH_ROWS
             || (rows > 0 && last_send.elapsed() >= BATCH_WAIT)
             || (end.is_some() && rows > 0);
         if due {
             batch.seq = seq;
             let next = pb::MetricsBatch {
-                train: Vec::new(),
-                eval: Vec::new(),
-                ..batch.clone()
+                worker_id: batch.worker_id.clone(),
+                trial_id: batch.trial_id.clone(),
+                attempt: batch.attempt,
+                ..Default::default()
             };
             let sending = std::mem::replace(&mut batch, next);
             if let Err(e) = send_metrics(&mut client, sending).await {

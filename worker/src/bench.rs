@@ -35,6 +35,10 @@ pub struct BenchArgs {
     pub train_size: u32,
     #[arg(long, default_value_t = 0.9)]
     pub momentum: f64,
+    /// Take every measurement (ICS, landscape at 8 step sizes, activations, weights) every
+    /// this many steps; 0 measures nothing.
+    #[arg(long, default_value_t = 0)]
+    pub measure_every: u64,
 }
 
 /// Trains one synthetic trial and prints a JSON line with the images per second of the timed
@@ -49,6 +53,7 @@ pub fn run(args: &BenchArgs, device: Device) -> Result<()> {
         model: Some(pb::ModelSpec {
             name: "vgg8".into(),
             width: args.width,
+            hidden: Vec::new(),
         }),
         dataset: Some(pb::DatasetSpec {
             name: "synthetic".into(),
@@ -64,6 +69,21 @@ pub fn run(args: &BenchArgs, device: Device) -> Result<()> {
         batch_size: args.batch,
         steps,
         eval_every: steps + 1,
+        divergence: None,
+        measure: (args.measure_every > 0).then(|| pb::MeasureSpec {
+            every: args.measure_every,
+            ics: true,
+            landscape: true,
+            eta: vec![0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0],
+            eta_relative_to_lr: true,
+            weights: true,
+            activations: true,
+            activation_layers: Vec::new(),
+            bins: 64,
+            sample: 4096,
+            range_lo: -6.0,
+            range_hi: 6.0,
+        }),
     };
     let data = Arc::new(trainer::load_data(
         spec.dataset.as_ref().expect("set above"),
@@ -82,11 +102,12 @@ pub fn run(args: &BenchArgs, device: Device) -> Result<()> {
     };
     let images = (args.steps * u64::from(args.batch)) as f64;
     println!(
-        "{{\"impl\": \"bnsweep-tch\", \"device\": \"{}\", \"batch\": {}, \"width\": {}, \"bn\": {}, \"steps\": {}, \"seconds\": {:.3}, \"img_per_s\": {:.1}}}",
+        "{{\"impl\": \"bnsweep-tch\", \"device\": \"{}\", \"batch\": {}, \"width\": {}, \"bn\": {}, \"measure_every\": {}, \"steps\": {}, \"seconds\": {:.3}, \"img_per_s\": {:.1}}}",
         crate::device::name(device),
         args.batch,
         args.width,
         args.bn,
+        args.measure_every,
         args.steps,
         secs,
         images / secs

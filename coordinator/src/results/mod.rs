@@ -60,16 +60,35 @@ impl ResultsDir {
         self.dir.join("logs")
     }
 
-    /// Writes the train and eval tables of a trial that has ended.
+    /// Writes the tables of a trial that has ended: train and eval always, the measurement
+    /// tables (layers, landscape, activations) when the trial measured them.
     pub fn write_trial(&self, record: &TrialRecord, rows: &AttemptRows) -> Result<()> {
-        let id = &record.trial.id;
-        let train = tables::train_batch(&self.params, record, &rows.train)?;
-        tables::write_parquet(
-            &self.dir.join("train").join(format!("{id}.parquet")),
-            &train,
-        )?;
-        let eval = tables::eval_batch(&self.params, record, &rows.eval)?;
-        tables::write_parquet(&self.dir.join("eval").join(format!("{id}.parquet")), &eval)
+        let p = &self.params;
+        let mut tables = vec![
+            ("train", tables::train_batch(p, record, &rows.train)?),
+            ("eval", tables::eval_batch(p, record, &rows.eval)?),
+        ];
+        if !rows.layers.is_empty() {
+            tables.push(("layers", tables::layers_batch(p, record, &rows.layers)?));
+        }
+        if !rows.landscape.is_empty() {
+            tables.push((
+                "landscape",
+                tables::landscape_batch(p, record, &rows.landscape)?,
+            ));
+        }
+        if !rows.activations.is_empty() {
+            tables.push((
+                "activations",
+                tables::activations_batch(p, record, &rows.activations)?,
+            ));
+        }
+        for (dir, batch) in tables {
+            let d = self.dir.join(dir);
+            fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+            tables::write_parquet(&d.join(format!("{}.parquet", record.trial.id)), &batch)?;
+        }
+        Ok(())
     }
 
     /// Rewrites `trials.parquet` from the records.

@@ -42,7 +42,8 @@ fn data_type(kind: Kind) -> DataType {
         Kind::Float => DataType::Float64,
         Kind::Int => DataType::Int64,
         Kind::Bool => DataType::Boolean,
-        Kind::Str => DataType::Utf8,
+        // Lists are never swept (the sweep file refuses it); written as text if ever.
+        Kind::Str | Kind::IntList => DataType::Utf8,
     }
 }
 
@@ -96,13 +97,10 @@ fn param_array(
             }
             Arc::new(b.finish())
         }
-        Kind::Str => {
+        Kind::Str | Kind::IntList => {
             let mut b = StringBuilder::new();
             for (v, n) in &values {
-                let ParamValue::Str(x) = v else {
-                    unreachable!("typed by the field")
-                };
-                (0..*n).for_each(|_| b.append_value(x));
+                (0..*n).for_each(|_| b.append_value(v.to_string()));
             }
             Arc::new(b.finish())
         }
@@ -189,6 +187,219 @@ pub fn eval_batch(
         )),
     ]);
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
+}
+
+/// A nullable double column from optional values.
+fn opt_f64<'a, T: 'a>(rows: &'a [T], f: impl Fn(&T) -> Option<f64>) -> ArrayRef {
+    Arc::new(Float64Array::from_iter(rows.iter().map(f)))
+}
+
+fn f64s<T>(rows: &[T], f: impl Fn(&T) -> f64) -> ArrayRef {
+    Arc::new(Float64Array::from_iter_values(rows.iter().map(f)))
+}
+
+fn i64s<T>(rows: &[T], f: impl Fn(&T) -> i64) -> ArrayRef {
+    Arc::new(Int64Array::from_iter_values(rows.iter().map(f)))
+}
+
+fn strs<T>(rows: &[T], f: impl Fn(&T) -> &str) -> ArrayRef {
+    Arc::new(StringArray::from_iter_values(rows.iter().map(f)))
+}
+
+/// Appends columns to a table that starts with the key columns.
+fn finish(
+    mut fields: Vec<Field>,
+    mut arrays: Vec<ArrayRef>,
+    columns: Vec<(&str, DataType, bool, ArrayRef)>,
+) -> Result<RecordBatch> {
+    for (name, t, nullable, a) in columns {
+        fields.push(Field::new(name, t, nullable));
+        arrays.push(a);
+    }
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
+}
+
+pub fn layers_batch(
+    params: &[ParamColumn],
+    record: &TrialRecord,
+    rows: &[pb::LayerRow],
+) -> Result<RecordBatch> {
+    let (fields, arrays) = key_columns(params, record, rows.len());
+    let d = DataType::Float64;
+    let mut columns: Vec<(&str, DataType, bool, ArrayRef)> = vec![
+        (
+            "step",
+            DataType::Int64,
+            false,
+            i64s(rows, |r| r.step as i64),
+        ),
+        (
+            "layer",
+            DataType::Int64,
+            false,
+            i64s(rows, |r| i64::from(r.layer)),
+        ),
+        (
+            "layer_name",
+            DataType::Utf8,
+            false,
+            strs(rows, |r| r.layer_name.as_str()),
+        ),
+        ("ics_l2", d.clone(), true, opt_f64(rows, |r| r.ics_l2)),
+        ("ics_cos", d.clone(), true, opt_f64(rows, |r| r.ics_cos)),
+        ("grad_norm", d.clone(), true, opt_f64(rows, |r| r.grad_norm)),
+        (
+            "weight_dist",
+            d.clone(),
+            true,
+            opt_f64(rows, |r| r.weight_dist),
+        ),
+        (
+            "weight_dist_rel",
+            d.clone(),
+            true,
+            opt_f64(rows, |r| r.weight_dist_rel),
+        ),
+    ];
+    let names: [[&str; 9]; 2] = [
+        [
+            "act_pre_mean",
+            "act_pre_std",
+            "act_pre_q01",
+            "act_pre_q05",
+            "act_pre_q25",
+            "act_pre_q50",
+            "act_pre_q75",
+            "act_pre_q95",
+            "act_pre_q99",
+        ],
+        [
+            "act_post_mean",
+            "act_post_std",
+            "act_post_q01",
+            "act_post_q05",
+            "act_post_q25",
+            "act_post_q50",
+            "act_post_q75",
+            "act_post_q95",
+            "act_post_q99",
+        ],
+    ];
+    for (point, names) in names.iter().enumerate() {
+        for (k, name) in names.iter().enumerate() {
+            let value = move |r: &pb::LayerRow| {
+                let stats = if point == 0 {
+                    r.pre.as_ref()
+                } else {
+                    r.post.as_ref()
+                }?;
+                match k {
+                    0 => Some(stats.mean),
+                    1 => Some(stats.std),
+                    q => stats.quantiles.get(q - 2).copied(),
+                }
+            };
+            columns.push((name, d.clone(), true, opt_f64(rows, value)));
+        }
+    }
+    finish(fields, arrays, columns)
+}
+
+pub fn landscape_batch(
+    params: &[ParamColumn],
+    record: &TrialRecord,
+    rows: &[pb::LandscapeRow],
+) -> Result<RecordBatch> {
+    let (fields, arrays) = key_columns(params, record, rows.len());
+    let d = DataType::Float64;
+    finish(
+        fields,
+        arrays,
+        vec![
+            (
+                "step",
+                DataType::Int64,
+                false,
+                i64s(rows, |r| r.step as i64),
+            ),
+            ("eta", d.clone(), false, f64s(rows, |r| r.eta)),
+            ("loss", d.clone(), false, f64s(rows, |r| r.loss)),
+            ("grad_dist", d.clone(), false, f64s(rows, |r| r.grad_dist)),
+            ("beta", d.clone(), false, f64s(rows, |r| r.beta)),
+            ("loss_min", d.clone(), false, f64s(rows, |r| r.loss_min)),
+            ("loss_max", d.clone(), false, f64s(rows, |r| r.loss_max)),
+            (
+                "gradpred_min",
+                d.clone(),
+                false,
+                f64s(rows, |r| r.gradpred_min),
+            ),
+            (
+                "gradpred_max",
+                d.clone(),
+                false,
+                f64s(rows, |r| r.gradpred_max),
+            ),
+            (
+                "beta_smoothness",
+                d,
+                false,
+                f64s(rows, |r| r.beta_smoothness),
+            ),
+        ],
+    )
+}
+
+pub fn activations_batch(
+    params: &[ParamColumn],
+    record: &TrialRecord,
+    rows: &[pb::ActivationRow],
+) -> Result<RecordBatch> {
+    let (fields, arrays) = key_columns(params, record, rows.len());
+    finish(
+        fields,
+        arrays,
+        vec![
+            (
+                "step",
+                DataType::Int64,
+                false,
+                i64s(rows, |r| r.step as i64),
+            ),
+            (
+                "layer",
+                DataType::Int64,
+                false,
+                i64s(rows, |r| i64::from(r.layer)),
+            ),
+            (
+                "layer_name",
+                DataType::Utf8,
+                false,
+                strs(rows, |r| r.layer_name.as_str()),
+            ),
+            (
+                "point",
+                DataType::Utf8,
+                false,
+                strs(rows, |r| r.point.as_str()),
+            ),
+            (
+                "bin",
+                DataType::Int64,
+                false,
+                i64s(rows, |r| i64::from(r.bin)),
+            ),
+            ("lo", DataType::Float64, false, f64s(rows, |r| r.lo)),
+            ("hi", DataType::Float64, false, f64s(rows, |r| r.hi)),
+            (
+                "count",
+                DataType::Int64,
+                false,
+                i64s(rows, |r| r.count as i64),
+            ),
+        ],
+    )
 }
 
 fn micros(t: Option<SystemTime>) -> Option<i64> {

@@ -14,6 +14,8 @@ pub enum Kind {
     Int,
     Bool,
     Str,
+    /// A list of integers (`model.hidden`); set under `train`, not swept.
+    IntList,
 }
 
 impl Kind {
@@ -23,6 +25,7 @@ impl Kind {
             Kind::Int => "an integer",
             Kind::Bool => "true or false",
             Kind::Str => "a string",
+            Kind::IntList => "a list of integers",
         }
     }
 }
@@ -68,6 +71,10 @@ pub const FIELDS: &[Field] = &[
         kind: Kind::Float,
     },
     Field {
+        path: "model.hidden",
+        kind: Kind::IntList,
+    },
+    Field {
         path: "dataset.name",
         kind: Kind::Str,
     },
@@ -107,11 +114,43 @@ pub const FIELDS: &[Field] = &[
         path: "optimizer.nesterov",
         kind: Kind::Bool,
     },
+    Field {
+        path: "optimizer.beta1",
+        kind: Kind::Float,
+    },
+    Field {
+        path: "optimizer.beta2",
+        kind: Kind::Float,
+    },
+    Field {
+        path: "optimizer.eps",
+        kind: Kind::Float,
+    },
+    Field {
+        path: "divergence.loss_above",
+        kind: Kind::Float,
+    },
+    Field {
+        path: "divergence.for_steps",
+        kind: Kind::Int,
+    },
 ];
 
-pub const MODELS: &[&str] = &["vgg8"];
+pub const MODELS: &[&str] = &["vgg8", "vgg10", "vgg11", "vgg13", "vgg16", "vgg19", "mlp"];
 pub const DATASETS: &[&str] = &["cifar10", "synthetic"];
-pub const OPTIMIZERS: &[&str] = &["sgd"];
+pub const OPTIMIZERS: &[&str] = &["sgd", "adam"];
+
+/// Layers with weights (convs and linear maps) of a model: what activation layer indices
+/// count.
+pub fn layer_count(model: &str, hidden: &[i64]) -> usize {
+    match model {
+        "vgg8" | "vgg11" => 11,
+        "vgg10" | "vgg13" => 13,
+        "vgg16" => 16,
+        "vgg19" => 19,
+        _ => hidden.len() + 1,
+    }
+}
 
 pub fn field(path: &str) -> Option<&'static Field> {
     FIELDS.iter().find(|f| f.path == path)
@@ -124,6 +163,7 @@ pub enum ParamValue {
     Int(i64),
     Bool(bool),
     Str(String),
+    IntList(Vec<i64>),
 }
 
 impl std::fmt::Display for ParamValue {
@@ -133,6 +173,7 @@ impl std::fmt::Display for ParamValue {
             ParamValue::Int(v) => write!(f, "{v}"),
             ParamValue::Bool(v) => write!(f, "{v}"),
             ParamValue::Str(v) => write!(f, "{v}"),
+            ParamValue::IntList(v) => write!(f, "{v:?}"),
         }
     }
 }
@@ -146,6 +187,14 @@ impl ParamValue {
             (Value::Scalar(Scalar::Int(v)), Kind::Int) => Some(ParamValue::Int(*v)),
             (Value::Scalar(Scalar::Bool(v)), Kind::Bool) => Some(ParamValue::Bool(*v)),
             (Value::Scalar(Scalar::Str(v)), Kind::Str) => Some(ParamValue::Str(v.clone())),
+            (Value::Seq(items), Kind::IntList) => items
+                .iter()
+                .map(|i| match i.value {
+                    Value::Scalar(Scalar::Int(v)) => Some(v),
+                    _ => None,
+                })
+                .collect::<Option<Vec<i64>>>()
+                .map(ParamValue::IntList),
             _ => None,
         };
         value.ok_or_else(|| {
@@ -255,6 +304,8 @@ pub fn keys_under(prefix: &str) -> String {
 pub struct ModelConfig {
     pub name: String,
     pub width: f64,
+    /// mlp: hidden layer sizes.
+    pub hidden: Vec<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -274,6 +325,16 @@ pub struct OptimizerConfig {
     pub momentum: f64,
     pub weight_decay: f64,
     pub nesterov: bool,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+}
+
+/// When a finite loss counts as diverged: above `loss_above` for `for_steps` steps running.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DivergenceConfig {
+    pub loss_above: f64,
+    pub for_steps: u64,
 }
 
 /// The complete, checked configuration of one trial.
@@ -289,6 +350,7 @@ pub struct TrialConfig {
     pub batch_size: u32,
     pub steps: u64,
     pub eval_every: u64,
+    pub divergence: DivergenceConfig,
 }
 
 /// Number of images in the CIFAR-10 training and test sets.
@@ -312,6 +374,16 @@ impl TrialConfig {
             |v| v > 0.0 && v <= 16.0,
             "width must be in (0, 16]",
         );
+        let hidden = match s.get("model.hidden") {
+            Some((ParamValue::IntList(h), _)) => h.clone(),
+            _ => vec![256, 128, 64],
+        };
+        if hidden.iter().any(|&h| !(1..=1_000_000).contains(&h)) {
+            r.fail(
+                "model.hidden",
+                "hidden layer sizes must be in [1, 1000000]".into(),
+            );
+        }
         let dataset_name = r.choice("dataset.name", "synthetic", DATASETS, "dataset");
         let synthetic = dataset_name == "synthetic";
         let (train_default, test_default, train_max, test_max) = if synthetic {
@@ -358,6 +430,32 @@ impl TrialConfig {
             "weight decay must be >= 0",
         );
         let nesterov = r.bool("optimizer.nesterov", false);
+        let beta1 = r.float(
+            "optimizer.beta1",
+            Some(0.9),
+            |v| (0.0..1.0).contains(&v),
+            "beta1 must be in [0, 1)",
+        );
+        let beta2 = r.float(
+            "optimizer.beta2",
+            Some(0.999),
+            |v| (0.0..1.0).contains(&v),
+            "beta2 must be in [0, 1)",
+        );
+        let eps = r.float("optimizer.eps", Some(1e-8), |v| v > 0.0, "eps must be > 0");
+        let loss_above = match s.get("divergence.loss_above") {
+            Some((ParamValue::Float(v), _)) => {
+                if v.is_nan() || *v <= 0.0 {
+                    r.fail(
+                        "divergence.loss_above",
+                        format!("must be > 0 (.inf turns the bound off), got {v}"),
+                    );
+                }
+                *v
+            }
+            _ => 100.0,
+        };
+        let for_steps = r.int("divergence.for_steps", 20, 1, i64::MAX);
         if nesterov && momentum == 0.0 {
             r.fail(
                 "optimizer.nesterov",
@@ -375,6 +473,7 @@ impl TrialConfig {
             model: ModelConfig {
                 name: model_name,
                 width,
+                hidden,
             },
             dataset: DatasetConfig {
                 name: dataset_name,
@@ -389,10 +488,17 @@ impl TrialConfig {
                 momentum,
                 weight_decay,
                 nesterov,
+                beta1,
+                beta2,
+                eps,
             },
             batch_size: batch_size as u32,
             steps: steps as u64,
             eval_every: eval_every as u64,
+            divergence: DivergenceConfig {
+                loss_above,
+                for_steps: for_steps as u64,
+            },
         })
     }
 
@@ -408,6 +514,7 @@ impl TrialConfig {
             "eval_every" => Int(self.eval_every as i64),
             "model.name" => Str(self.model.name.clone()),
             "model.width" => Float(self.model.width),
+            "model.hidden" => IntList(self.model.hidden.clone()),
             "dataset.name" => Str(self.dataset.name.clone()),
             "dataset.path" => Str(self.dataset.path.clone()),
             "dataset.augment" => Bool(self.dataset.augment),
@@ -418,6 +525,11 @@ impl TrialConfig {
             "optimizer.momentum" => Float(self.optimizer.momentum),
             "optimizer.weight_decay" => Float(self.optimizer.weight_decay),
             "optimizer.nesterov" => Bool(self.optimizer.nesterov),
+            "optimizer.beta1" => Float(self.optimizer.beta1),
+            "optimizer.beta2" => Float(self.optimizer.beta2),
+            "optimizer.eps" => Float(self.optimizer.eps),
+            "divergence.loss_above" => Float(self.divergence.loss_above),
+            "divergence.for_steps" => Int(self.divergence.for_steps as i64),
             other => unreachable!("no training field `{other}`"),
         }
     }

@@ -45,6 +45,7 @@ pub fn expand(file: &SweepFile, diags: &mut Vec<Diagnostic>) -> (Vec<super::Tria
         for &seed in &file.seeds {
             match TrialConfig::build(seed, &settings) {
                 Ok(config) => {
+                    check_activation_layers(file, &config, diags);
                     let id = trial_id(&config);
                     if trials.iter().any(|t| t.id == id) {
                         duplicates += 1;
@@ -65,6 +66,27 @@ pub fn expand(file: &SweepFile, diags: &mut Vec<Diagnostic>) -> (Vec<super::Tria
         ));
     }
     (trials, warnings)
+}
+
+/// Activation layers must exist in every trial's model.
+fn check_activation_layers(file: &SweepFile, config: &TrialConfig, diags: &mut Vec<Diagnostic>) {
+    let Some(a) = file.measure.as_ref().and_then(|m| m.activations.as_ref()) else {
+        return;
+    };
+    let count = super::config::layer_count(&config.model.name, &config.model.hidden);
+    for &layer in a.layers.iter().flatten() {
+        if layer as usize >= count {
+            diags.push(Diagnostic::new(
+                a.layers_pos,
+                "measure.activations.layers",
+                format!(
+                    "layer {layer} does not exist: `{}` has layers 0 to {}",
+                    config.model.name,
+                    count - 1
+                ),
+            ));
+        }
+    }
 }
 
 fn grid(file: &SweepFile) -> Vec<Assignment> {

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod diagnostic;
 pub mod expand;
+pub mod measure;
 pub mod yaml;
 
 #[cfg(test)]
@@ -73,6 +74,8 @@ pub struct SweepFile {
     pub axes: Vec<Axis>,
     /// The `train:` settings shared by every trial.
     pub base: Settings,
+    /// What every trial measures besides its loss.
+    pub measure: Option<measure::MeasureConfig>,
     /// Fields whose value or axis could not be read (already reported): not reported again as missing.
     pub broken: Vec<&'static str>,
 }
@@ -89,12 +92,15 @@ pub struct Sweep {
     pub trials: Vec<Trial>,
     /// Things worth telling the user that do not stop the sweep.
     pub warnings: Vec<String>,
+    /// What every trial measures besides its loss.
+    pub measure: Option<measure::MeasureConfig>,
 }
 
 /// Where a missing top-level key is reported.
 const FILE_START: Pos = Pos { line: 1, col: 1 };
 
 const TOP_KEYS: &[&str] = &[
+    "measure",
     "name",
     "description",
     "method",
@@ -156,6 +162,7 @@ impl Sweep {
             axes,
             trials,
             warnings,
+            measure: parsed.measure,
         })
     }
 
@@ -187,6 +194,7 @@ impl SweepFile {
             seeds: vec![0],
             axes: Vec::new(),
             base: Settings::new(),
+            measure: None,
             broken: Vec::new(),
         };
         let Some(entries) = root.as_map() else {
@@ -300,6 +308,9 @@ impl SweepFile {
         if let Some(n) = get("seeds") {
             out.seeds = read_seeds(n, diags);
         }
+        if let Some(n) = get("measure") {
+            out.measure = Some(measure::read(n, diags));
+        }
         if let Some(n) = get("train") {
             out.base = config::read_train(n, &mut out.broken, diags);
         }
@@ -397,11 +408,23 @@ fn read_axes(
     let mut broken = Vec::new();
     for (key, key_pos, value) in entries {
         let shown = format!("parameters.{key}");
+        if config::field(key).is_some_and(|f| f.kind == Kind::IntList) {
+            diags.push(Diagnostic::new(
+                *key_pos,
+                shown,
+                format!("`{key}` cannot be swept; set it under `train`"),
+            ));
+            continue;
+        }
         let Some(field) = config::field(key) else {
             let hint = if key == "seed" {
                 "seeds are swept with the top-level `seeds` list".to_string()
             } else {
-                let all: Vec<&str> = config::FIELDS.iter().map(|f| f.path).collect();
+                let all: Vec<&str> = config::FIELDS
+                    .iter()
+                    .filter(|f| f.kind != Kind::IntList)
+                    .map(|f| f.path)
+                    .collect();
                 format!("unknown parameter `{key}` (sweepable: {})", all.join(", "))
             };
             diags.push(Diagnostic::new(*key_pos, shown, hint));

@@ -180,7 +180,7 @@ fn messages_name_file_line_column_and_field() {
     );
     assert_eq!(
         errors("name: x\ntrain:\n  lr: 0.1\n  model: {depth: 3}\n"),
-        ["s.yaml:4:11: train.model.depth: unknown key `depth` (expected one of: name, width)"]
+        ["s.yaml:4:11: train.model.depth: unknown key `depth` (expected one of: name, width, hidden)"]
     );
     assert_eq!(
         errors("name: x\nmethod: bayes\ntrain: {lr: 0.1}\n"),
@@ -224,5 +224,68 @@ fn every_problem_is_reported_once_even_when_many_trials_share_it() {
     assert_eq!(
         errs,
         ["s.yaml:6:18: train.model.width: width must be in (0, 16], got -1"]
+    );
+}
+
+#[test]
+fn the_measure_section_is_read_and_checked() {
+    let s = parse("name: m\nmeasure:\n  every: 50\n  ics: true\n  landscape: true\n  activations: {layers: [0, 3], bins: 8}\ntrain: {lr: 0.1}\n").unwrap();
+    let m = s.measure.unwrap();
+    assert_eq!((m.every, m.ics, m.weights), (50, true, false));
+    assert_eq!(m.landscape.unwrap().eta, measure::DEFAULT_ETA.to_vec());
+    let a = m.activations.unwrap();
+    assert_eq!(
+        (a.layers, a.bins, a.sample, a.range),
+        (Some(vec![0, 3]), 8, 4096, (-6.0, 6.0))
+    );
+    assert!(parse("name: m\ntrain: {lr: 0.1}\n")
+        .unwrap()
+        .measure
+        .is_none());
+
+    assert_eq!(
+        errors("name: m\nmeasure:\n  every: 0\n  landscape: {eta: [0.5, -1]}\n  colour: red\ntrain: {lr: 0.1}\n"),
+        [
+            "s.yaml:3:10: measure.every: must be >= 1, got 0",
+            "s.yaml:4:26: measure.landscape.eta[1]: step sizes must be > 0, got -1",
+            "s.yaml:5:3: measure.colour: unknown key `colour` (expected one of: every, ics, landscape, activations, weights)",
+        ]
+    );
+    assert_eq!(
+        errors("name: m\nparameters:\n  model.name: [vgg8, mlp]\nmeasure:\n  activations: {layers: [11]}\ntrain:\n  lr: 0.1\n  model: {hidden: [8, 8]}\n"),
+        [
+            "s.yaml:5:25: measure.activations.layers: layer 11 does not exist: `mlp` has layers 0 to 2",
+            "s.yaml:5:25: measure.activations.layers: layer 11 does not exist: `vgg8` has layers 0 to 10",
+        ]
+    );
+}
+
+#[test]
+fn models_optimizers_and_the_divergence_bound_are_training_fields() {
+    let s = parse(
+        "name: x\nparameters:\n  model.name: [vgg16, mlp]\n  optimizer.name: [sgd, adam]\ntrain:\n  lr: 0.01\n  model: {hidden: [32]}\n  optimizer: {beta2: 0.99}\n  divergence: {loss_above: .inf, for_steps: 3}\n",
+    )
+    .unwrap();
+    assert_eq!(s.trials.len(), 4);
+    let c = &s.trials[3].config;
+    assert_eq!(
+        (
+            c.model.name.as_str(),
+            c.model.hidden.as_slice(),
+            c.optimizer.name.as_str()
+        ),
+        ("mlp", &[32i64][..], "adam")
+    );
+    assert_eq!((c.optimizer.beta1, c.optimizer.beta2), (0.9, 0.99));
+    assert_eq!(
+        (c.divergence.loss_above, c.divergence.for_steps),
+        (f64::INFINITY, 3)
+    );
+    assert_eq!(
+        errors("name: x\nparameters:\n  model.hidden: [[8], [16]]\ntrain:\n  lr: 0.1\n  divergence: {loss_above: -1}\n"),
+        [
+            "s.yaml:3:3: parameters.model.hidden: `model.hidden` cannot be swept; set it under `train`",
+            "s.yaml:6:28: train.divergence.loss_above: must be > 0 (.inf turns the bound off), got -1",
+        ]
     );
 }

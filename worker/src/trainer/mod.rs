@@ -2,6 +2,8 @@
 //! and one per evaluation.
 
 pub mod data;
+pub mod measure;
+pub mod measured;
 pub mod model;
 pub mod rng;
 
@@ -18,7 +20,8 @@ use tch::{nn, Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
 use data::{DeviceSplit, HostSplit, Normalizer};
-use model::{Model, StepNoise};
+use measured::{Measurer, Plan};
+use model::{Arch, Model, StepNoise};
 
 /// Steps whose loss and accuracy are read back from the device together.
 const READ_EVERY: u64 = 25;
@@ -30,14 +33,52 @@ const EVAL_BATCH: i64 = 1000;
 pub enum Row {
     Train(pb::TrainRow),
     Eval(pb::EvalRow),
+    Layer(pb::LayerRow),
+    Landscape(pb::LandscapeRow),
+    Activation(pb::ActivationRow),
 }
 
 /// How a trial that ran to its end (or blew up) ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
     Completed,
-    /// The training loss became NaN or infinite; its rows up to that step were reported.
+    /// The training loss became NaN or infinite, or stayed above the bound; its rows up to
+    /// that step were reported.
     Diverged,
+}
+
+/// Tells divergence from a loss read back step by step.
+#[derive(Debug, Clone)]
+struct Divergence {
+    loss_above: f64,
+    for_steps: u64,
+    /// Consecutive steps above the bound so far.
+    run: u64,
+}
+
+impl Divergence {
+    fn new(spec: Option<&pb::DivergenceSpec>) -> Divergence {
+        let (loss_above, for_steps) =
+            spec.map_or((f64::INFINITY, 1), |d| (d.loss_above, d.for_steps.max(1)));
+        Divergence {
+            loss_above,
+            for_steps,
+            run: 0,
+        }
+    }
+
+    /// True once the trial has diverged, this loss included.
+    fn diverged(&mut self, loss: f64) -> bool {
+        if !loss.is_finite() {
+            return true;
+        }
+        self.run = if loss > self.loss_above {
+            self.run + 1
+        } else {
+            0
+        };
+        self.run >= self.for_steps
+    }
 }
 
 /// The training and test data of a trial, on the host; shared by trials of the same dataset.
@@ -73,31 +114,53 @@ pub fn train(
     spec: &pb::TrialSpec,
     data: Arc<HostData>,
     device: Device,
+    emit: impl FnMut(Row),
+) -> Result<Ending> {
+    train_with(spec, data, device, emit, |_| {})
+}
+
+/// [`train`], then `inspect` the final model (tests look at its weights).
+pub fn train_with(
+    spec: &pb::TrialSpec,
+    data: Arc<HostData>,
+    device: Device,
     mut emit: impl FnMut(Row),
+    inspect: impl FnOnce(&Model),
 ) -> Result<Ending> {
     let default_model = pb::ModelSpec::default();
     let default_opt = pb::OptimizerSpec::default();
     let model_spec = spec.model.as_ref().unwrap_or(&default_model);
     let opt_spec = spec.optimizer.as_ref().unwrap_or(&default_opt);
-    if opt_spec.name != "sgd" {
-        return Err(Error::Unsupported(format!("optimizer `{}`", opt_spec.name)));
-    }
     let augment = spec.dataset.as_ref().is_some_and(|d| d.augment);
-    let model = Model::new(
-        &model_spec.name,
-        model_spec.width,
-        spec.bn,
-        spec.seed,
-        device,
-    )
-    .ok_or_else(|| Error::Unsupported(format!("model `{}`", model_spec.name)))?;
-    let mut opt = nn::Sgd {
-        momentum: opt_spec.momentum,
-        dampening: 0.0,
-        wd: opt_spec.weight_decay,
-        nesterov: opt_spec.nesterov,
-    }
-    .build(&model.vs, spec.lr)?;
+    let arch = Arch {
+        name: &model_spec.name,
+        width: model_spec.width,
+        hidden: &model_spec.hidden,
+        bn: spec.bn,
+    };
+    let model = Model::new(&arch, spec.seed, device)
+        .ok_or_else(|| Error::Unsupported(format!("model `{}`", model_spec.name)))?;
+    let mut opt = match opt_spec.name.as_str() {
+        "sgd" => nn::Sgd {
+            momentum: opt_spec.momentum,
+            dampening: 0.0,
+            wd: opt_spec.weight_decay,
+            nesterov: opt_spec.nesterov,
+        }
+        .build(&model.vs, spec.lr)?,
+        "adam" => nn::Adam {
+            beta1: opt_spec.beta1,
+            beta2: opt_spec.beta2,
+            wd: opt_spec.weight_decay,
+            eps: opt_spec.eps,
+            amsgrad: false,
+        }
+        .build(&model.vs, spec.lr)?,
+        other => return Err(Error::Unsupported(format!("optimizer `{other}`"))),
+    };
+    let measurer =
+        Plan::new(spec.measure.as_ref(), spec.lr).map(|plan| Measurer::new(plan, &model));
+    let mut divergence = Divergence::new(spec.divergence.as_ref());
 
     let (mean, std) = data::channel_stats(&data.train);
     let norm = Normalizer::new(mean, std, device);
@@ -135,11 +198,34 @@ pub fn train(
             seed: spec.seed,
             step,
         };
-        let logits = model
-            .net
-            .forward(&x, true, (spec.noise > 0.0).then_some(noise));
+        let noise = (spec.noise > 0.0).then_some(noise);
+        let measuring = measurer.as_ref().filter(|m| m.plan.due(step));
+        // Measure only a trial that has not diverged yet.
+        if measuring.is_some() && flush(&mut pending, &mut divergence, &mut emit)? {
+            return Ok(Ending::Diverged);
+        }
+        let mut captures = Vec::new();
+        let capture = measuring
+            .is_some_and(|m| m.plan.activations)
+            .then_some(&mut captures);
+        let logits = model.net.forward(&x, true, noise, capture);
         let loss = logits.cross_entropy_for_logits(&y);
-        opt.backward_step(&loss);
+        opt.zero_grad();
+        loss.backward();
+        match measuring {
+            None => opt.step(),
+            Some(m) => {
+                let loss_at = || {
+                    model
+                        .net
+                        .forward(&x, true, noise, None)
+                        .cross_entropy_for_logits(&y)
+                };
+                for row in m.step(step, &model, &mut opt, &captures, loss_at) {
+                    emit(row);
+                }
+            }
+        }
         let acc = logits.accuracy_for_logits(&y);
         let row = pb::TrainRow {
             step,
@@ -151,7 +237,8 @@ pub fn train(
         };
         pending.push((row, Tensor::stack(&[loss.detach(), acc.detach()], 0)));
         let eval_due = step % spec.eval_every == 0 || step == spec.steps;
-        if (step % READ_EVERY == 0 || eval_due) && flush(&mut pending, &mut emit)? {
+        if (step % READ_EVERY == 0 || eval_due) && flush(&mut pending, &mut divergence, &mut emit)?
+        {
             return Ok(Ending::Diverged);
         }
         if eval_due {
@@ -163,12 +250,17 @@ pub fn train(
             }));
         }
     }
+    inspect(&model);
     Ok(Ending::Completed)
 }
 
 /// Reads the pending steps' loss and accuracy back in one transfer and emits their rows.
-/// Returns true if a loss was not finite: rows up to and including that step are emitted.
-fn flush(pending: &mut Vec<(pb::TrainRow, Tensor)>, emit: &mut impl FnMut(Row)) -> Result<bool> {
+/// Returns true once the trial has diverged: rows up to and including that step are emitted.
+fn flush(
+    pending: &mut Vec<(pb::TrainRow, Tensor)>,
+    divergence: &mut Divergence,
+    emit: &mut impl FnMut(Row),
+) -> Result<bool> {
     if pending.is_empty() {
         return Ok(false);
     }
@@ -179,7 +271,7 @@ fn flush(pending: &mut Vec<(pb::TrainRow, Tensor)>, emit: &mut impl FnMut(Row)) 
     for ((mut row, _), pair) in pending.drain(..).zip(values.chunks_exact(2)) {
         row.loss = pair[0];
         row.acc = pair[1];
-        let diverged = !row.loss.is_finite();
+        let diverged = divergence.diverged(row.loss);
         emit(Row::Train(row));
         if diverged {
             return Ok(true);
@@ -207,7 +299,7 @@ fn evaluate(model: &Model, test: &DeviceSplit, norm: &Normalizer) -> (f64, f64) 
             let n = EVAL_BATCH.min(test.len - at);
             let x = norm.apply(&test.images.narrow(0, at, n));
             let y = test.labels.narrow(0, at, n);
-            let logits = model.net.forward(&x, false, None);
+            let logits = model.net.forward(&x, false, None, None);
             let batch_loss = logits.cross_entropy_for_logits(&y).to_kind(Kind::Double) * (n as f64);
             loss_sum += batch_loss;
             correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64);
@@ -234,6 +326,7 @@ mod tests {
             model: Some(pb::ModelSpec {
                 name: "vgg8".into(),
                 width: 0.125,
+                hidden: vec![],
             }),
             dataset: Some(pb::DatasetSpec {
                 name: "synthetic".into(),
@@ -251,7 +344,171 @@ mod tests {
             batch_size: 32,
             steps: 30,
             eval_every: 10,
+            divergence: None,
+            measure: None,
         }
+    }
+
+    fn everything(every: u64) -> pb::MeasureSpec {
+        pb::MeasureSpec {
+            every,
+            ics: true,
+            landscape: true,
+            eta: vec![0.5, 1.0, 2.0],
+            eta_relative_to_lr: true,
+            weights: true,
+            activations: true,
+            activation_layers: vec![],
+            bins: 8,
+            sample: 256,
+            range_lo: -3.0,
+            range_hi: 3.0,
+        }
+    }
+
+    fn train_keeping_model(spec: &pb::TrialSpec) -> (Vec<Row>, Vec<(String, Tensor)>) {
+        let data = Arc::new(load_data(spec.dataset.as_ref().unwrap()).unwrap());
+        let mut rows = Vec::new();
+        let mut vars = Vec::new();
+        train_with(
+            spec,
+            data,
+            Device::Cpu,
+            |r| rows.push(r),
+            |m| {
+                let mut v: Vec<(String, Tensor)> = m.vs.variables().into_iter().collect();
+                v.sort_by(|a, b| a.0.cmp(&b.0));
+                vars = v;
+            },
+        )
+        .unwrap();
+        (rows, vars)
+    }
+
+    #[test]
+    fn measuring_leaves_no_trace_on_weights_optimizer_or_batchnorm_statistics() {
+        tch::set_num_threads(1);
+        for opt in ["sgd", "adam"] {
+            let mut plain = spec(0.02, true, 1.0, true);
+            plain.steps = 12;
+            plain.optimizer = Some(pb::OptimizerSpec {
+                name: opt.into(),
+                momentum: 0.9,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                ..Default::default()
+            });
+            let measured = pb::TrialSpec {
+                measure: Some(everything(3)),
+                ..plain.clone()
+            };
+            let (rows_a, vars_a) = train_keeping_model(&plain);
+            let (rows_b, vars_b) = train_keeping_model(&measured);
+            // Identical losses every step, so identical optimizer state after each measurement.
+            assert_eq!(losses(&rows_a), losses(&rows_b), "{opt}");
+            assert_eq!(vars_a.len(), vars_b.len());
+            assert!(vars_a.iter().any(|(n, _)| n.contains("running_mean")));
+            for ((na, a), (nb, b)) in vars_a.iter().zip(&vars_b) {
+                assert_eq!(na, nb);
+                assert!(a.equal(b), "{opt}: {na} differs after measuring");
+            }
+            let layers = rows_b.iter().filter(|r| matches!(r, Row::Layer(_))).count();
+            assert_eq!(layers, 4 * 11, "{opt}: 4 measured steps x 11 layers");
+            let land = rows_b
+                .iter()
+                .filter(|r| matches!(r, Row::Landscape(_)))
+                .count();
+            assert_eq!(land, 4 * 3);
+            let hist = rows_b
+                .iter()
+                .filter(|r| matches!(r, Row::Activation(_)))
+                .count();
+            assert_eq!(hist, 4 * 11 * 2 * (8 + 2));
+        }
+    }
+
+    #[test]
+    fn measured_values_are_sane() {
+        let s = pb::TrialSpec {
+            measure: Some(everything(10)),
+            ..spec(0.05, true, 0.0, false)
+        };
+        let (_, rows) = run(&s);
+        for r in &rows {
+            match r {
+                Row::Layer(l) => {
+                    let (l2, cos) = (l.ics_l2.unwrap(), l.ics_cos.unwrap());
+                    assert!(
+                        l2 >= 0.0 && (-1.0 - 1e-9..=1.0 + 1e-9).contains(&cos),
+                        "{l:?}"
+                    );
+                    if l.layer == 0 {
+                        assert_eq!((l2, cos), (0.0, 1.0));
+                    }
+                    assert!(
+                        l.grad_norm.unwrap() > 0.0 && l.weight_dist.unwrap() > 0.0,
+                        "{l:?}"
+                    );
+                    let pre = l.pre.as_ref().unwrap();
+                    assert_eq!(pre.quantiles.len(), 7);
+                    assert!(pre.quantiles.windows(2).all(|w| w[0] <= w[1]), "{pre:?}");
+                    assert!(
+                        l.post.as_ref().unwrap().quantiles[0] >= 0.0 || l.layer_name == "fc2",
+                        "post-ReLU"
+                    );
+                }
+                Row::Landscape(p) => {
+                    assert!(
+                        p.loss_min <= p.loss && p.loss <= p.loss_max && p.beta <= p.beta_smoothness,
+                        "{p:?}"
+                    );
+                    assert!((p.beta - p.grad_dist / (p.eta * 1.0)).abs() >= 0.0);
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(
+            rows.iter().filter(|r| matches!(r, Row::Layer(_))).count(),
+            3 * 11
+        );
+    }
+
+    #[test]
+    fn a_loss_above_the_bound_for_k_steps_diverges() {
+        let mut s = spec(0.05, true, 0.0, false);
+        s.divergence = Some(pb::DivergenceSpec {
+            loss_above: 0.5,
+            for_steps: 4,
+        });
+        let (ending, rows) = run(&s);
+        assert_eq!(ending, Ending::Diverged);
+        let l = losses(&rows);
+        assert_eq!(l.len(), 4, "the first four losses are all above 0.5: {l:?}");
+        assert!(l.iter().all(|v| v.is_finite() && *v > 0.5));
+    }
+
+    #[test]
+    fn the_mlp_trains_with_adam() {
+        let mut s = spec(0.001, true, 1.0, false);
+        s.model = Some(pb::ModelSpec {
+            name: "mlp".into(),
+            width: 1.0,
+            hidden: vec![64, 32],
+        });
+        s.optimizer = Some(pb::OptimizerSpec {
+            name: "adam".into(),
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            ..Default::default()
+        });
+        s.steps = 60;
+        let (ending, rows) = run(&s);
+        assert_eq!(ending, Ending::Completed);
+        let l = losses(&rows);
+        let (first, last) = (l[..10].iter().sum::<f64>(), l[50..].iter().sum::<f64>());
+        assert!(last < first, "the loss goes down: {first} -> {last}");
     }
 
     fn run(spec: &pb::TrialSpec) -> (Ending, Vec<Row>) {

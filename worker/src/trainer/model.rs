@@ -1,5 +1,6 @@
-//! The networks, for 32x32 RGB inputs and 10 classes, with BatchNorm on or off and the
-//! noise of bn-experiments.md injected after each conv's normalisation.
+//! The networks, for 32x32 RGB inputs and 10 classes: VGGs (bn-experiments.md's `vgg8` and
+//! the standard configurations) and an MLP, with BatchNorm on or off and the noise of
+//! bn-experiments.md injected where BatchNorm sits (after it when it is on).
 //!
 //! Nothing here assumes a single trial per model: layers hold no global state, and the noise
 //! is passed in per forward pass.
@@ -9,25 +10,35 @@ use tch::{Device, Kind, Tensor};
 
 use super::rng::{self, Stream};
 
-/// `vgg8` of bn-experiments.md: conv widths, `None` a 2x2 max-pool.
-const VGG8: &[Option<i64>] = &[
-    Some(64),
-    None,
-    Some(128),
-    None,
-    Some(256),
-    Some(256),
-    None,
-    Some(512),
-    Some(512),
-    None,
-    Some(512),
-    Some(512),
-    None,
+/// Conv stacks: output channels, `None` a 2x2 max-pool.
+const C64: Option<i64> = Some(64);
+const C128: Option<i64> = Some(128);
+const C256: Option<i64> = Some(256);
+const C512: Option<i64> = Some(512);
+const M: Option<i64> = None;
+/// `vgg8` of bn-experiments.md (8 convs; the conv stack of VGG-11, configuration A).
+const VGG8: &[Option<i64>] = &[C64, M, C128, M, C256, C256, M, C512, C512, M, C512, C512, M];
+/// 10 convs: configuration B (VGG-13), the ten-conv VGG of the blog study.
+const VGG13: &[Option<i64>] = &[
+    C64, C64, M, C128, C128, M, C256, C256, M, C512, C512, M, C512, C512, M,
+];
+/// Configuration D.
+const VGG16: &[Option<i64>] = &[
+    C64, C64, M, C128, C128, M, C256, C256, C256, M, C512, C512, C512, M, C512, C512, C512, M,
+];
+/// Configuration E.
+const VGG19: &[Option<i64>] = &[
+    C64, C64, M, C128, C128, M, C256, C256, C256, C256, M, C512, C512, C512, C512, M, C512, C512,
+    C512, C512, M,
 ];
 
-/// Width of the fully connected hidden layers at width 1.
+/// The models a trial may ask for.
+pub const MODELS: &[&str] = &["vgg8", "vgg10", "vgg11", "vgg13", "vgg16", "vgg19", "mlp"];
+
+/// Width of the fully connected hidden layers of the VGG head at width 1.
 const FC_HIDDEN: i64 = 512;
+/// Inputs of the MLP: a flattened 3x32x32 image.
+const MLP_INPUT: i64 = 3 * 32 * 32;
 
 /// Channels at a width multiplier: at least 1.
 pub fn scaled(channels: i64, width: f64) -> i64 {
@@ -35,17 +46,44 @@ pub fn scaled(channels: i64, width: f64) -> i64 {
 }
 
 enum Layer {
+    /// A 3x3 conv (padding 1), optional BatchNorm, noise, ReLU.
     Conv {
         conv: nn::Conv2D,
         bn: Option<Box<nn::BatchNorm>>,
     },
     Pool,
+    /// A linear layer. Hidden MLP layers take BatchNorm and noise like convs (`normed`); the
+    /// VGG head does not. The last layer has no ReLU.
+    Dense {
+        lin: nn::Linear,
+        bn: Option<Box<nn::BatchNorm>>,
+        normed: bool,
+        relu: bool,
+    },
 }
 
-/// A VGG network for CIFAR-shaped inputs.
-pub struct Vgg {
+/// One layer with weights, for the measurements: its name and its parameters.
+pub struct WeightLayer {
+    /// `conv0`, `fc1`, ... in forward order.
+    pub name: String,
+    /// The weight matrix or kernel.
+    pub weight: Tensor,
+    /// Every parameter of the layer: weight, bias, BatchNorm scale and shift.
+    pub params: Vec<Tensor>,
+}
+
+/// A layer's activations in one forward pass: after its conv or linear map, before any
+/// normalisation (`pre`), and at the end of its block (`post`).
+pub struct Capture {
+    pub layer: usize,
+    pub pre: Tensor,
+    pub post: Tensor,
+}
+
+/// A network for CIFAR-shaped inputs and 10 classes.
+pub struct Net {
     layers: Vec<Layer>,
-    fc: Vec<nn::Linear>,
+    names: Vec<String>,
 }
 
 /// The noise of one training step: level v, and what its draws are keyed by.
@@ -56,73 +94,181 @@ pub struct StepNoise {
     pub step: u64,
 }
 
-impl Vgg {
-    /// Builds `name` (only `vgg8` so far) with its weights under `vs`.
-    pub fn new(vs: &nn::Path, name: &str, width: f64, bn: bool) -> Option<Vgg> {
-        let cfg = match name {
-            "vgg8" => VGG8,
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct Arch<'a> {
+    pub name: &'a str,
+    pub width: f64,
+    /// Hidden layer sizes of `mlp` (before the width multiplier).
+    pub hidden: &'a [i64],
+    pub bn: bool,
+}
+
+impl Net {
+    /// Builds the architecture with its weights under `vs`; `None` for an unknown name.
+    pub fn new(vs: &nn::Path, arch: &Arch) -> Option<Net> {
+        let stack = match arch.name {
+            "vgg8" | "vgg11" => VGG8,
+            "vgg10" | "vgg13" => VGG13,
+            "vgg16" => VGG16,
+            "vgg19" => VGG19,
+            "mlp" => &[],
             _ => return None,
         };
-        let mut layers = Vec::new();
+        let mut net = Net {
+            layers: Vec::new(),
+            names: Vec::new(),
+        };
+        let bn_cfg = Default::default;
         let mut channels = 3;
-        for (i, entry) in cfg.iter().enumerate() {
+        for entry in stack {
             match entry {
-                None => layers.push(Layer::Pool),
+                None => net.layers.push(Layer::Pool),
                 Some(c) => {
-                    let out = scaled(*c, width);
-                    let conv_cfg = nn::ConvConfig {
+                    let i = net.names.len();
+                    let out = scaled(*c, arch.width);
+                    let cfg = nn::ConvConfig {
                         padding: 1,
-                        bias: !bn,
+                        bias: !arch.bn,
                         ..Default::default()
                     };
-                    let conv = nn::conv2d(vs / format!("conv{i}"), channels, out, 3, conv_cfg);
-                    let norm = bn.then(|| {
-                        Box::new(nn::batch_norm2d(
-                            vs / format!("bn{i}"),
-                            out,
-                            Default::default(),
-                        ))
+                    let conv = nn::conv2d(vs / format!("conv{i}"), channels, out, 3, cfg);
+                    let bn = arch.bn.then(|| {
+                        Box::new(nn::batch_norm2d(vs / format!("bn_conv{i}"), out, bn_cfg()))
                     });
-                    layers.push(Layer::Conv { conv, bn: norm });
+                    net.layers.push(Layer::Conv { conv, bn });
+                    net.names.push(format!("conv{i}"));
                     channels = out;
                 }
             }
         }
-        let hidden = scaled(FC_HIDDEN, width);
-        let fc = vec![
-            nn::linear(vs / "fc0", channels, hidden, Default::default()),
-            nn::linear(vs / "fc1", hidden, hidden, Default::default()),
-            nn::linear(vs / "fc2", hidden, 10, Default::default()),
-        ];
-        Some(Vgg { layers, fc })
+        let dense = |net: &mut Net, inputs: i64, outputs: i64, normed: bool, relu: bool| {
+            let name = format!(
+                "fc{}",
+                net.names.iter().filter(|n| n.starts_with("fc")).count()
+            );
+            let bn = (normed && arch.bn).then(|| {
+                Box::new(nn::batch_norm1d(
+                    vs / format!("bn_{name}"),
+                    outputs,
+                    bn_cfg(),
+                ))
+            });
+            let cfg = nn::LinearConfig {
+                bias: !(normed && arch.bn),
+                ..Default::default()
+            };
+            let lin = nn::linear(vs / name.as_str(), inputs, outputs, cfg);
+            net.layers.push(Layer::Dense {
+                lin,
+                bn,
+                normed,
+                relu,
+            });
+            net.names.push(name);
+        };
+        if arch.name == "mlp" {
+            let mut inputs = MLP_INPUT;
+            for &h in arch.hidden {
+                let h = scaled(h, arch.width);
+                dense(&mut net, inputs, h, true, true);
+                inputs = h;
+            }
+            dense(&mut net, inputs, 10, false, false);
+        } else {
+            let hidden = scaled(FC_HIDDEN, arch.width);
+            dense(&mut net, channels, hidden, false, true);
+            dense(&mut net, hidden, hidden, false, true);
+            dense(&mut net, hidden, 10, false, false);
+        }
+        Some(net)
     }
 
-    /// Logits for a batch `[B, 3, 32, 32]`. `noise` applies in training only.
-    pub fn forward(&self, x: &Tensor, train: bool, noise: Option<StepNoise>) -> Tensor {
-        let mut h = x.shallow_clone();
-        let mut conv_index = 0u64;
+    /// Names of the layers with weights, in forward order.
+    pub fn layer_names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The layers with weights, in forward order (handles to the live parameters).
+    pub fn weight_layers(&self) -> Vec<WeightLayer> {
+        let opt = |t: &Option<Tensor>| t.as_ref().map(Tensor::shallow_clone);
+        let bn_params = |bn: &Option<Box<nn::BatchNorm>>| -> Vec<Tensor> {
+            bn.as_ref()
+                .map(|b| [opt(&b.ws), opt(&b.bs)].into_iter().flatten().collect())
+                .unwrap_or_default()
+        };
+        let mut out = Vec::new();
         for layer in &self.layers {
-            h = match layer {
-                Layer::Pool => h.max_pool2d_default(2),
-                Layer::Conv { conv, bn } => {
-                    let mut z = h.apply(conv);
-                    if let Some(bn) = bn {
-                        z = z.apply_t(bn.as_ref(), train);
+            let (weight, bias, bn) = match layer {
+                Layer::Pool => continue,
+                Layer::Conv { conv, bn } => (&conv.ws, &conv.bs, bn),
+                Layer::Dense { lin, bn, .. } => (&lin.ws, &lin.bs, bn),
+            };
+            let mut params = vec![weight.shallow_clone()];
+            params.extend(opt(bias));
+            params.extend(bn_params(bn));
+            out.push(WeightLayer {
+                name: self.names[out.len()].clone(),
+                weight: weight.shallow_clone(),
+                params,
+            });
+        }
+        out
+    }
+
+    /// Logits for a batch `[B, 3, 32, 32]`. `noise` applies in training only. With `capture`,
+    /// every weight layer's activations are kept (detached).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        train: bool,
+        noise: Option<StepNoise>,
+        mut capture: Option<&mut Vec<Capture>>,
+    ) -> Tensor {
+        let mut h = x.shallow_clone();
+        let mut index = 0usize;
+        let mut normed_index = 0u64;
+        for layer in &self.layers {
+            let (z, bn, normed, relu) = match layer {
+                Layer::Pool => {
+                    h = h.max_pool2d_default(2);
+                    continue;
+                }
+                Layer::Conv { conv, bn } => (h.apply(conv), bn, true, true),
+                Layer::Dense {
+                    lin,
+                    bn,
+                    normed,
+                    relu,
+                } => {
+                    if h.dim() > 2 {
+                        h = h.flatten(1, -1);
                     }
-                    if let (true, Some(n)) = (train, noise) {
-                        z = add_noise(&z, n, conv_index);
-                    }
-                    conv_index += 1;
-                    z.relu()
+                    (h.apply(lin), bn, *normed, *relu)
                 }
             };
-        }
-        let mut h = h.flatten(1, -1);
-        for (i, fc) in self.fc.iter().enumerate() {
-            h = h.apply(fc);
-            if i + 1 < self.fc.len() {
-                h = h.relu();
+            let mut out = match bn {
+                Some(bn) => z.apply_t(bn.as_ref(), train),
+                None => z.shallow_clone(),
+            };
+            if normed {
+                if let (true, Some(n)) = (train, noise) {
+                    out = add_noise(&out, n, normed_index);
+                }
+                normed_index += 1;
             }
+            if relu {
+                out = out.relu();
+            }
+            if let Some(c) = capture.as_deref_mut() {
+                c.push(Capture {
+                    layer: index,
+                    pre: z.detach(),
+                    post: out.detach(),
+                });
+            }
+            index += 1;
+            h = out;
         }
         h
     }
@@ -154,15 +300,15 @@ pub fn add_noise(z: &Tensor, n: StepNoise, layer: u64) -> Tensor {
 /// A model and its weights on one device.
 pub struct Model {
     pub vs: nn::VarStore,
-    pub net: Vgg,
+    pub net: Net,
 }
 
 impl Model {
     /// Builds a model with initial weights drawn from the trial's seed.
-    pub fn new(name: &str, width: f64, bn: bool, seed: u64, device: Device) -> Option<Model> {
+    pub fn new(arch: &Arch, seed: u64, device: Device) -> Option<Model> {
         rng::seeded(seed, Stream::Init as u64, 0, || {
             let vs = nn::VarStore::new(device);
-            let net = Vgg::new(&vs.root(), name, width, bn)?;
+            let net = Net::new(&vs.root(), arch)?;
             Some(Model { vs, net })
         })
     }
@@ -178,21 +324,64 @@ impl std::fmt::Debug for Model {
 mod tests {
     use super::*;
 
-    #[test]
-    fn vgg8_maps_cifar_batches_to_ten_logits() {
-        for bn in [true, false] {
-            let m = Model::new("vgg8", 0.125, bn, 0, Device::Cpu).unwrap();
-            let x = Tensor::zeros([4, 3, 32, 32], (Kind::Float, Device::Cpu));
-            assert_eq!(m.net.forward(&x, true, None).size(), vec![4, 10]);
+    fn arch(name: &'static str, bn: bool) -> Arch<'static> {
+        Arch {
+            name,
+            width: 0.125,
+            hidden: &[256, 128, 64],
+            bn,
         }
-        assert!(Model::new("vgg99", 1.0, true, 0, Device::Cpu).is_none());
+    }
+
+    #[test]
+    fn every_model_maps_cifar_batches_to_ten_logits() {
+        let convs = [
+            ("vgg8", 8),
+            ("vgg10", 10),
+            ("vgg11", 8),
+            ("vgg13", 10),
+            ("vgg16", 13),
+            ("vgg19", 16),
+            ("mlp", 0),
+        ];
+        for (name, n_conv) in convs {
+            for bn in [true, false] {
+                let m = Model::new(&arch(name, bn), 0, Device::Cpu).unwrap();
+                let x = Tensor::zeros([4, 3, 32, 32], (Kind::Float, Device::Cpu));
+                let mut caps = Vec::new();
+                let noise = StepNoise {
+                    level: 1.0,
+                    seed: 0,
+                    step: 1,
+                };
+                assert_eq!(
+                    m.net.forward(&x, true, Some(noise), Some(&mut caps)).size(),
+                    vec![4, 10],
+                    "{name}"
+                );
+                let layers = m.net.weight_layers();
+                let fcs = if name == "mlp" { 4 } else { 3 };
+                assert_eq!(layers.len(), n_conv + fcs, "{name}");
+                assert_eq!(caps.len(), layers.len(), "{name}");
+                // Every parameter belongs to exactly one layer.
+                let owned: usize = layers.iter().map(|l| l.params.len()).sum();
+                assert_eq!(owned, m.vs.trainable_variables().len(), "{name} bn={bn}");
+            }
+        }
+        assert!(Model::new(&arch("vgg99", true), 0, Device::Cpu).is_none());
+        for name in MODELS {
+            assert!(
+                Model::new(&arch(name, true), 0, Device::Cpu).is_some(),
+                "{name}"
+            );
+        }
     }
 
     #[test]
     fn the_same_seed_gives_the_same_weights() {
-        let a = Model::new("vgg8", 0.125, true, 7, Device::Cpu).unwrap();
-        let b = Model::new("vgg8", 0.125, true, 7, Device::Cpu).unwrap();
-        let c = Model::new("vgg8", 0.125, true, 8, Device::Cpu).unwrap();
+        let a = Model::new(&arch("vgg8", true), 7, Device::Cpu).unwrap();
+        let b = Model::new(&arch("vgg8", true), 7, Device::Cpu).unwrap();
+        let c = Model::new(&arch("vgg8", true), 8, Device::Cpu).unwrap();
         let (va, vb, vc) = (a.vs.variables(), b.vs.variables(), c.vs.variables());
         let w = "conv0.weight";
         assert!(va[w].equal(&vb[w]));

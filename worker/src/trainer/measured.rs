@@ -1,0 +1,294 @@
+//! A measured training step: the real step, with the passes of [`measure`] around it, and
+//! the rows they produce. An unmeasured step and a measured one change the weights, the
+//! optimizer state and the BatchNorm running statistics identically.
+
+use bnsweep_proto as pb;
+use tch::{nn, Kind, Tensor};
+
+use super::measure::{self, QUANTILES};
+use super::model::{Capture, Model};
+use super::Row;
+
+/// What to measure, resolved for one trial.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub every: u64,
+    pub ics: bool,
+    /// Absolute step sizes; empty: no landscape.
+    pub etas: Vec<f64>,
+    pub weights: bool,
+    pub activations: bool,
+    /// Layer indices whose activations are kept (all when empty).
+    pub layers: Vec<u32>,
+    pub bins: i64,
+    pub sample: i64,
+    pub range: (f64, f64),
+}
+
+impl Plan {
+    /// From the wire form; `None` when nothing is measured.
+    pub fn new(spec: Option<&pb::MeasureSpec>, lr: f64) -> Option<Plan> {
+        let m = spec?;
+        let scale = if m.eta_relative_to_lr { lr } else { 1.0 };
+        let plan = Plan {
+            every: m.every,
+            ics: m.ics,
+            etas: if m.landscape {
+                m.eta.iter().map(|e| e * scale).collect()
+            } else {
+                Vec::new()
+            },
+            weights: m.weights,
+            activations: m.activations,
+            layers: m.activation_layers.clone(),
+            bins: i64::from(m.bins.max(1)),
+            sample: i64::from(m.sample.max(1)),
+            range: (m.range_lo, m.range_hi),
+        };
+        let anything = plan.ics || !plan.etas.is_empty() || plan.weights || plan.activations;
+        (plan.every > 0 && anything).then_some(plan)
+    }
+
+    pub fn due(&self, step: u64) -> bool {
+        step.is_multiple_of(self.every)
+    }
+
+    fn keeps(&self, layer: usize) -> bool {
+        self.layers.is_empty() || self.layers.contains(&(layer as u32))
+    }
+}
+
+/// The state measurements keep across steps.
+pub struct Measurer {
+    pub plan: Plan,
+    names: Vec<String>,
+    /// Initial weights of every layer (when `weights` is measured).
+    initial: Vec<Tensor>,
+    /// BatchNorm running statistics: extra passes move them, so they are put back.
+    buffers: Vec<Tensor>,
+}
+
+impl Measurer {
+    pub fn new(plan: Plan, model: &Model) -> Measurer {
+        let layers = model.net.weight_layers();
+        let initial = if plan.weights {
+            measure::snapshot(
+                &layers
+                    .iter()
+                    .map(|l| l.weight.shallow_clone())
+                    .collect::<Vec<_>>(),
+            )
+        } else {
+            Vec::new()
+        };
+        let mut vars: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let buffers = vars
+            .into_iter()
+            .filter(|(n, _)| n.contains("running_"))
+            .map(|(_, t)| t)
+            .collect();
+        Measurer {
+            plan,
+            names: layers.into_iter().map(|l| l.name).collect(),
+            initial,
+            buffers,
+        }
+    }
+
+    /// Runs the optimizer step of a measured step whose loss has been backpropagated, with
+    /// the measurement passes around it. `loss_at` recomputes the step's loss (same batch,
+    /// same noise, training mode) at the parameters' current values.
+    pub fn step(
+        &self,
+        step: u64,
+        model: &Model,
+        opt: &mut nn::Optimizer,
+        captures: &[Capture],
+        mut loss_at: impl FnMut() -> Tensor,
+    ) -> Vec<Row> {
+        let layers = model.net.weight_layers();
+        let params: Vec<Tensor> = layers
+            .iter()
+            .flat_map(|l| l.params.iter().map(Tensor::shallow_clone))
+            .collect();
+        let weights: Vec<Tensor> = layers.iter().map(|l| l.weight.shallow_clone()).collect();
+        let buffers = measure::snapshot(&self.buffers);
+        let grads = measure::snapshot(&params.iter().map(Tensor::grad).collect::<Vec<_>>());
+        let weight_grads = measure::snapshot(&weights.iter().map(Tensor::grad).collect::<Vec<_>>());
+        let before: Vec<Vec<Tensor>> = layers
+            .iter()
+            .map(|l| measure::snapshot(&l.params))
+            .collect();
+
+        let landscape = measure::landscape(&params, &grads, &self.plan.etas, &mut loss_at);
+        opt.step();
+        let ics = if self.plan.ics {
+            let per_layer: Vec<Vec<Tensor>> = layers
+                .iter()
+                .map(|l| l.params.iter().map(Tensor::shallow_clone).collect())
+                .collect();
+            measure::ics(&per_layer, &weights, &before, &weight_grads, &mut loss_at)
+        } else {
+            Vec::new()
+        };
+        measure::restore(&self.buffers, &buffers);
+
+        let mut rows = Vec::new();
+        self.landscape_rows(step, &landscape, &mut rows);
+        self.layer_rows(step, &weights, &weight_grads, &ics, captures, &mut rows);
+        rows
+    }
+
+    fn landscape_rows(&self, step: u64, points: &[measure::LandscapePoint], rows: &mut Vec<Row>) {
+        if points.is_empty() {
+            return;
+        }
+        let fold = |f: fn(&measure::LandscapePoint) -> f64, min: bool| {
+            points.iter().map(f).fold(
+                if min {
+                    f64::INFINITY
+                } else {
+                    f64::NEG_INFINITY
+                },
+                |a, b| if min { a.min(b) } else { a.max(b) },
+            )
+        };
+        let (loss_min, loss_max) = (fold(|p| p.loss, true), fold(|p| p.loss, false));
+        let (gradpred_min, gradpred_max) =
+            (fold(|p| p.grad_dist, true), fold(|p| p.grad_dist, false));
+        let beta_smoothness = fold(|p| p.beta, false);
+        for p in points {
+            rows.push(Row::Landscape(pb::LandscapeRow {
+                step,
+                eta: p.eta,
+                loss: p.loss,
+                grad_dist: p.grad_dist,
+                beta: p.beta,
+                loss_min,
+                loss_max,
+                gradpred_min,
+                gradpred_max,
+                beta_smoothness,
+            }));
+        }
+    }
+
+    /// Per-layer rows and activation histograms, read back from the device in one transfer.
+    fn layer_rows(
+        &self,
+        step: u64,
+        weights: &[Tensor],
+        grads: &[Tensor],
+        ics: &[(f64, f64)],
+        captures: &[Capture],
+        rows: &mut Vec<Row>,
+    ) {
+        let k = weights.len();
+        let bins = self.plan.bins;
+        let stats_len = 2 + QUANTILES.len() as i64;
+        let hist_len = bins + 2;
+        // Per layer: [grad_norm, weight_dist, weight_dist_rel, pre stats, post stats, pre hist, post hist].
+        let mut parts: Vec<Tensor> = Vec::new();
+        let keeps: Vec<bool> = (0..k)
+            .map(|i| self.plan.activations && self.plan.keeps(i))
+            .collect();
+        tch::no_grad(|| {
+            for i in 0..k {
+                parts.push(grads[i].to_kind(Kind::Double).norm().view([1]));
+                if self.plan.weights {
+                    let dist = (&weights[i] - &self.initial[i])
+                        .to_kind(Kind::Double)
+                        .norm();
+                    let rel = &dist / self.initial[i].to_kind(Kind::Double).norm();
+                    parts.push(Tensor::stack(&[dist, rel], 0));
+                }
+                if keeps[i] {
+                    let c = captures
+                        .iter()
+                        .find(|c| c.layer == i)
+                        .expect("every layer is captured");
+                    parts.push(measure::activation_stats(&c.pre, self.plan.sample));
+                    parts.push(measure::activation_stats(&c.post, self.plan.sample));
+                    parts.push(measure::histogram(
+                        &c.pre,
+                        bins,
+                        self.plan.range.0,
+                        self.plan.range.1,
+                    ));
+                    parts.push(measure::histogram(
+                        &c.post,
+                        bins,
+                        self.plan.range.0,
+                        self.plan.range.1,
+                    ));
+                }
+            }
+        });
+        let values: Vec<f64> =
+            Vec::try_from(Tensor::cat(&parts, 0).to_device(tch::Device::Cpu)).unwrap_or_default();
+        let mut at = 0usize;
+        let mut take = |n: i64| {
+            let s = &values[at..at + n as usize];
+            at += n as usize;
+            s.to_vec()
+        };
+        let (lo, hi) = self.plan.range;
+        let width = (hi - lo) / bins as f64;
+        for (i, (name, &keep)) in self.names.iter().zip(&keeps).enumerate() {
+            let name = name.clone();
+            let grad_norm = take(1)[0];
+            let (weight_dist, weight_dist_rel) = if self.plan.weights {
+                let v = take(2);
+                (Some(v[0]), Some(v[1]))
+            } else {
+                (None, None)
+            };
+            let stats = |v: Vec<f64>| pb::ActivationStats {
+                mean: v[0],
+                std: v[1],
+                quantiles: v[2..].to_vec(),
+            };
+            let (pre, post) = if keep {
+                (Some(stats(take(stats_len))), Some(stats(take(stats_len))))
+            } else {
+                (None, None)
+            };
+            if keep {
+                for point in ["pre", "post"] {
+                    for (b, count) in take(hist_len).into_iter().enumerate() {
+                        let bin = b as i32 - 1;
+                        let (l, h) = match bin {
+                            -1 => (f64::NEG_INFINITY, lo),
+                            b if i64::from(b) == bins => (hi, f64::INFINITY),
+                            b => (lo + f64::from(b) * width, lo + f64::from(b + 1) * width),
+                        };
+                        rows.push(Row::Activation(pb::ActivationRow {
+                            step,
+                            layer: i as u32,
+                            layer_name: name.clone(),
+                            point: point.into(),
+                            bin,
+                            lo: l,
+                            hi: h,
+                            count: count as u64,
+                        }));
+                    }
+                }
+            }
+            rows.push(Row::Layer(pb::LayerRow {
+                step,
+                layer: i as u32,
+                layer_name: name,
+                ics_l2: ics.get(i).map(|v| v.0),
+                // Undefined (null) when G_i or G'_i is zero, as in a layer of dead units.
+                ics_cos: ics.get(i).map(|v| v.1).filter(|c| !c.is_nan()),
+                grad_norm: Some(grad_norm),
+                weight_dist,
+                weight_dist_rel,
+                pre,
+                post,
+            }));
+        }
+    }
+}
