@@ -72,6 +72,10 @@ enum Command {
         /// Seconds without a poll after which a worker is lost and its trials are re-queued.
         #[arg(long, default_value_t = 30)]
         worker_timeout: u64,
+        /// Shared secret every worker must present (workers: --token or BNSWEEP_TOKEN).
+        /// Required when listening on anything but loopback.
+        #[arg(long, env = "BNSWEEP_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
 }
 
@@ -99,7 +103,8 @@ fn main() -> ExitCode {
             listen,
             out,
             worker_timeout,
-        } => serve(&file, listen, &out, worker_timeout),
+            token,
+        } => serve(&file, listen, &out, worker_timeout, token),
     };
     match result {
         Ok(code) => code,
@@ -243,7 +248,7 @@ fn run(
             poll_interval: Duration::from_millis(200),
             ..Policy::default()
         };
-        server::run_sweep(&sweep, results, listener, policy, children).await
+        server::run_sweep(&sweep, results, listener, policy, None, children).await
     })?;
     Ok(report(&summary, &out))
 }
@@ -266,7 +271,15 @@ fn serve(
     listen: SocketAddr,
     out: &Path,
     worker_timeout: u64,
+    token: Option<String>,
 ) -> Result<ExitCode, Error> {
+    let token = token.filter(|t| !t.is_empty());
+    if token.is_none() && !listen.ip().is_loopback() {
+        return Err(Error::Refused(format!(
+            "--listen {listen} accepts connections from other machines, so it needs a shared token: \
+             pass --token SECRET (or set BNSWEEP_TOKEN) here and to every worker"
+        )));
+    }
     let sweep = load(file)?;
     let results = ResultsDir::create(out, &sweep)?;
     let rt = runtime()?;
@@ -282,7 +295,7 @@ fn serve(
             worker_timeout: Duration::from_secs(worker_timeout.max(1)),
             ..Policy::default()
         };
-        server::run_sweep(&sweep, results, listener, policy, Vec::new()).await
+        server::run_sweep(&sweep, results, listener, policy, token, Vec::new()).await
     })?;
     Ok(report(&summary, out))
 }

@@ -24,6 +24,28 @@ pub struct Summary {
     pub elapsed: Duration,
 }
 
+/// Refuses calls without the shared token, when there is one.
+#[derive(Clone)]
+struct TokenCheck(Option<String>);
+
+impl tonic::service::Interceptor for TokenCheck {
+    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let Some(token) = &self.0 else { return Ok(req) };
+        let sent = req
+            .metadata()
+            .get(pb::auth::HEADER)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if pb::auth::same(sent, pb::auth::bearer(token).as_bytes()) {
+            Ok(req)
+        } else {
+            Err(tonic::Status::unauthenticated(
+                "missing or wrong token: start the worker with the coordinator's --token (or BNSWEEP_TOKEN)",
+            ))
+        }
+    }
+}
+
 /// Binds the listening socket (port 0 picks a free one).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     TcpListener::bind(addr)
@@ -39,6 +61,7 @@ pub async fn run_sweep(
     results: ResultsDir,
     listener: TcpListener,
     policy: Policy,
+    token: Option<String>,
     mut local: Vec<Child>,
 ) -> Result<Summary> {
     let start = Instant::now();
@@ -49,6 +72,7 @@ pub async fn run_sweep(
     let service =
         pb::coordinator_server::CoordinatorServer::new(CoordinatorService::new(shared.clone()))
             .max_decoding_message_size(64 * 1024 * 1024);
+    let service = tonic::service::interceptor::InterceptedService::new(service, TokenCheck(token));
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(service)

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `bnsweep` and `bnsweep-worker` binaries, real sockets, results
 //! read back by pyarrow, pandas, polars and DuckDB.
 
+mod demo;
 mod run_sweep;
 mod serve_and_worker;
 mod validate;

@@ -150,3 +150,139 @@ train:
     let checked = check_results(&dir.path().join("b"), &args);
     assert!(checked.ok(), "{checked:?}");
 }
+
+/// A coordinator with a token refuses workers without it; one with the token trains; and a
+/// coordinator reachable from other machines does not start without a token at all.
+#[test]
+fn the_shared_token_is_required_and_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "name: tok\nparameters:\n  lr: [0.1]\ntrain:\n  model: {width: 0.125}\n  dataset: {train_size: 64, test_size: 16}\n  batch_size: 16\n  steps: 3\n";
+    std::fs::write(dir.path().join("tok.yaml"), text).unwrap();
+
+    let open = run(Command::new(bin("bnsweep"))
+        .args([
+            "serve",
+            "tok.yaml",
+            "--listen",
+            "0.0.0.0:0",
+            "--out",
+            "open",
+        ])
+        .env_remove("BNSWEEP_TOKEN")
+        .current_dir(dir.path()));
+    assert_eq!(open.code, Some(1), "{open:?}");
+    assert!(open.stderr.contains("needs a shared token"), "{open:?}");
+    assert!(!dir.path().join("open").exists());
+
+    let addr = format!("127.0.0.1:{}", free_port());
+    let url = format!("http://{addr}");
+    let mut serve = Command::new(bin("bnsweep"))
+        .args([
+            "serve", "tok.yaml", "--listen", &addr, "--out", "out", "--token", "s3cret",
+        ])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for (token, what) in [(None, "no token"), (Some("wrong"), "a wrong token")] {
+        let mut cmd = Command::new(bin("bnsweep-worker"));
+        cmd.args(["--coordinator", &url, "--device", "cpu"])
+            .env_remove("BNSWEEP_TOKEN");
+        if let Some(t) = token {
+            cmd.args(["--token", t]);
+        }
+        let refused = run(&mut cmd);
+        assert_eq!(refused.code, Some(1), "{what}: {refused:?}");
+        assert!(
+            refused
+                .stderr
+                .contains("the coordinator refused this worker: missing or wrong token"),
+            "{what}: {refused:?}"
+        );
+    }
+    let worker = run(Command::new(bin("bnsweep-worker"))
+        .args(["--coordinator", &url, "--device", "cpu"])
+        .env("BNSWEEP_TOKEN", "s3cret"));
+    assert!(worker.ok(), "{worker:?}");
+    assert!(serve.wait().unwrap().success());
+    let checked = check_results(
+        &dir.path().join("out"),
+        &["--trials", "1", "--steps", "3", "--eval-every", "500"],
+    );
+    assert!(checked.ok(), "{checked:?}");
+}
+
+/// kill -9 of a worker in the middle of a trial: the trial is leased again after the worker
+/// timeout, completes on another worker, and its rows are in the results exactly once.
+#[test]
+fn a_killed_worker_s_trial_completes_elsewhere_with_its_rows_exactly_once() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let text = "name: kill\nparameters:\n  lr: [0.05]\ntrain:\n  model: {width: 0.125}\n  dataset: {train_size: 512, test_size: 64}\n  batch_size: 64\n  steps: 300\n  eval_every: 100\n";
+    std::fs::write(dir.path().join("kill.yaml"), text).unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let url = format!("http://{addr}");
+    let mut serve = Command::new(bin("bnsweep"))
+        .args([
+            "serve",
+            "kill.yaml",
+            "--listen",
+            &addr,
+            "--out",
+            "out",
+            "--worker-timeout",
+            "2",
+        ])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut doomed = Command::new(bin("bnsweep-worker"))
+        .args([
+            "--coordinator",
+            &url,
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--name",
+            "doomed",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until it trains, and has sent some rows, then kill it without warning.
+    let log = BufReader::new(doomed.stderr.take().unwrap());
+    for line in log.lines() {
+        if line.unwrap().contains("starting on cpu") {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    let rescuer = run(Command::new(bin("bnsweep-worker")).args([
+        "--coordinator",
+        &url,
+        "--device",
+        "cpu",
+        "--name",
+        "rescuer",
+    ]));
+    assert!(rescuer.ok(), "{rescuer:?}");
+    assert!(serve.wait().unwrap().success());
+    let out = dir.path().join("out");
+    let checked = check_results(
+        &out,
+        &["--trials", "1", "--steps", "300", "--eval-every", "100"],
+    );
+    assert!(checked.ok(), "{checked:?}");
+    let attempts = run(Command::new(bnsweep_e2e::python()).args([
+        "-c",
+        "import sys, pyarrow.parquet as pq; t = pq.read_table(sys.argv[1]).to_pylist()[0]; print(t['attempts'], t['worker'])",
+        out.join("trials.parquet").to_str().unwrap(),
+    ]));
+    assert_eq!(attempts.stdout.trim(), "2 w2-rescuer", "{attempts:?}");
+}

@@ -30,9 +30,24 @@ pub struct Config {
     pub name: String,
     /// How long the coordinator may stay unreachable before the worker gives up.
     pub patience: Duration,
+    /// The coordinator's shared token, if it has one.
+    pub token: Option<String>,
 }
 
-type Client = CoordinatorClient<Channel>;
+/// Adds the shared token to every call.
+#[derive(Clone)]
+pub struct Auth(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert(pb::auth::HEADER, v.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Client = CoordinatorClient<tonic::service::interceptor::InterceptedService<Channel, Auth>>;
 
 /// Datasets loaded on the host, shared by the trials that use them.
 #[derive(Default)]
@@ -63,9 +78,15 @@ async fn connect(cfg: &Config) -> Result<Client> {
             .connect_timeout(Duration::from_secs(5));
         match endpoint.connect().await {
             Ok(channel) => {
-                return Ok(
-                    CoordinatorClient::new(channel).max_decoding_message_size(64 * 1024 * 1024)
-                )
+                let token =
+                    match &cfg.token {
+                        None => None,
+                        Some(t) => Some(pb::auth::bearer(t).parse().map_err(|_| {
+                            Error::Device("--token must be printable ASCII".into())
+                        })?),
+                    };
+                return Ok(CoordinatorClient::with_interceptor(channel, Auth(token))
+                    .max_decoding_message_size(64 * 1024 * 1024));
             }
             Err(source) if Instant::now() >= deadline => {
                 return Err(Error::Connect {
@@ -133,6 +154,7 @@ pub async fn run(cfg: Config) -> Result<()> {
                     return Ok(());
                 }
             }
+            Err(s) if s.code() == Code::Unauthenticated => return Err(s.into()),
             Err(s) if s.code() == Code::NotFound => {
                 tracing::warn!(
                     "coordinator does not know this worker ({}); registering again",

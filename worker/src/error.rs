@@ -24,8 +24,19 @@ pub enum Error {
         #[source]
         source: tonic::transport::Error,
     },
+    #[error("the coordinator refused this worker: {0}")]
+    Unauthenticated(String),
     #[error("coordinator answered: {0}")]
-    Rpc(#[from] tonic::Status),
+    Rpc(tonic::Status),
+}
+
+impl From<tonic::Status> for Error {
+    fn from(s: tonic::Status) -> Error {
+        match s.code() {
+            tonic::Code::Unauthenticated => Error::Unauthenticated(s.message().to_string()),
+            _ => Error::Rpc(s),
+        }
+    }
 }
 
 impl Error {

@@ -40,6 +40,9 @@ struct Cli {
     /// Seconds the coordinator may stay unreachable before the worker gives up.
     #[arg(long, default_value_t = 60)]
     patience: u64,
+    /// The coordinator's shared token (`bnsweep serve --token`).
+    #[arg(long, env = "BNSWEEP_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(clap::Subcommand)]
@@ -113,6 +116,7 @@ fn main() -> ExitCode {
         device,
         name,
         patience: Duration::from_secs(cli.patience.max(1)),
+        token: cli.token.filter(|t| !t.is_empty()),
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
