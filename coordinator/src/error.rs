@@ -47,6 +47,8 @@ pub enum Error {
     InvalidArgument(String),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("interrupted; finished trials are kept: run the same command again to resume")]
+    Interrupted,
 }
 
 impl Error {
@@ -70,6 +72,7 @@ impl From<Error> for tonic::Status {
             }
             Error::InvalidArgument(_) | Error::Sweep(_) => Code::InvalidArgument,
             Error::Refused(_) => Code::FailedPrecondition,
+            Error::Interrupted => Code::Unavailable,
             Error::Io { .. } | Error::Parquet { .. } | Error::Arrow(_) | Error::Transport(_) => {
                 Code::Internal
             }

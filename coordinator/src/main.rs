@@ -42,8 +42,9 @@ enum Command {
     Run {
         /// The sweep file (YAML).
         file: PathBuf,
-        /// Results directory (must not hold files yet). Default: results/<sweep name>, or
-        /// results/<sweep name>-2, -3, ... when earlier runs hold it.
+        /// Results directory. A directory holding this sweep's results resumes it; one holding
+        /// anything else is refused. Default: results/<sweep name>, or results/<sweep
+        /// name>-2, -3, ... when another sweep of that name holds it.
         #[arg(long)]
         out: Option<PathBuf>,
         /// Number of local worker processes, each running one trial at a time.
@@ -66,7 +67,8 @@ enum Command {
         /// Address to listen on, e.g. 0.0.0.0:50051 (all interfaces) or 127.0.0.1:50051.
         #[arg(long)]
         listen: SocketAddr,
-        /// Results directory (must not hold files yet).
+        /// Results directory. A directory holding this sweep's results resumes it; one holding
+        /// anything else is refused.
         #[arg(long)]
         out: PathBuf,
         /// Seconds without a poll after which a worker is lost and its trials are re-queued.
@@ -116,6 +118,10 @@ fn main() -> ExitCode {
                 diags.file
             );
             ExitCode::from(2)
+        }
+        Err(Error::Interrupted) => {
+            eprintln!("bnsweep: {}", Error::Interrupted);
+            ExitCode::from(130)
         }
         Err(e) => {
             eprintln!("error: {e}");
@@ -219,7 +225,7 @@ fn run(
     if workers == 0 {
         return Err(Error::Refused("--workers must be at least 1".into()));
     }
-    let out = out.unwrap_or_else(|| default_out(&sweep.name));
+    let out = out.unwrap_or_else(|| default_out(&sweep));
     let cores = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .unwrap_or(1);
@@ -229,7 +235,7 @@ fn run(
         threads: threads.unwrap_or((cores / workers).max(1)),
         binary: local::find_worker_binary(),
     };
-    let results = ResultsDir::create(&out, &sweep)?;
+    let (results, priors) = ResultsDir::open(&out, &sweep)?;
     eprintln!(
         "bnsweep: sweep `{}`: {} trials on {} local worker(s); results in {}",
         sweep.name,
@@ -248,14 +254,21 @@ fn run(
             poll_interval: Duration::from_millis(200),
             ..Policy::default()
         };
-        server::run_sweep(&sweep, results, listener, policy, None, children).await
+        server::run_sweep(&sweep, results, priors, listener, policy, None, children).await
     })?;
     Ok(report(&summary, &out))
 }
 
-/// `results/NAME`, or `results/NAME-2`, `-3`, ... when earlier runs hold the first ones.
-fn default_out(name: &str) -> PathBuf {
-    let free = |p: &PathBuf| std::fs::read_dir(p).map_or(true, |mut d| d.next().is_none());
+/// `results/NAME` when it is free or holds this sweep (which then resumes), else the first of
+/// `results/NAME-2`, `-3`, ... that is.
+fn default_out(sweep: &Sweep) -> PathBuf {
+    let name = &sweep.name;
+    let free = |p: &PathBuf| {
+        matches!(
+            bnsweep::results::holds(p, sweep),
+            Ok(bnsweep::results::Holding::Nothing | bnsweep::results::Holding::Same)
+        )
+    };
     let first = Path::new("results").join(name);
     if free(&first) {
         return first;
@@ -281,7 +294,7 @@ fn serve(
         )));
     }
     let sweep = load(file)?;
-    let results = ResultsDir::create(out, &sweep)?;
+    let (results, priors) = ResultsDir::open(out, &sweep)?;
     let rt = runtime()?;
     let summary = rt.block_on(async {
         let listener = server::bind(listen).await?;
@@ -295,7 +308,7 @@ fn serve(
             worker_timeout: Duration::from_secs(worker_timeout.max(1)),
             ..Policy::default()
         };
-        server::run_sweep(&sweep, results, listener, policy, token, Vec::new()).await
+        server::run_sweep(&sweep, results, priors, listener, policy, token, Vec::new()).await
     })?;
     Ok(report(&summary, out))
 }

@@ -171,6 +171,45 @@ impl Scheduler {
         }
     }
 
+    /// Takes over what an earlier run of the same sweep finished: completed and diverged
+    /// trials whose files `has_files` finds are not run again; every other trial is queued,
+    /// its attempts counted on. Failed trials run again (their cause may be fixed by now).
+    /// Returns how many trials were taken over.
+    pub fn resume(
+        &mut self,
+        priors: &[crate::results::Prior],
+        has_files: impl Fn(&str) -> bool,
+    ) -> usize {
+        let mut restored = 0;
+        for p in priors {
+            let Some(&i) = self.by_id.get(&p.trial_id) else {
+                continue;
+            };
+            let r = &mut self.records[i];
+            r.attempts = p.attempts;
+            let status = match p.status.as_str() {
+                "completed" => Status::Completed,
+                "diverged" => Status::Diverged,
+                _ => continue,
+            };
+            if !has_files(&p.trial_id) {
+                continue;
+            }
+            r.status = status;
+            r.worker = p.worker.clone();
+            r.device = p.device.clone();
+            r.started_at = p.started_at;
+            r.ended_at = p.ended_at;
+            r.final_test_acc = p.final_test_acc;
+            r.final_train_loss = p.final_train_loss;
+            r.error = p.error.clone();
+            r.persisted = true;
+            self.queue.retain(|&j| j != i);
+            restored += 1;
+        }
+        restored
+    }
+
     pub fn records(&self) -> &[TrialRecord] {
         &self.records
     }

@@ -53,12 +53,14 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
         .map_err(|e| Error::Refused(format!("cannot listen on {addr}: {e}")))
 }
 
-/// Serves the sweep until every trial is final and written. `local` are worker processes this
+/// Serves the sweep until every trial is final and written, taking over what `priors` (an
+/// earlier run of the same sweep) finished. `local` are worker processes this
 /// process started (`bnsweep run`): if they all exit before the sweep is done, it stops with an
 /// error instead of waiting for ever.
 pub async fn run_sweep(
     sweep: &Sweep,
     results: ResultsDir,
+    priors: Vec<crate::results::Prior>,
     listener: TcpListener,
     policy: Policy,
     token: Option<String>,
@@ -66,7 +68,16 @@ pub async fn run_sweep(
 ) -> Result<Summary> {
     let start = Instant::now();
     let grace = policy.poll_interval * 4;
-    let shared = Shared::new(Scheduler::new(sweep, policy), results);
+    let mut scheduler = Scheduler::new(sweep, policy);
+    let restored = scheduler.resume(&priors, |id| results.has_trial_files(id));
+    if restored > 0 {
+        eprintln!(
+            "bnsweep: resuming {}: {restored} of {} trials already done",
+            results.dir().display(),
+            sweep.trials.len()
+        );
+    }
+    let shared = Shared::new(scheduler, results);
     shared.write_trials()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let service =
@@ -101,11 +112,29 @@ pub async fn run_sweep(
     })
 }
 
+/// Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
 async fn watch(shared: &Arc<Shared>, local: &mut [Child]) -> Result<Progress> {
     let mut reporter = Reporter::default();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let stop = stop_signal();
+    tokio::pin!(stop);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut stop => {
+                shared.write_trials()?;
+                reporter.finish(&shared.scheduler().progress());
+                return Err(Error::Interrupted);
+            }
+        }
         let (lost, progress, done) = {
             let mut s = shared.scheduler();
             let lost = s.expire(Instant::now());

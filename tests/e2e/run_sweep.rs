@@ -69,12 +69,37 @@ fn a_sweep_runs_on_two_workers_into_parquet_that_every_reader_opens() {
         ],
     );
     assert!(checked.ok(), "{checked:?}");
-    // A second run into the same directory would overwrite results: refused.
+    // The same sweep again on its directory resumes: nothing is run again, no file rewritten.
+    let train_file = std::fs::read_dir(out.join("train"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let written = std::fs::metadata(&train_file).unwrap().modified().unwrap();
     let again = bnsweep(dir.path(), &["run", "tiny.yaml", "--out", "out"]);
-    assert_eq!(again.code, Some(1), "{again:?}");
+    assert!(again.ok(), "{again:?}");
     assert!(
-        again.stderr.contains("already exists and is not empty"),
+        again.stderr.contains("16 of 16 trials already done"),
         "{again:?}"
+    );
+    assert_eq!(
+        std::fs::metadata(&train_file).unwrap().modified().unwrap(),
+        written
+    );
+    // Another sweep is refused there.
+    std::fs::write(
+        dir.path().join("other.yaml"),
+        TINY.replace("steps: 40", "steps: 41"),
+    )
+    .unwrap();
+    let other = bnsweep(dir.path(), &["run", "other.yaml", "--out", "out"]);
+    assert_eq!(other.code, Some(1), "{other:?}");
+    assert!(
+        other
+            .stderr
+            .contains("holds the results of another sweep (`tiny`, 16 trials)"),
+        "{other:?}"
     );
 }
 

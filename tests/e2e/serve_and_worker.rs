@@ -286,3 +286,96 @@ fn a_killed_worker_s_trial_completes_elsewhere_with_its_rows_exactly_once() {
     ]));
     assert_eq!(attempts.stdout.trim(), "2 w2-rescuer", "{attempts:?}");
 }
+
+/// kill -9 of the coordinator mid-sweep: started again on the same directory it resumes; the
+/// worker reconnects by itself; what was finished is neither lost nor run again.
+#[test]
+fn a_killed_coordinator_resumes_without_losing_or_rerunning_trials() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "name: crash\nparameters:\n  lr: [0.01, 0.02, 0.03]\ntrain:\n  model: {width: 0.125}\n  dataset: {train_size: 512, test_size: 64}\n  batch_size: 64\n  steps: 150\n  eval_every: 50\n";
+    std::fs::write(dir.path().join("crash.yaml"), text).unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let serve = || {
+        Command::new(bin("bnsweep"))
+            .args(["serve", "crash.yaml", "--listen", &addr, "--out", "out"])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = serve();
+    let mut worker = Command::new(bin("bnsweep-worker"))
+        .args([
+            "--coordinator",
+            &format!("http://{addr}"),
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for the first trial to be finished and written, then kill the coordinator.
+    let train = dir.path().join("out/train");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let done_first = loop {
+        let files: Vec<_> = std::fs::read_dir(&train)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        if let Some(f) = files
+            .into_iter()
+            .find(|p| p.extension().is_some_and(|e| e == "parquet"))
+        {
+            break f;
+        }
+        assert!(Instant::now() < deadline, "no trial finished");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // trials.parquet is rewritten after a trial's files: wait for that rewrite.
+    let trials = dir.path().join("out/trials.parquet");
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    while modified(&trials) < modified(&done_first) {
+        assert!(
+            Instant::now() < deadline,
+            "trials.parquet was not rewritten"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let written = std::fs::metadata(&done_first).unwrap().modified().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+
+    let second = serve();
+    let out = second.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("trials already done"), "{stderr}");
+    assert!(worker.wait().unwrap().success());
+    assert_eq!(
+        std::fs::metadata(&done_first).unwrap().modified().unwrap(),
+        written,
+        "a finished trial was rewritten"
+    );
+    let results = dir.path().join("out");
+    let checked = check_results(
+        &results,
+        &["--trials", "3", "--steps", "150", "--eval-every", "50"],
+    );
+    assert!(checked.ok(), "{checked:?}");
+    let id = done_first.file_stem().unwrap().to_str().unwrap();
+    let attempts = run(Command::new(bnsweep_e2e::python()).args([
+        "-c",
+        "import sys, pyarrow.parquet as pq; print({r['trial_id']: r['attempts'] for r in pq.read_table(sys.argv[1]).to_pylist()}[sys.argv[2]])",
+        results.join("trials.parquet").to_str().unwrap(),
+        id,
+    ]));
+    assert_eq!(
+        attempts.stdout.trim(),
+        "1",
+        "the finished trial ran again: {attempts:?}"
+    );
+}

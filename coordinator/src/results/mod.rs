@@ -9,6 +9,8 @@
 //! ```
 //!
 //! Every file appears whole or not at all: it is written under a temporary name and renamed.
+//! A sweep run again on its own directory resumes: the trials `trials.parquet` records as
+//! finished, whose files are there, are not run again.
 
 mod tables;
 
@@ -19,7 +21,53 @@ use crate::error::{Error, Result};
 use crate::scheduler::{AttemptRows, TrialRecord};
 use crate::sweep::Sweep;
 
-pub use tables::{read_row_count, ParamColumn};
+pub use tables::{read_row_count, ParamColumn, Prior};
+
+/// What a results directory holds, as seen by a sweep about to use it.
+pub enum Holding {
+    /// Nothing: it does not exist or is empty.
+    Nothing,
+    /// The results of this very sweep (the same trials), complete or not.
+    Same,
+    /// Something else, in words.
+    Other(String),
+}
+
+/// Looks at what `dir` holds.
+pub fn holds(dir: &Path, sweep: &Sweep) -> Result<Holding> {
+    if !dir.exists() {
+        return Ok(Holding::Nothing);
+    }
+    let mut entries = fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    if entries.next().is_none() {
+        return Ok(Holding::Nothing);
+    }
+    let stored = dir.join("sweep.yaml");
+    let Ok(text) = fs::read_to_string(&stored) else {
+        return Ok(Holding::Other(
+            "files but no sweep.yaml (not a bnsweep results directory)".into(),
+        ));
+    };
+    let Ok(earlier) = Sweep::parse(&stored.display().to_string(), &text) else {
+        return Ok(Holding::Other(
+            "a sweep.yaml this version cannot read".into(),
+        ));
+    };
+    let ids = |s: &Sweep| {
+        let mut v: Vec<String> = s.trials.iter().map(|t| t.id.clone()).collect();
+        v.sort();
+        v
+    };
+    if ids(&earlier) == ids(sweep) {
+        Ok(Holding::Same)
+    } else {
+        Ok(Holding::Other(format!(
+            "the results of another sweep (`{}`, {} trials)",
+            earlier.name,
+            earlier.trials.len()
+        )))
+    }
+}
 
 /// Writes one sweep's results.
 pub struct ResultsDir {
@@ -28,28 +76,52 @@ pub struct ResultsDir {
 }
 
 impl ResultsDir {
-    /// Creates the directory and writes `sweep.yaml`. An existing directory holding files is
-    /// refused, so that no earlier results are overwritten.
-    pub fn create(dir: &Path, sweep: &Sweep) -> Result<ResultsDir> {
-        if dir.exists() {
-            let mut entries = fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-            if entries.next().is_some() {
-                return Err(Error::Refused(format!(
-                    "{} already exists and is not empty; pass another --out, or remove it first",
-                    dir.display()
-                )));
-            }
-        }
-        for sub in ["", "train", "eval", "logs"] {
-            let d = dir.join(sub);
-            fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
-        }
+    /// Opens the results directory of a sweep: a new (or empty) one is created with
+    /// `sweep.yaml`; one that holds the same sweep (the same trials) is resumed, and the trials
+    /// it already finished are returned; one that holds anything else is refused, so that no
+    /// earlier results are overwritten.
+    pub fn open(dir: &Path, sweep: &Sweep) -> Result<(ResultsDir, Vec<Prior>)> {
         let results = ResultsDir {
             dir: dir.to_path_buf(),
             params: tables::param_columns(sweep),
         };
-        write_atomic(&dir.join("sweep.yaml"), sweep.source.as_bytes())?;
-        Ok(results)
+        let priors = match holds(dir, sweep)? {
+            Holding::Nothing => {
+                for sub in ["", "train", "eval", "logs"] {
+                    let d = dir.join(sub);
+                    fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+                }
+                write_atomic(&dir.join("sweep.yaml"), sweep.source.as_bytes())?;
+                Vec::new()
+            }
+            Holding::Same => {
+                let d = dir.join("logs");
+                fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+                let path = dir.join("trials.parquet");
+                if path.is_file() {
+                    tables::read_trials(&path)?
+                } else {
+                    Vec::new()
+                }
+            }
+            Holding::Other(what) => {
+                return Err(Error::Refused(format!(
+                    "{} holds {what}; pass another --out, or remove it first",
+                    dir.display()
+                )))
+            }
+        };
+        Ok((results, priors))
+    }
+
+    /// True when a trial's train and eval tables are on disk.
+    pub fn has_trial_files(&self, trial_id: &str) -> bool {
+        ["train", "eval"].iter().all(|d| {
+            self.dir
+                .join(d)
+                .join(format!("{trial_id}.parquet"))
+                .is_file()
+        })
     }
 
     pub fn dir(&self) -> &Path {

@@ -486,6 +486,103 @@ pub fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
+/// A trial as an earlier run of the same sweep left it in `trials.parquet`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prior {
+    pub trial_id: String,
+    pub status: String,
+    pub attempts: u32,
+    pub worker: Option<String>,
+    pub device: Option<String>,
+    pub started_at: Option<SystemTime>,
+    pub ended_at: Option<SystemTime>,
+    pub final_test_acc: Option<f64>,
+    pub final_train_loss: Option<f64>,
+    pub error: Option<String>,
+}
+
+/// Reads `trials.parquet` back.
+pub fn read_trials(path: &Path) -> Result<Vec<Prior>> {
+    use arrow_array::{Array, Int64Array as I64};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let parquet_err = |source| Error::Parquet {
+        path: path.to_path_buf(),
+        source,
+    };
+    let bad =
+        |what: &str| Error::Refused(format!("{}: {what}; it cannot be resumed", path.display()));
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(parquet_err)?
+        .build()
+        .map_err(parquet_err)?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch?;
+        let col = |name: &str| {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| bad(&format!("no column `{name}`")))
+        };
+        let strings = |name: &str| -> Result<StringArray> {
+            col(name)?
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .cloned()
+                .ok_or_else(|| bad(&format!("`{name}` is not a string column")))
+        };
+        let floats = |name: &str| -> Result<Float64Array> {
+            col(name)?
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .cloned()
+                .ok_or_else(|| bad(&format!("`{name}` is not a double column")))
+        };
+        let times = |name: &str| -> Result<TimestampMicrosecondArray> {
+            col(name)?
+                .as_any()
+                .downcast_ref::<TimestampMicrosecondArray>()
+                .cloned()
+                .ok_or_else(|| bad(&format!("`{name}` is not a timestamp column")))
+        };
+        let (ids, status, worker, device, error) = (
+            strings("trial_id")?,
+            strings("status")?,
+            strings("worker")?,
+            strings("device")?,
+            strings("error")?,
+        );
+        let attempts = col("attempts")?
+            .as_any()
+            .downcast_ref::<I64>()
+            .cloned()
+            .ok_or_else(|| bad("`attempts` is not an int64 column"))?;
+        let (acc, loss) = (floats("final_test_acc")?, floats("final_train_loss")?);
+        let (started, ended) = (times("started_at")?, times("ended_at")?);
+        let opt_str = |a: &StringArray, i: usize| (!a.is_null(i)).then(|| a.value(i).to_string());
+        let opt_f64 = |a: &Float64Array, i: usize| (!a.is_null(i)).then(|| a.value(i));
+        let opt_time = |a: &TimestampMicrosecondArray, i: usize| {
+            (!a.is_null(i))
+                .then(|| UNIX_EPOCH + std::time::Duration::from_micros(a.value(i).max(0) as u64))
+        };
+        for i in 0..batch.num_rows() {
+            out.push(Prior {
+                trial_id: ids.value(i).to_string(),
+                status: status.value(i).to_string(),
+                attempts: attempts.value(i).clamp(0, i64::from(u32::MAX)) as u32,
+                worker: opt_str(&worker, i),
+                device: opt_str(&device, i),
+                started_at: opt_time(&started, i),
+                ended_at: opt_time(&ended, i),
+                final_test_acc: opt_f64(&acc, i),
+                final_train_loss: opt_f64(&loss, i),
+                error: opt_str(&error, i),
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// Number of rows in a Parquet file (for tests and checks).
 pub fn read_row_count(path: &Path) -> Result<i64> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
