@@ -45,6 +45,8 @@ pub struct TrialRecord {
     pub status: Status,
     /// Attempts started so far.
     pub attempts: u32,
+    /// Of those, attempts a stopping worker gave back (they use up no retry).
+    pub handed_back: u32,
     pub worker: Option<String>,
     pub device: Option<String>,
     pub started_at: Option<SystemTime>,
@@ -80,6 +82,9 @@ struct Worker {
     host: String,
     last_seen: Instant,
     running: Vec<usize>,
+    /// Attempts that failed on this worker since its last success.
+    failures_in_a_row: u32,
+    last_error: String,
 }
 
 /// Counts for the progress display.
@@ -110,6 +115,8 @@ pub struct Policy {
     /// Attempts a trial gets when its failures are the infrastructure's.
     pub max_attempts: u32,
     pub poll_interval: Duration,
+    /// A worker whose attempts fail this many times in a row gets no more trials.
+    pub max_worker_failures: u32,
 }
 
 impl Default for Policy {
@@ -118,6 +125,7 @@ impl Default for Policy {
             worker_timeout: Duration::from_secs(30),
             max_attempts: 3,
             poll_interval: Duration::from_millis(500),
+            max_worker_failures: 3,
         }
     }
 }
@@ -143,6 +151,7 @@ impl Scheduler {
                 trial: t.clone(),
                 status: Status::Queued,
                 attempts: 0,
+                handed_back: 0,
                 worker: None,
                 device: None,
                 started_at: None,
@@ -223,6 +232,8 @@ impl Scheduler {
                 host: host.to_string(),
                 last_seen: now,
                 running: Vec::new(),
+                failures_in_a_row: 0,
+                last_error: String::new(),
             },
         );
         id
@@ -234,12 +245,25 @@ impl Scheduler {
         worker_id: &str,
         free_slots: u32,
         now: Instant,
-    ) -> Result<(Vec<pb::TrialAssignment>, bool)> {
+    ) -> Result<pb::PollWorkResponse> {
+        let max_failures = self.policy.max_worker_failures;
         let worker = self
             .workers
             .get_mut(worker_id)
             .ok_or_else(|| Error::UnknownWorker(worker_id.into()))?;
         worker.last_seen = now;
+        if worker.failures_in_a_row >= max_failures {
+            let reason = format!(
+                "its last {} attempts failed (the last with: {})",
+                worker.failures_in_a_row, worker.last_error
+            );
+            return Ok(pb::PollWorkResponse {
+                trials: Vec::new(),
+                sweep_done: self.is_done(),
+                retired: true,
+                reason,
+            });
+        }
         let mut out = Vec::new();
         while out.len() < free_slots as usize {
             let Some(i) = self.queue.pop_front() else {
@@ -260,7 +284,12 @@ impl Scheduler {
                 spec: Some(spec(&r.trial, self.measure.clone())),
             });
         }
-        Ok((out, self.is_done()))
+        Ok(pb::PollWorkResponse {
+            trials: out,
+            sweep_done: self.is_done(),
+            retired: false,
+            reason: String::new(),
+        })
     }
 
     /// Looks up the running attempt a worker speaks of.
@@ -346,10 +375,25 @@ impl Scheduler {
                 )))
             }
         };
+        if let Some(w) = self.workers.get_mut(&outcome.worker_id) {
+            if status == Status::Failed && !outcome.handed_back {
+                w.failures_in_a_row += 1;
+                w.last_error = outcome.error.clone();
+            } else if !outcome.handed_back {
+                w.failures_in_a_row = 0;
+            }
+        }
         let max = self.policy.max_attempts;
         let r = &mut self.records[i];
         r.device = Some(outcome.device.clone()).filter(|d| !d.is_empty());
-        if status == Status::Failed && outcome.retryable && r.attempts < max {
+        if outcome.handed_back {
+            // Given back unfinished by a stopping worker: not a failure, no retry used up.
+            r.status = Status::Queued;
+            r.handed_back += 1;
+            self.queue.push_front(i);
+            return Ok(None);
+        }
+        if status == Status::Failed && outcome.retryable && r.attempts - r.handed_back < max {
             r.status = Status::Queued;
             r.error = Some(outcome.error.clone());
             self.queue.push_front(i);
@@ -401,7 +445,7 @@ impl Scheduler {
                     "worker {id} was lost during attempt {}",
                     r.attempts
                 ));
-                if r.attempts < self.policy.max_attempts {
+                if r.attempts - r.handed_back < self.policy.max_attempts {
                     r.status = Status::Queued;
                     self.queue.push_front(i);
                     log.push(format!("trial {} goes back to the queue", r.trial.id));
@@ -604,7 +648,8 @@ mod tests {
         let mut s = Scheduler::new(&sweep(3), Policy::default());
         let now = Instant::now();
         let w = s.register("h", now);
-        let (got, done) = s.poll(&w, 2, now).unwrap();
+        let resp = s.poll(&w, 2, now).unwrap();
+        let (got, done) = (resp.trials, resp.sweep_done);
         assert_eq!(got.len(), 2);
         assert!(!done);
         assert_eq!(got[0].trial_id, s.records()[0].trial.id);
@@ -621,7 +666,7 @@ mod tests {
         let mut s = Scheduler::new(&sweep(1), Policy::default());
         let now = Instant::now();
         let w = s.register("h", now);
-        let (got, _) = s.poll(&w, 1, now).unwrap();
+        let got = s.poll(&w, 1, now).unwrap().trials;
         let t = got[0].trial_id.clone();
         s.metrics(batch(&w, &t, 1, 0, 1..6), now).unwrap();
         s.metrics(batch(&w, &t, 1, 0, 1..6), now).unwrap(); // a resend: ignored
@@ -671,7 +716,7 @@ mod tests {
         let mut s = Scheduler::new(&sweep(1), policy);
         let t0 = Instant::now();
         let lost = s.register("a", t0);
-        let t = s.poll(&lost, 1, t0).unwrap().0[0].trial_id.clone();
+        let t = s.poll(&lost, 1, t0).unwrap().trials[0].trial_id.clone();
         s.metrics(batch(&lost, &t, 1, 0, 1..4), t0).unwrap();
         let later = t0 + Duration::from_secs(4);
         let alive = s.register("b", later);
@@ -680,7 +725,10 @@ mod tests {
         let log = s.expire(later + Duration::from_secs(2));
         assert_eq!(log.len(), 2, "{log:?}");
         assert_eq!(s.records()[0].status, Status::Queued);
-        let again = s.poll(&alive, 1, later + Duration::from_secs(2)).unwrap().0;
+        let again = s
+            .poll(&alive, 1, later + Duration::from_secs(2))
+            .unwrap()
+            .trials;
         assert_eq!(
             (again[0].trial_id.as_str(), again[0].attempt),
             (t.as_str(), 2)
@@ -710,7 +758,7 @@ mod tests {
         );
         let now = Instant::now();
         let w = s.register("h", now);
-        let got = s.poll(&w, 3, now).unwrap().0;
+        let got = s.poll(&w, 3, now).unwrap().trials;
         let ids: Vec<String> = got.iter().map(|a| a.trial_id.clone()).collect();
         let retry = pb::TrialOutcome {
             retryable: true,
@@ -727,7 +775,7 @@ mod tests {
             .finish(&outcome(&w, &ids[2], 1, pb::TrialStatus::Diverged, 0), now)
             .unwrap()
             .is_some());
-        let second = s.poll(&w, 3, now).unwrap().0;
+        let second = s.poll(&w, 3, now).unwrap().trials;
         assert_eq!(second.len(), 1);
         assert_eq!(
             (second[0].trial_id.as_str(), second[0].attempt),
@@ -744,5 +792,54 @@ mod tests {
         let statuses: Vec<Status> = s.records().iter().map(|r| r.status).collect();
         assert_eq!(statuses, [Status::Failed, Status::Failed, Status::Diverged]);
         assert_eq!(s.records()[0].error.as_deref(), Some("CUDA out of memory"));
+    }
+
+    #[test]
+    fn a_worker_that_keeps_failing_is_taken_out_of_rotation_and_hand_backs_cost_no_retry() {
+        let policy = Policy {
+            max_worker_failures: 2,
+            max_attempts: 2,
+            ..Policy::default()
+        };
+        let mut s = Scheduler::new(&sweep(4), policy);
+        let now = Instant::now();
+        let bad = s.register("bad", now);
+        let got = s.poll(&bad, 2, now).unwrap().trials;
+        for a in &got {
+            let o = pb::TrialOutcome {
+                error: "disk full".into(),
+                ..outcome(&bad, &a.trial_id, 1, pb::TrialStatus::Failed, 0)
+            };
+            s.finish(&o, now).unwrap();
+        }
+        let resp = s.poll(&bad, 2, now).unwrap();
+        assert!(resp.retired && resp.trials.is_empty(), "{resp:?}");
+        assert!(resp.reason.contains("disk full"), "{}", resp.reason);
+
+        // A stopping worker gives a trial back three times: it is queued again each time and
+        // still has its retries.
+        let good = s.register("good", now);
+        for _ in 0..3 {
+            let a = s.poll(&good, 1, now).unwrap().trials.remove(0);
+            let o = pb::TrialOutcome {
+                handed_back: true,
+                retryable: true,
+                ..outcome(&good, &a.trial_id, a.attempt, pb::TrialStatus::Failed, 0)
+            };
+            assert!(s.finish(&o, now).unwrap().is_none());
+        }
+        let a = s.poll(&good, 1, now).unwrap().trials.remove(0);
+        let o = pb::TrialOutcome {
+            retryable: true,
+            ..outcome(&good, &a.trial_id, a.attempt, pb::TrialStatus::Failed, 0)
+        };
+        assert!(
+            s.finish(&o, now).unwrap().is_none(),
+            "one real failure of two allowed: queued again"
+        );
+        assert!(
+            !s.poll(&good, 1, now).unwrap().retired,
+            "hand-backs are no failures of the worker"
+        );
     }
 }

@@ -119,14 +119,17 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         let req = req.into_inner();
         check_id("worker_id", &req.worker_id)?;
         require(req.free_slots <= 1024, "`free_slots` must be <= 1024")?;
-        let (trials, sweep_done) =
-            self.shared
-                .scheduler()
-                .poll(&req.worker_id, req.free_slots, Instant::now())?;
-        for t in &trials {
+        let resp = self
+            .shared
+            .scheduler()
+            .poll(&req.worker_id, req.free_slots, Instant::now())?;
+        if resp.retired {
+            tracing::warn!(worker = %req.worker_id, "out of rotation: {}", resp.reason);
+        }
+        for t in &resp.trials {
             tracing::info!(trial = %t.trial_id, attempt = t.attempt, worker = %req.worker_id, "trial handed out");
         }
-        Ok(Response::new(pb::PollWorkResponse { trials, sweep_done }))
+        Ok(Response::new(resp))
     }
 
     async fn report_metrics(

@@ -217,6 +217,21 @@ fn the_shared_token_is_required_and_enforced() {
 /// timeout, completes on another worker, and its rows are in the results exactly once.
 #[test]
 fn a_killed_worker_s_trial_completes_elsewhere_with_its_rows_exactly_once() {
+    let doomed = interrupt_a_worker_mid_trial("KILL");
+    assert!(!doomed.success());
+}
+
+/// SIGTERM to a worker in the middle of a trial: it gives the trial back at once and exits 0;
+/// the trial completes on another worker, its rows exactly once.
+#[test]
+fn a_stopped_worker_hands_its_trial_back() {
+    let stopped = interrupt_a_worker_mid_trial("TERM");
+    assert!(stopped.success(), "{stopped:?}");
+}
+
+/// Runs a one-trial sweep, sends `signal` to the worker training it, lets a second worker
+/// finish the sweep, checks the results, and returns how the first worker exited.
+fn interrupt_a_worker_mid_trial(signal: &str) -> std::process::ExitStatus {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let text = "name: kill\nparameters:\n  lr: [0.05]\ntrain:\n  model: {width: 0.125}\n  dataset: {train_size: 512, test_size: 64}\n  batch_size: 64\n  steps: 300\n  eval_every: 100\n";
@@ -239,7 +254,7 @@ fn a_killed_worker_s_trial_completes_elsewhere_with_its_rows_exactly_once() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut doomed = Command::new(bin("bnsweep-worker"))
+    let mut first = Command::new(bin("bnsweep-worker"))
         .args([
             "--coordinator",
             &url,
@@ -248,21 +263,34 @@ fn a_killed_worker_s_trial_completes_elsewhere_with_its_rows_exactly_once() {
             "--threads",
             "1",
             "--name",
-            "doomed",
+            "first",
         ])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until it trains, and has sent some rows, then kill it without warning.
-    let log = BufReader::new(doomed.stderr.take().unwrap());
-    for line in log.lines() {
+    // Wait until it trains and has sent some rows, then interrupt it.
+    let log = BufReader::new(first.stderr.take().unwrap());
+    let mut lines = log.lines();
+    for line in lines.by_ref() {
         if line.unwrap().contains("starting on cpu") {
             break;
         }
     }
-    std::thread::sleep(Duration::from_secs(3));
-    doomed.kill().unwrap();
-    doomed.wait().unwrap();
+    std::thread::spawn(move || lines.for_each(drop));
+    std::thread::sleep(Duration::from_secs(2));
+    let sent = run(Command::new("kill").args([&format!("-{signal}"), &first.id().to_string()]));
+    assert!(sent.ok(), "{sent:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exited = loop {
+        if let Some(s) = first.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker did not stop on SIG{signal}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let rescuer = run(Command::new(bin("bnsweep-worker")).args([
         "--coordinator",
         &url,
@@ -281,10 +309,11 @@ fn a_killed_worker_s_trial_completes_elsewhere_with_its_rows_exactly_once() {
     assert!(checked.ok(), "{checked:?}");
     let attempts = run(Command::new(bnsweep_e2e::python()).args([
         "-c",
-        "import sys, pyarrow.parquet as pq; t = pq.read_table(sys.argv[1]).to_pylist()[0]; print(t['attempts'], t['worker'])",
+        "import sys, pyarrow.parquet as pq; t = pq.read_table(sys.argv[1]).to_pylist()[0]; print(t['attempts'], t['worker'], t['error'])",
         out.join("trials.parquet").to_str().unwrap(),
     ]));
-    assert_eq!(attempts.stdout.trim(), "2 w2-rescuer", "{attempts:?}");
+    assert_eq!(attempts.stdout.trim(), "2 w2-rescuer None", "{attempts:?}");
+    exited
 }
 
 /// kill -9 of the coordinator mid-sweep: started again on the same directory it resumes; the

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -121,30 +121,63 @@ async fn register(client: &mut Client, cfg: &Config) -> Result<(String, Duration
 }
 
 /// Runs until the coordinator says the sweep is done and no trial of ours is left.
+///
+/// On SIGTERM (or Ctrl-C) it takes no more trials, gives its running trials back to the
+/// coordinator (they run again elsewhere, not counted as failures) and exits.
 pub async fn run(cfg: Config) -> Result<()> {
     let mut client = connect(&cfg).await?;
     let (mut worker_id, mut poll_every) = register(&mut client, &cfg).await?;
     let running = Arc::new(AtomicUsize::new(0));
     let wake = Arc::new(Notify::new());
     let cache = Arc::new(DataCache::default());
+    let shutdown = Arc::new(AtomicBool::new(false));
+    {
+        let (shutdown, wake) = (shutdown.clone(), wake.clone());
+        tokio::spawn(async move {
+            stop_signal().await;
+            tracing::warn!("stopping: giving running trials back to the coordinator");
+            shutdown.store(true, Ordering::SeqCst);
+            wake.notify_one();
+        });
+    }
+    let mut retired: Option<String> = None;
     let mut last_contact = Instant::now();
     loop {
         let busy = running.load(Ordering::SeqCst) as u32;
+        if busy == 0 {
+            if shutdown.load(Ordering::SeqCst) {
+                tracing::info!("stopped");
+                return Ok(());
+            }
+            if let Some(reason) = retired.take() {
+                return Err(Error::Retired(reason));
+            }
+        }
+        let taking = !shutdown.load(Ordering::SeqCst) && retired.is_none();
         let request = pb::PollWorkRequest {
             worker_id: worker_id.clone(),
-            free_slots: cfg.slots.saturating_sub(busy),
+            free_slots: if taking {
+                cfg.slots.saturating_sub(busy)
+            } else {
+                0
+            },
         };
         match client.poll_work(request).await {
             Ok(resp) => {
                 last_contact = Instant::now();
                 let resp = resp.into_inner();
+                if resp.retired && retired.is_none() {
+                    tracing::error!("taken out of rotation: {}", resp.reason);
+                    retired = Some(resp.reason.clone());
+                }
                 for assignment in resp.trials {
                     running.fetch_add(1, Ordering::SeqCst);
                     let (client, worker_id, cache) =
                         (client.clone(), worker_id.clone(), cache.clone());
                     let (running, wake, device) = (running.clone(), wake.clone(), cfg.device);
+                    let shutdown = shutdown.clone();
                     tokio::spawn(async move {
-                        run_trial(client, worker_id, assignment, device, cache).await;
+                        run_trial(client, worker_id, assignment, device, cache, shutdown).await;
                         running.fetch_sub(1, Ordering::SeqCst);
                         wake.notify_one();
                     });
@@ -178,25 +211,55 @@ enum Msg {
 }
 
 /// Runs one trial: training on a thread of its own, rows to the coordinator as they come.
+/// Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        } => {}
+    }
+}
+
 async fn run_trial(
     mut client: Client,
     worker_id: String,
     a: pb::TrialAssignment,
     device: Device,
     cache: Arc<DataCache>,
+    shutdown: Arc<AtomicBool>,
 ) {
     let span = tracing::info_span!("trial", trial = %a.trial_id, attempt = a.attempt);
     let _enter = span.enter();
     tracing::info!("starting on {}", device::name(device));
     let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
     let spec = a.spec.clone().unwrap_or_default();
+    // Set when the coordinator no longer leases this attempt to us: training stops.
+    let abandoned = Arc::new(AtomicBool::new(false));
+    let abandon = abandoned.clone();
     std::thread::spawn(move || {
         let rows = tx.clone();
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
             let data = cache.get(spec.dataset.as_ref().unwrap_or(&pb::DatasetSpec::default()))?;
-            trainer::train(&spec, data, device, |row| {
+            let stop = || {
+                if shutdown.load(Ordering::SeqCst) {
+                    Some("the worker is stopping".to_string())
+                } else if abandoned.load(Ordering::SeqCst) {
+                    Some("the coordinator no longer leases this attempt".to_string())
+                } else {
+                    None
+                }
+            };
+            let emit = |row| {
                 let _ = rows.send(Msg::Row(row));
-            })
+            };
+            trainer::train_with(&spec, data, device, emit, stop, |_| {})
         }))
         .unwrap_or_else(|panic| {
             let text = panic
@@ -253,6 +316,7 @@ async fn run_trial(
             let sending = std::mem::replace(&mut batch, next);
             if let Err(e) = send_metrics(&mut client, sending).await {
                 tracing::error!("abandoning the trial: {e}");
+                abandon.store(true, Ordering::SeqCst);
                 return;
             }
             seq += 1;
@@ -267,6 +331,7 @@ async fn run_trial(
         Ok(Ending::Diverged) => (pb::TrialStatus::Diverged, String::new(), false),
         Err(e) => (pb::TrialStatus::Failed, e.to_string(), e.retryable()),
     };
+    let handed_back = matches!(result, Err(Error::Stopped(_)));
     match &result {
         Ok(_) => tracing::info!("ended: {}", status.as_str_name()),
         Err(e) => tracing::error!("failed: {e}"),
@@ -280,6 +345,7 @@ async fn run_trial(
         retryable,
         device: device::name(device),
         batches_sent: seq,
+        handed_back,
     };
     if let Err(e) = retry(|| {
         let mut c = client.clone();

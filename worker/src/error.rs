@@ -13,6 +13,9 @@ pub enum Error {
     /// libtorch failed (out of memory, a CUDA error): another attempt may succeed.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    /// The worker is stopping (SIGTERM) or lost the trial's lease: the trial is given back.
+    #[error("stopped before the end: {0}")]
+    Stopped(String),
     /// The trainer thread panicked.
     #[error("trainer crashed: {0}")]
     Crashed(String),
@@ -24,6 +27,8 @@ pub enum Error {
         #[source]
         source: tonic::transport::Error,
     },
+    #[error("the coordinator took this worker out of rotation: {0}")]
+    Retired(String),
     #[error("the coordinator refused this worker: {0}")]
     Unauthenticated(String),
     #[error("coordinator answered: {0}")]

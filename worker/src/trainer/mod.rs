@@ -116,15 +116,17 @@ pub fn train(
     device: Device,
     emit: impl FnMut(Row),
 ) -> Result<Ending> {
-    train_with(spec, data, device, emit, |_| {})
+    train_with(spec, data, device, emit, || None, |_| {})
 }
 
-/// [`train`], then `inspect` the final model (tests look at its weights).
+/// [`train`], asking `stop` before every step (a reason ends the trial with
+/// [`Error::Stopped`]), then letting `inspect` look at the final model (tests do).
 pub fn train_with(
     spec: &pb::TrialSpec,
     data: Arc<HostData>,
     device: Device,
     mut emit: impl FnMut(Row),
+    stop: impl Fn() -> Option<String>,
     inspect: impl FnOnce(&Model),
 ) -> Result<Ending> {
     let default_model = pb::ModelSpec::default();
@@ -179,6 +181,9 @@ pub fn train_with(
     let mut order: Option<(u64, Tensor)> = None;
     let mut pending: Vec<(pb::TrainRow, Tensor)> = Vec::new();
     for step in 1..=spec.steps {
+        if let Some(reason) = stop() {
+            return Err(Error::Stopped(reason));
+        }
         let index = step - 1;
         let epoch = index / per_epoch;
         if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
@@ -375,6 +380,7 @@ mod tests {
             data,
             Device::Cpu,
             |r| rows.push(r),
+            || None,
             |m| {
                 let mut v: Vec<(String, Tensor)> = m.vs.variables().into_iter().collect();
                 v.sort_by(|a, b| a.0.cmp(&b.0));
