@@ -29,6 +29,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Show where a running sweep stands: trials by state, progress, ETA, and each worker.
+    Status {
+        /// The coordinator's address, e.g. http://10.0.0.5:50051.
+        #[arg(long, env = "BNSWEEP_COORDINATOR")]
+        coordinator: String,
+        /// The coordinator's shared token, if it has one.
+        #[arg(long, env = "BNSWEEP_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// Check a sweep file and print its trials; runs nothing.
     ///
     /// Every problem is printed as FILE:LINE:COL: FIELD: MESSAGE and the exit status is 2.
@@ -93,6 +102,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate { file } => validate(&file),
+        Command::Status { coordinator, token } => status(&coordinator, token),
         Command::Run {
             file,
             out,
@@ -173,6 +183,72 @@ fn validate(file: &Path) -> Result<ExitCode, Error> {
         println!("{}", cells.join("  ").trim_end());
     }
     println!("{} trials", sweep.trials.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(url: &str, token: Option<String>) -> Result<ExitCode, Error> {
+    use bnsweep::progress::human;
+    use bnsweep_proto as pb;
+    let rt = runtime()?;
+    let s = rt.block_on(async {
+        let bad = |e: String| Error::Refused(format!("cannot reach the coordinator at {url}: {e}"));
+        let channel = tonic::transport::Channel::from_shared(url.to_string())
+            .map_err(|e| bad(e.to_string()))?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|e| bad(e.to_string()))?;
+        let header: Option<tonic::metadata::AsciiMetadataValue> =
+            match token.filter(|t| !t.is_empty()) {
+                None => None,
+                Some(t) => Some(
+                    pb::auth::bearer(&t)
+                        .parse()
+                        .map_err(|_| Error::Refused("--token must be printable ASCII".into()))?,
+                ),
+            };
+        let mut client = pb::coordinator_client::CoordinatorClient::with_interceptor(
+            channel,
+            move |mut req: tonic::Request<()>| {
+                if let Some(v) = &header {
+                    req.metadata_mut().insert(pb::auth::HEADER, v.clone());
+                }
+                Ok(req)
+            },
+        );
+        client
+            .status(pb::StatusRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| bad(s.message().to_string()))
+    })?;
+    let p = bnsweep::scheduler::Progress {
+        total: s.total as usize,
+        queued: s.queued as usize,
+        running: s.running as usize,
+        completed: s.completed as usize,
+        diverged: s.diverged as usize,
+        failed: s.failed as usize,
+        fraction: s.fraction,
+        workers: s.workers.len(),
+    };
+    println!("sweep `{}`", s.sweep);
+    println!(
+        "{}",
+        bnsweep::progress::line(&p, Duration::from_secs_f64(s.elapsed_s))
+    );
+    println!(
+        "{:<24} {:<20} {:>7} {:>8} {:>8} {:>9}",
+        "worker", "host", "running", "finished", "steps/s", "last seen"
+    );
+    for w in &s.workers {
+        let seen = human(Duration::from_secs_f64(w.last_seen_s))
+            + if w.retired { " (out of rotation)" } else { "" };
+        println!(
+            "{:<24} {:<20} {:>7} {:>8} {:>8.1} {:>9}",
+            w.worker_id, w.host, w.running, w.finished, w.steps_per_s, seen
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -85,6 +85,10 @@ struct Worker {
     /// Attempts that failed on this worker since its last success.
     failures_in_a_row: u32,
     last_error: String,
+    registered: Instant,
+    /// Attempts this worker ended, and training steps it sent.
+    finished: u32,
+    steps: u64,
 }
 
 /// Counts for the progress display.
@@ -234,6 +238,9 @@ impl Scheduler {
                 running: Vec::new(),
                 failures_in_a_row: 0,
                 last_error: String::new(),
+                registered: now,
+                finished: 0,
+                steps: 0,
             },
         );
         id
@@ -320,6 +327,7 @@ impl Scheduler {
         let i = self.leased(&batch.worker_id, &batch.trial_id, batch.attempt)?;
         if let Some(w) = self.workers.get_mut(&batch.worker_id) {
             w.last_seen = now;
+            w.steps += batch.train.len() as u64;
         }
         let rows = self.rows.entry(i).or_default();
         if batch.seq < rows.next_seq {
@@ -349,6 +357,18 @@ impl Scheduler {
     /// puts the trial back in the queue instead.
     pub fn finish(&mut self, outcome: &pb::TrialOutcome, now: Instant) -> Result<Option<Finished>> {
         let i = self.leased(&outcome.worker_id, &outcome.trial_id, outcome.attempt)?;
+        // Check everything before changing anything: a refused message leaves no trace.
+        let status = match pb::TrialStatus::try_from(outcome.status) {
+            Ok(pb::TrialStatus::Completed) => Status::Completed,
+            Ok(pb::TrialStatus::Diverged) => Status::Diverged,
+            Ok(pb::TrialStatus::Failed) => Status::Failed,
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "trial outcome status {} is not a final status",
+                    outcome.status
+                )))
+            }
+        };
         let rows = self.rows.remove(&i).unwrap_or_default();
         if outcome.batches_sent != rows.next_seq {
             // Keep the lease: the worker resends the missing batches, then finishes again.
@@ -363,19 +383,7 @@ impl Scheduler {
         if let Some(w) = self.workers.get_mut(&outcome.worker_id) {
             w.last_seen = now;
             w.running.retain(|&j| j != i);
-        }
-        let status = match pb::TrialStatus::try_from(outcome.status) {
-            Ok(pb::TrialStatus::Completed) => Status::Completed,
-            Ok(pb::TrialStatus::Diverged) => Status::Diverged,
-            Ok(pb::TrialStatus::Failed) => Status::Failed,
-            _ => {
-                return Err(Error::InvalidArgument(format!(
-                    "trial outcome status {} is not a final status",
-                    outcome.status
-                )))
-            }
-        };
-        if let Some(w) = self.workers.get_mut(&outcome.worker_id) {
+            w.finished += u32::from(!outcome.handed_back);
             if status == Status::Failed && !outcome.handed_back {
                 w.failures_in_a_row += 1;
                 w.last_error = outcome.error.clone();
@@ -468,6 +476,26 @@ impl Scheduler {
         self.records
             .iter()
             .all(|r| r.status.is_final() && r.persisted)
+    }
+
+    /// Each registered worker, for `bnsweep status`.
+    pub fn worker_status(&self, now: Instant) -> Vec<pb::WorkerStatus> {
+        let mut out: Vec<pb::WorkerStatus> = self
+            .workers
+            .iter()
+            .map(|(id, w)| pb::WorkerStatus {
+                worker_id: id.clone(),
+                host: w.host.clone(),
+                running: w.running.len() as u32,
+                finished: w.finished,
+                steps_per_s: w.steps as f64
+                    / now.duration_since(w.registered).as_secs_f64().max(1e-3),
+                last_seen_s: now.duration_since(w.last_seen).as_secs_f64(),
+                retired: w.failures_in_a_row >= self.policy.max_worker_failures,
+            })
+            .collect();
+        out.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        out
     }
 
     pub fn progress(&self) -> Progress {

@@ -80,9 +80,11 @@ pub async fn run_sweep(
     let shared = Shared::new(scheduler, results);
     shared.write_trials()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let service =
-        pb::coordinator_server::CoordinatorServer::new(CoordinatorService::new(shared.clone()))
-            .max_decoding_message_size(64 * 1024 * 1024);
+    let service = pb::coordinator_server::CoordinatorServer::new(CoordinatorService::new(
+        shared.clone(),
+        &sweep.name,
+    ))
+    .max_decoding_message_size(64 * 1024 * 1024);
     let service = tonic::service::interceptor::InterceptedService::new(service, TokenCheck(token));
     let server = tokio::spawn(
         tonic::transport::Server::builder()
@@ -97,10 +99,17 @@ pub async fn run_sweep(
         tokio::time::sleep(grace).await;
     }
     let _ = stop_tx.send(());
-    match server.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(e.into()),
-        Err(e) => return Err(Error::Refused(format!("gRPC server task: {e}"))),
+    // A graceful stop waits for open connections to close; a client that keeps one open
+    // without using it must not keep the coordinator alive, so the wait is bounded.
+    let mut server = server;
+    match tokio::time::timeout(Duration::from_secs(5), &mut server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => return Err(e.into()),
+        Ok(Err(e)) => return Err(Error::Refused(format!("gRPC server task: {e}"))),
+        Err(_) => {
+            tracing::warn!("connections still open after the sweep ended; closing them");
+            server.abort();
+        }
     }
     for child in &mut local {
         let _ = tokio::time::timeout(grace, child.wait()).await;

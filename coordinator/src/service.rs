@@ -61,11 +61,17 @@ impl Shared {
 
 pub struct CoordinatorService {
     shared: Arc<Shared>,
+    sweep: String,
+    started: Instant,
 }
 
 impl CoordinatorService {
-    pub fn new(shared: Arc<Shared>) -> Self {
-        CoordinatorService { shared }
+    pub fn new(shared: Arc<Shared>, sweep: &str) -> Self {
+        CoordinatorService {
+            shared,
+            sweep: sweep.to_string(),
+            started: Instant::now(),
+        }
     }
 }
 
@@ -150,6 +156,26 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         )?;
         self.shared.scheduler().metrics(batch, Instant::now())?;
         Ok(Response::new(pb::MetricsAck {}))
+    }
+
+    async fn status(
+        &self,
+        _req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let s = self.shared.scheduler();
+        let p = s.progress();
+        Ok(Response::new(pb::StatusResponse {
+            sweep: self.sweep.clone(),
+            total: p.total as u32,
+            queued: p.queued as u32,
+            running: p.running as u32,
+            completed: p.completed as u32,
+            diverged: p.diverged as u32,
+            failed: p.failed as u32,
+            fraction: p.fraction,
+            elapsed_s: self.started.elapsed().as_secs_f64(),
+            workers: s.worker_status(Instant::now()),
+        }))
     }
 
     async fn finish_trial(

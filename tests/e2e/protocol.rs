@@ -1,0 +1,165 @@
+//! The coordinator answers malformed, stale and oversized messages with the documented codes,
+//! keeps serving, and reports where the sweep stands (`bnsweep status`).
+
+use std::process::{Command, Stdio};
+
+use bnsweep_e2e::{bin, bnsweep, check_results, run};
+use bnsweep_proto as pb;
+use pb::coordinator_client::CoordinatorClient;
+use tonic::Code;
+
+/// The code of a call that must fail.
+fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> Code {
+    r.unwrap_err().code()
+}
+
+#[test]
+fn bad_requests_are_refused_and_the_coordinator_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "name: proto\nparameters:\n  lr: [0.1, 0.2]\ntrain:\n  model: {width: 0.125}\n  dataset: {train_size: 64, test_size: 16}\n  batch_size: 16\n  steps: 3\n";
+    std::fs::write(dir.path().join("proto.yaml"), text).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut serve = Command::new(bin("bnsweep"))
+        .args([
+            "serve",
+            "proto.yaml",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--out",
+            "out",
+        ])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = loop {
+            match CoordinatorClient::connect(url.clone()).await {
+                Ok(c) => break c,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        };
+        let reg = |version: &str, slots: u32| pb::RegisterRequest {
+            host: "probe".into(),
+            devices: vec!["cpu".into()],
+            slots,
+            version: version.into(),
+        };
+        assert_eq!(
+            code(c.register(reg("0.0.0-other", 1)).await),
+            Code::FailedPrecondition
+        );
+        assert_eq!(
+            code(c.register(reg(pb::PROTOCOL_VERSION, 0)).await),
+            Code::InvalidArgument
+        );
+        let poll = |worker_id: &str| pb::PollWorkRequest {
+            worker_id: worker_id.into(),
+            free_slots: 1,
+        };
+        assert_eq!(code(c.poll_work(poll("")).await), Code::InvalidArgument);
+        assert_eq!(code(c.poll_work(poll("w99-nobody")).await), Code::NotFound);
+
+        let me = c
+            .register(reg(pb::PROTOCOL_VERSION, 1))
+            .await
+            .unwrap()
+            .into_inner()
+            .worker_id;
+        let got = c.poll_work(poll(&me)).await.unwrap().into_inner().trials;
+        let trial = got[0].trial_id.clone();
+        let batch = |seq: u64, rows: usize, attempt: u32| pb::MetricsBatch {
+            worker_id: me.clone(),
+            trial_id: trial.clone(),
+            attempt,
+            seq,
+            train: (0..rows)
+                .map(|i| pb::TrainRow {
+                    step: i as u64 + 1,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        assert_eq!(
+            code(c.report_metrics(batch(0, 100_001, 1)).await),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            code(c.report_metrics(batch(0, 1, 7)).await),
+            Code::FailedPrecondition
+        );
+        assert_eq!(
+            code(c.report_metrics(batch(5, 1, 1)).await),
+            Code::FailedPrecondition
+        );
+        let unknown = pb::MetricsBatch {
+            trial_id: "t000000000000".into(),
+            ..batch(0, 1, 1)
+        };
+        assert_eq!(code(c.report_metrics(unknown).await), Code::NotFound);
+        let no_status = pb::TrialOutcome {
+            worker_id: me.clone(),
+            trial_id: trial.clone(),
+            attempt: 1,
+            ..Default::default()
+        };
+        assert_eq!(code(c.finish_trial(no_status).await), Code::InvalidArgument);
+
+        let status = c.status(pb::StatusRequest {}).await.unwrap().into_inner();
+        assert_eq!(
+            (
+                status.sweep.as_str(),
+                status.total,
+                status.running,
+                status.queued
+            ),
+            ("proto", 2, 1, 1)
+        );
+        assert_eq!(status.workers.len(), 1);
+        assert_eq!(
+            (status.workers[0].host.as_str(), status.workers[0].running),
+            ("probe", 1)
+        );
+        // Hand the trial back, so that a real worker can finish the sweep.
+        let back = pb::TrialOutcome {
+            worker_id: me.clone(),
+            trial_id: trial.clone(),
+            attempt: 1,
+            status: pb::TrialStatus::Failed as i32,
+            retryable: true,
+            handed_back: true,
+            ..Default::default()
+        };
+        c.finish_trial(back).await.unwrap();
+    });
+    // `rt` stays alive to the end, and with it this client's idle connection: the coordinator
+    // must still exit when the sweep is done.
+
+    let status = bnsweep(dir.path(), &["status", "--coordinator", &url]);
+    assert!(status.ok(), "{status:?}");
+    assert!(status.stdout.contains("sweep `proto`"), "{status:?}");
+    assert!(status.stdout.contains("0/2 trials done"), "{status:?}");
+    assert!(status.stdout.contains("w1-probe"), "{status:?}");
+
+    let worker =
+        run(Command::new(bin("bnsweep-worker")).args(["--coordinator", &url, "--device", "cpu"]));
+    assert!(worker.ok(), "{worker:?}");
+    assert!(serve.wait().unwrap().success());
+    let checked = check_results(
+        &dir.path().join("out"),
+        &["--trials", "2", "--steps", "3", "--eval-every", "500"],
+    );
+    assert!(checked.ok(), "{checked:?}");
+}
