@@ -38,6 +38,19 @@ impl Status {
     }
 }
 
+/// What `trials.parquet` records of a trial besides its parameters, status and attempts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    /// The worker of the last attempt.
+    pub worker: Option<String>,
+    pub device: Option<String>,
+    pub started_at: Option<SystemTime>,
+    pub ended_at: Option<SystemTime>,
+    pub final_test_acc: Option<f64>,
+    pub final_train_loss: Option<f64>,
+    pub error: Option<String>,
+}
+
 /// One trial's record: what `trials.parquet` holds about it.
 #[derive(Debug, Clone)]
 pub struct TrialRecord {
@@ -47,13 +60,7 @@ pub struct TrialRecord {
     pub attempts: u32,
     /// Of those, attempts a stopping worker gave back (they use up no retry).
     pub handed_back: u32,
-    pub worker: Option<String>,
-    pub device: Option<String>,
-    pub started_at: Option<SystemTime>,
-    pub ended_at: Option<SystemTime>,
-    pub final_test_acc: Option<f64>,
-    pub final_train_loss: Option<f64>,
-    pub error: Option<String>,
+    pub summary: Summary,
     /// Last training step reported by the running attempt (progress).
     pub last_step: u64,
     /// True once a final trial's files are on disk.
@@ -156,13 +163,7 @@ impl Scheduler {
                 status: Status::Queued,
                 attempts: 0,
                 handed_back: 0,
-                worker: None,
-                device: None,
-                started_at: None,
-                ended_at: None,
-                final_test_acc: None,
-                final_train_loss: None,
-                error: None,
+                summary: Summary::default(),
                 last_step: 0,
                 persisted: false,
             })
@@ -209,13 +210,7 @@ impl Scheduler {
                 continue;
             }
             r.status = status;
-            r.worker = p.worker.clone();
-            r.device = p.device.clone();
-            r.started_at = p.started_at;
-            r.ended_at = p.ended_at;
-            r.final_test_acc = p.final_test_acc;
-            r.final_train_loss = p.final_train_loss;
-            r.error = p.error.clone();
+            r.summary = p.summary.clone();
             r.persisted = true;
             self.queue.retain(|&j| j != i);
             restored += 1;
@@ -279,9 +274,9 @@ impl Scheduler {
             let r = &mut self.records[i];
             r.status = Status::Running;
             r.attempts += 1;
-            r.worker = Some(worker_id.to_string());
-            r.device = None;
-            r.started_at = Some(SystemTime::now());
+            r.summary.worker = Some(worker_id.to_string());
+            r.summary.device = None;
+            r.summary.started_at = Some(SystemTime::now());
             r.last_step = 0;
             worker.running.push(i);
             self.rows.insert(i, AttemptRows::default());
@@ -311,7 +306,7 @@ impl Scheduler {
         let r = &self.records[i];
         if r.status != Status::Running
             || r.attempts != attempt
-            || r.worker.as_deref() != Some(worker_id)
+            || r.summary.worker.as_deref() != Some(worker_id)
         {
             return Err(Error::NotLeased {
                 trial: trial_id.into(),
@@ -393,7 +388,7 @@ impl Scheduler {
         }
         let max = self.policy.max_attempts;
         let r = &mut self.records[i];
-        r.device = Some(outcome.device.clone()).filter(|d| !d.is_empty());
+        r.summary.device = Some(outcome.device.clone()).filter(|d| !d.is_empty());
         if outcome.handed_back {
             // Given back unfinished by a stopping worker: not a failure, no retry used up.
             r.status = Status::Queued;
@@ -403,15 +398,15 @@ impl Scheduler {
         }
         if status == Status::Failed && outcome.retryable && r.attempts - r.handed_back < max {
             r.status = Status::Queued;
-            r.error = Some(outcome.error.clone());
+            r.summary.error = Some(outcome.error.clone());
             self.queue.push_front(i);
             return Ok(None);
         }
         r.status = status;
-        r.ended_at = Some(SystemTime::now());
-        r.error = Some(outcome.error.clone()).filter(|e| !e.is_empty());
-        r.final_test_acc = rows.eval.last().map(|e| e.test_acc);
-        r.final_train_loss = final_train_loss(&rows.train);
+        r.summary.ended_at = Some(SystemTime::now());
+        r.summary.error = Some(outcome.error.clone()).filter(|e| !e.is_empty());
+        r.summary.final_test_acc = rows.eval.last().map(|e| e.test_acc);
+        r.summary.final_train_loss = final_train_loss(&rows.train);
         Ok(Some(Finished { index: i, rows }))
     }
 
@@ -419,7 +414,7 @@ impl Scheduler {
     pub fn fail_unwritten(&mut self, index: usize, error: String) {
         let r = &mut self.records[index];
         r.status = Status::Failed;
-        r.error = Some(error);
+        r.summary.error = Some(error);
     }
 
     /// Marks a final trial's files as written.
@@ -449,7 +444,7 @@ impl Scheduler {
             for i in w.running {
                 self.rows.remove(&i);
                 let r = &mut self.records[i];
-                r.error = Some(format!(
+                r.summary.error = Some(format!(
                     "worker {id} was lost during attempt {}",
                     r.attempts
                 ));
@@ -459,7 +454,7 @@ impl Scheduler {
                     log.push(format!("trial {} goes back to the queue", r.trial.id));
                 } else {
                     r.status = Status::Failed;
-                    r.ended_at = Some(SystemTime::now());
+                    r.summary.ended_at = Some(SystemTime::now());
                     r.persisted = true;
                     log.push(format!(
                         "trial {} failed: {} attempts lost",
@@ -732,7 +727,7 @@ mod tests {
         s.persisted(done.index);
         assert!(s.is_done());
         assert_eq!(s.records()[0].status, Status::Completed);
-        assert_eq!(s.records()[0].final_train_loss, Some(1.0));
+        assert_eq!(s.records()[0].summary.final_train_loss, Some(1.0));
     }
 
     #[test]
@@ -819,7 +814,10 @@ mod tests {
         );
         let statuses: Vec<Status> = s.records().iter().map(|r| r.status).collect();
         assert_eq!(statuses, [Status::Failed, Status::Failed, Status::Diverged]);
-        assert_eq!(s.records()[0].error.as_deref(), Some("CUDA out of memory"));
+        assert_eq!(
+            s.records()[0].summary.error.as_deref(),
+            Some("CUDA out of memory")
+        );
     }
 
     #[test]

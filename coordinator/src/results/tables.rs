@@ -17,7 +17,7 @@ use parquet::file::properties::WriterProperties;
 use bnsweep_proto as pb;
 
 use crate::error::{Error, Result};
-use crate::scheduler::TrialRecord;
+use crate::scheduler::{Summary, TrialRecord};
 use crate::sweep::config::Kind;
 use crate::sweep::{ParamValue, Sweep};
 
@@ -440,27 +440,31 @@ pub fn trials_batch(params: &[ParamColumn], records: &[TrialRecord]) -> Result<R
             records.iter().map(|r| i64::from(r.attempts)),
         )),
         Arc::new(StringArray::from_iter(
-            records.iter().map(|r| r.worker.as_deref()),
+            records.iter().map(|r| r.summary.worker.as_deref()),
         )),
         Arc::new(StringArray::from_iter(
-            records.iter().map(|r| r.device.as_deref()),
+            records.iter().map(|r| r.summary.device.as_deref()),
         )),
         Arc::new(
-            TimestampMicrosecondArray::from_iter(records.iter().map(|r| micros(r.started_at)))
-                .with_timezone("UTC"),
+            TimestampMicrosecondArray::from_iter(
+                records.iter().map(|r| micros(r.summary.started_at)),
+            )
+            .with_timezone("UTC"),
         ),
         Arc::new(
-            TimestampMicrosecondArray::from_iter(records.iter().map(|r| micros(r.ended_at)))
-                .with_timezone("UTC"),
+            TimestampMicrosecondArray::from_iter(
+                records.iter().map(|r| micros(r.summary.ended_at)),
+            )
+            .with_timezone("UTC"),
         ),
         Arc::new(Float64Array::from_iter(
-            records.iter().map(|r| r.final_test_acc),
+            records.iter().map(|r| r.summary.final_test_acc),
         )),
         Arc::new(Float64Array::from_iter(
-            records.iter().map(|r| r.final_train_loss),
+            records.iter().map(|r| r.summary.final_train_loss),
         )),
         Arc::new(StringArray::from_iter(
-            records.iter().map(|r| r.error.as_deref()),
+            records.iter().map(|r| r.summary.error.as_deref()),
         )),
     ]);
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
@@ -492,13 +496,7 @@ pub struct Prior {
     pub trial_id: String,
     pub status: String,
     pub attempts: u32,
-    pub worker: Option<String>,
-    pub device: Option<String>,
-    pub started_at: Option<SystemTime>,
-    pub ended_at: Option<SystemTime>,
-    pub final_test_acc: Option<f64>,
-    pub final_train_loss: Option<f64>,
-    pub error: Option<String>,
+    pub summary: Summary,
 }
 
 /// Reads `trials.parquet` back.
@@ -570,13 +568,15 @@ pub fn read_trials(path: &Path) -> Result<Vec<Prior>> {
                 trial_id: ids.value(i).to_string(),
                 status: status.value(i).to_string(),
                 attempts: attempts.value(i).clamp(0, i64::from(u32::MAX)) as u32,
-                worker: opt_str(&worker, i),
-                device: opt_str(&device, i),
-                started_at: opt_time(&started, i),
-                ended_at: opt_time(&ended, i),
-                final_test_acc: opt_f64(&acc, i),
-                final_train_loss: opt_f64(&loss, i),
-                error: opt_str(&error, i),
+                summary: Summary {
+                    worker: opt_str(&worker, i),
+                    device: opt_str(&device, i),
+                    started_at: opt_time(&started, i),
+                    ended_at: opt_time(&ended, i),
+                    final_test_acc: opt_f64(&acc, i),
+                    final_train_loss: opt_f64(&loss, i),
+                    error: opt_str(&error, i),
+                },
             });
         }
     }
