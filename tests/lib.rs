@@ -2,7 +2,7 @@
 //! test, and the Python that reads results back.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 /// The repository's root.
 pub fn repo_root() -> PathBuf {
@@ -101,4 +101,27 @@ pub fn check_results(dir: &Path, args: &[&str]) -> Ran {
         .arg(repo_root().join("tests/read_results.py"))
         .arg(dir)
         .args(args))
+}
+
+/// A free loopback address for a coordinator, and the URL workers reach it by.
+pub fn free_addr() -> (String, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let url = format!("http://{addr}");
+    (addr, url)
+}
+
+/// `bnsweep serve FILE --listen ADDR --out OUT EXTRA...` in `dir`, its output discarded (the
+/// caller may pipe it instead).
+pub fn serve_command(dir: &Path, file: &str, addr: &str, out: &str, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(bin("bnsweep"));
+    cmd.args(["serve", file, "--listen", addr, "--out", out])
+        .args(extra)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
 }

@@ -1,9 +1,9 @@
 //! The coordinator answers malformed, stale and oversized messages with the documented codes,
 //! keeps serving, and reports where the sweep stands (`bnsweep status`).
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use bnsweep_e2e::{bin, bnsweep, check_results, run};
+use bnsweep_e2e::{bin, bnsweep, check_results, free_addr, run, serve_command};
 use bnsweep_proto as pb;
 use pb::coordinator_client::CoordinatorClient;
 use tonic::Code;
@@ -18,24 +18,8 @@ fn bad_requests_are_refused_and_the_coordinator_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let text = "name: proto\nparameters:\n  lr: [0.1, 0.2]\ntrain:\n  model: {width: 0.125}\n  dataset: {train_size: 64, test_size: 16}\n  batch_size: 16\n  steps: 3\n";
     std::fs::write(dir.path().join("proto.yaml"), text).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut serve = Command::new(bin("bnsweep"))
-        .args([
-            "serve",
-            "proto.yaml",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--out",
-            "out",
-        ])
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+    let (addr, url) = free_addr();
+    let mut serve = serve_command(dir.path(), "proto.yaml", &addr, "out", &[])
         .spawn()
         .unwrap();
 

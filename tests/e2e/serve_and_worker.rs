@@ -1,18 +1,9 @@
 //! `bnsweep serve` with a separately started `bnsweep-worker`, as on several machines.
 
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bnsweep_e2e::{bin, check_results, run};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use bnsweep_e2e::{bin, check_results, free_addr, run, serve_command};
 
 /// A worker lacking the dataset fails the trial at once, without retries, naming the path.
 #[test]
@@ -20,11 +11,8 @@ fn a_worker_without_the_data_fails_the_trial_naming_the_path() {
     let dir = tempfile::tempdir().unwrap();
     let text = "name: remote\nparameters:\n  lr: [0.1, 0.2]\ntrain:\n  dataset: {name: cifar10, path: /data/not-here}\n  steps: 5\n";
     std::fs::write(dir.path().join("remote.yaml"), text).unwrap();
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut serve = Command::new(bin("bnsweep"))
-        .args(["serve", "remote.yaml", "--listen", &addr, "--out", "out"])
-        .current_dir(dir.path())
+    let (addr, url) = free_addr();
+    let mut serve = serve_command(dir.path(), "remote.yaml", &addr, "out", &[])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -32,7 +20,7 @@ fn a_worker_without_the_data_fails_the_trial_naming_the_path() {
     let worker = run(Command::new(bin("bnsweep-worker"))
         .args([
             "--coordinator",
-            &format!("http://{addr}"),
+            &url,
             "--device",
             "cpu",
             "--name",
@@ -63,10 +51,10 @@ fn a_worker_without_the_data_fails_the_trial_naming_the_path() {
 
 #[test]
 fn a_worker_without_a_coordinator_gives_up_with_a_clear_error() {
-    let port = free_port();
+    let (_, url) = free_addr();
     let ran = run(Command::new(bin("bnsweep-worker")).args([
         "--coordinator",
-        &format!("http://127.0.0.1:{port}"),
+        &url,
         "--device",
         "cpu",
         "--patience",
@@ -74,9 +62,8 @@ fn a_worker_without_a_coordinator_gives_up_with_a_clear_error() {
     ]));
     assert_eq!(ran.code, Some(1), "{ran:?}");
     assert!(
-        ran.stderr.contains(&format!(
-            "cannot reach the coordinator at http://127.0.0.1:{port}"
-        )),
+        ran.stderr
+            .contains(&format!("cannot reach the coordinator at {url}")),
         "{ran:?}"
     );
 }
@@ -116,24 +103,13 @@ train:
     );
     assert!(ran.ok(), "{ran:?}");
 
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut serve = Command::new(bin("bnsweep"))
-        .args(["serve", "slots.yaml", "--listen", &addr, "--out", "b"])
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+    let (addr, url) = free_addr();
+    let mut serve = serve_command(dir.path(), "slots.yaml", &addr, "b", &[])
         .spawn()
         .unwrap();
     let worker = run(Command::new(bin("bnsweep-worker"))
         .current_dir(dir.path())
-        .args([
-            "--coordinator",
-            &format!("http://{addr}"),
-            "--slots",
-            "2",
-            "--threads",
-            "1",
-        ]));
+        .args(["--coordinator", &url, "--slots", "2", "--threads", "1"]));
     assert!(worker.ok(), "{worker:?}");
     assert!(serve.wait().unwrap().success());
     let a = dir.path().join("a");
@@ -174,15 +150,8 @@ fn the_shared_token_is_required_and_enforced() {
     assert!(open.stderr.contains("needs a shared token"), "{open:?}");
     assert!(!dir.path().join("open").exists());
 
-    let addr = format!("127.0.0.1:{}", free_port());
-    let url = format!("http://{addr}");
-    let mut serve = Command::new(bin("bnsweep"))
-        .args([
-            "serve", "tok.yaml", "--listen", &addr, "--out", "out", "--token", "s3cret",
-        ])
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+    let (addr, url) = free_addr();
+    let mut serve = serve_command(dir.path(), "tok.yaml", &addr, "out", &["--token", "s3cret"])
         .spawn()
         .unwrap();
     for (token, what) in [(None, "no token"), (Some("wrong"), "a wrong token")] {
@@ -236,24 +205,16 @@ fn interrupt_a_worker_mid_trial(signal: &str) -> std::process::ExitStatus {
     let dir = tempfile::tempdir().unwrap();
     let text = "name: kill\nparameters:\n  lr: [0.05]\ntrain:\n  model: {width: 0.125}\n  dataset: {train_size: 512, test_size: 64}\n  batch_size: 64\n  steps: 300\n  eval_every: 100\n";
     std::fs::write(dir.path().join("kill.yaml"), text).unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let url = format!("http://{addr}");
-    let mut serve = Command::new(bin("bnsweep"))
-        .args([
-            "serve",
-            "kill.yaml",
-            "--listen",
-            &addr,
-            "--out",
-            "out",
-            "--worker-timeout",
-            "2",
-        ])
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (addr, url) = free_addr();
+    let mut serve = serve_command(
+        dir.path(),
+        "kill.yaml",
+        &addr,
+        "out",
+        &["--worker-timeout", "2"],
+    )
+    .spawn()
+    .unwrap();
     let mut first = Command::new(bin("bnsweep-worker"))
         .args([
             "--coordinator",
@@ -323,26 +284,16 @@ fn a_killed_coordinator_resumes_without_losing_or_rerunning_trials() {
     let dir = tempfile::tempdir().unwrap();
     let text = "name: crash\nparameters:\n  lr: [0.01, 0.02, 0.03]\ntrain:\n  model: {width: 0.125}\n  dataset: {train_size: 512, test_size: 64}\n  batch_size: 64\n  steps: 150\n  eval_every: 50\n";
     std::fs::write(dir.path().join("crash.yaml"), text).unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
+    let (addr, url) = free_addr();
     let serve = || {
-        Command::new(bin("bnsweep"))
-            .args(["serve", "crash.yaml", "--listen", &addr, "--out", "out"])
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
+        serve_command(dir.path(), "crash.yaml", &addr, "out", &[])
             .stderr(Stdio::piped())
             .spawn()
             .unwrap()
     };
     let mut first = serve();
     let mut worker = Command::new(bin("bnsweep-worker"))
-        .args([
-            "--coordinator",
-            &format!("http://{addr}"),
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-        ])
+        .args(["--coordinator", &url, "--device", "cpu", "--threads", "1"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
