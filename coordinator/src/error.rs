@@ -49,6 +49,8 @@ pub enum Error {
     Transport(#[from] tonic::transport::Error),
     #[error("interrupted; finished trials are kept: run the same command again to resume")]
     Interrupted,
+    #[error("cancelled; finished trials are kept: run the same command again to resume")]
+    Cancelled,
 }
 
 impl Error {
@@ -72,7 +74,7 @@ impl From<Error> for tonic::Status {
             }
             Error::InvalidArgument(_) | Error::Sweep(_) => Code::InvalidArgument,
             Error::Refused(_) => Code::FailedPrecondition,
-            Error::Interrupted => Code::Unavailable,
+            Error::Interrupted | Error::Cancelled => Code::Unavailable,
             Error::Io { .. } | Error::Parquet { .. } | Error::Arrow(_) | Error::Transport(_) => {
                 Code::Internal
             }

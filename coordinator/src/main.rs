@@ -29,6 +29,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Stop a running sweep cleanly: no more trials go out, workers give theirs back and exit,
+    /// and the coordinator exits (status 130) leaving a directory that resumes.
+    Cancel {
+        /// The coordinator's address, e.g. http://10.0.0.5:50051.
+        #[arg(long, env = "BNSWEEP_COORDINATOR")]
+        coordinator: String,
+        /// The coordinator's shared token, if it has one.
+        #[arg(long, env = "BNSWEEP_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// Show where a running sweep stands: trials by state, progress, ETA, and each worker.
     Status {
         /// The coordinator's address, e.g. http://10.0.0.5:50051.
@@ -103,6 +113,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate { file } => validate(&file),
         Command::Status { coordinator, token } => status(&coordinator, token),
+        Command::Cancel { coordinator, token } => cancel(&coordinator, token),
         Command::Run {
             file,
             out,
@@ -129,8 +140,8 @@ fn main() -> ExitCode {
             );
             ExitCode::from(2)
         }
-        Err(Error::Interrupted) => {
-            eprintln!("bnsweep: {}", Error::Interrupted);
+        Err(e @ (Error::Interrupted | Error::Cancelled)) => {
+            eprintln!("bnsweep: {e}");
             ExitCode::from(130)
         }
         Err(e) => {
@@ -186,41 +197,75 @@ fn validate(file: &Path) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn status(url: &str, token: Option<String>) -> Result<ExitCode, Error> {
-    use bnsweep::progress::human;
+/// A client of the coordinator at `url`, sending `token` with every call.
+async fn client(
+    url: &str,
+    token: Option<String>,
+) -> Result<
+    bnsweep_proto::coordinator_client::CoordinatorClient<
+        tonic::service::interceptor::InterceptedService<
+            tonic::transport::Channel,
+            impl tonic::service::Interceptor,
+        >,
+    >,
+    Error,
+> {
     use bnsweep_proto as pb;
-    let rt = runtime()?;
-    let s = rt.block_on(async {
-        let bad = |e: String| Error::Refused(format!("cannot reach the coordinator at {url}: {e}"));
-        let channel = tonic::transport::Channel::from_shared(url.to_string())
-            .map_err(|e| bad(e.to_string()))?
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await
-            .map_err(|e| bad(e.to_string()))?;
-        let header: Option<tonic::metadata::AsciiMetadataValue> =
-            match token.filter(|t| !t.is_empty()) {
-                None => None,
-                Some(t) => Some(
-                    pb::auth::bearer(&t)
-                        .parse()
-                        .map_err(|_| Error::Refused("--token must be printable ASCII".into()))?,
-                ),
-            };
-        let mut client = pb::coordinator_client::CoordinatorClient::with_interceptor(
-            channel,
-            move |mut req: tonic::Request<()>| {
-                if let Some(v) = &header {
-                    req.metadata_mut().insert(pb::auth::HEADER, v.clone());
-                }
-                Ok(req)
-            },
-        );
-        client
-            .status(pb::StatusRequest {})
+    let channel = tonic::transport::Channel::from_shared(url.to_string())
+        .map_err(|e| unreachable_at(url, e.to_string()))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| unreachable_at(url, e.to_string()))?;
+    let header: Option<tonic::metadata::AsciiMetadataValue> = match token.filter(|t| !t.is_empty())
+    {
+        None => None,
+        Some(t) => Some(
+            pb::auth::bearer(&t)
+                .parse()
+                .map_err(|_| Error::Refused("--token must be printable ASCII".into()))?,
+        ),
+    };
+    Ok(pb::coordinator_client::CoordinatorClient::with_interceptor(
+        channel,
+        move |mut req: tonic::Request<()>| {
+            if let Some(v) = &header {
+                req.metadata_mut().insert(pb::auth::HEADER, v.clone());
+            }
+            Ok(req)
+        },
+    ))
+}
+
+fn unreachable_at(url: &str, e: String) -> Error {
+    Error::Refused(format!("cannot reach the coordinator at {url}: {e}"))
+}
+
+fn cancel(url: &str, token: Option<String>) -> Result<ExitCode, Error> {
+    let resp = runtime()?.block_on(async {
+        client(url, token)
+            .await?
+            .cancel(bnsweep_proto::CancelRequest {})
             .await
             .map(tonic::Response::into_inner)
-            .map_err(|s| bad(s.message().to_string()))
+            .map_err(|s| unreachable_at(url, s.message().to_string()))
+    })?;
+    println!(
+        "cancelled: no more trials go out; {} running trial(s) are being given back",
+        resp.running
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(url: &str, token: Option<String>) -> Result<ExitCode, Error> {
+    use bnsweep::progress::human;
+    let s = runtime()?.block_on(async {
+        client(url, token)
+            .await?
+            .status(bnsweep_proto::StatusRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| unreachable_at(url, s.message().to_string()))
     })?;
     let p = bnsweep::scheduler::Progress {
         total: s.total as usize,

@@ -150,6 +150,8 @@ pub struct Scheduler {
     next_worker: u64,
     /// What every trial measures, in wire form.
     measure: Option<pb::MeasureSpec>,
+    /// Set by `bnsweep cancel`: nothing more goes out, workers give their trials back.
+    cancelled: bool,
     pub policy: Policy,
 }
 
@@ -181,6 +183,7 @@ impl Scheduler {
             workers: HashMap::new(),
             next_worker: 1,
             measure: sweep.measure.as_ref().map(measure_spec),
+            cancelled: false,
             policy,
         }
     }
@@ -264,6 +267,13 @@ impl Scheduler {
                 sweep_done: self.is_done(),
                 retired: true,
                 reason,
+                stop: false,
+            });
+        }
+        if self.cancelled {
+            return Ok(pb::PollWorkResponse {
+                stop: true,
+                ..Default::default()
             });
         }
         let mut out = Vec::new();
@@ -289,9 +299,20 @@ impl Scheduler {
         Ok(pb::PollWorkResponse {
             trials: out,
             sweep_done: self.is_done(),
-            retired: false,
-            reason: String::new(),
+            ..Default::default()
         })
+    }
+
+    /// Cancels the sweep: nothing more is handed out; running trials come back as their
+    /// workers give them back. Returns how many are running.
+    pub fn cancel(&mut self) -> usize {
+        self.cancelled = true;
+        self.progress().running
+    }
+
+    /// True once a cancelled sweep has no trial running any more.
+    pub fn is_cancelled_and_idle(&self) -> bool {
+        self.cancelled && self.records.iter().all(|r| r.status != Status::Running)
     }
 
     /// Looks up the running attempt a worker speaks of.

@@ -144,10 +144,10 @@ async fn watch(shared: &Arc<Shared>, local: &mut [Child]) -> Result<Progress> {
                 return Err(Error::Interrupted);
             }
         }
-        let (lost, progress, done) = {
+        let (lost, progress, done, cancelled) = {
             let mut s = shared.scheduler();
             let lost = s.expire(Instant::now());
-            (lost, s.progress(), s.is_done())
+            (lost, s.progress(), s.is_done(), s.is_cancelled_and_idle())
         };
         for line in &lost {
             tracing::warn!("{line}");
@@ -159,6 +159,11 @@ async fn watch(shared: &Arc<Shared>, local: &mut [Child]) -> Result<Progress> {
             shared.write_trials()?;
             reporter.finish(&progress);
             return Ok(progress);
+        }
+        if cancelled {
+            shared.write_trials()?;
+            reporter.finish(&progress);
+            return Err(Error::Cancelled);
         }
         reporter.show(&progress);
         if !local.is_empty() {

@@ -178,6 +178,17 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         }))
     }
 
+    async fn cancel(
+        &self,
+        _req: Request<pb::CancelRequest>,
+    ) -> Result<Response<pb::CancelResponse>, Status> {
+        let running = self.shared.scheduler().cancel();
+        tracing::warn!("sweep cancelled; {running} running trial(s) are being given back");
+        Ok(Response::new(pb::CancelResponse {
+            running: running as u32,
+        }))
+    }
+
     async fn finish_trial(
         &self,
         req: Request<pb::TrialOutcome>,

@@ -147,3 +147,56 @@ fn bad_requests_are_refused_and_the_coordinator_keeps_serving() {
     );
     assert!(checked.ok(), "{checked:?}");
 }
+
+/// `bnsweep cancel`: the worker gives its trial back and exits, the coordinator exits 130, and
+/// the same command again resumes and finishes the sweep.
+#[test]
+fn a_cancelled_sweep_stops_cleanly_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "name: cancel\nparameters:\n  lr: [0.01, 0.02]\ntrain:\n  model: {width: 0.125}\n  dataset: {train_size: 512, test_size: 64}\n  batch_size: 64\n  steps: 200\n  eval_every: 100\n";
+    std::fs::write(dir.path().join("cancel.yaml"), text).unwrap();
+    let (addr, url) = free_addr();
+    let mut serve = serve_command(dir.path(), "cancel.yaml", &addr, "out", &[])
+        .spawn()
+        .unwrap();
+    let mut worker = Command::new(bin("bnsweep-worker"))
+        .args(["--coordinator", &url, "--device", "cpu", "--threads", "1"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let status = bnsweep(dir.path(), &["status", "--coordinator", &url]);
+        if status.stdout.contains("| 1 running |") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no trial started: {status:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let cancelled = bnsweep(dir.path(), &["cancel", "--coordinator", &url]);
+    assert!(cancelled.ok(), "{cancelled:?}");
+    assert!(
+        cancelled
+            .stdout
+            .contains("1 running trial(s) are being given back"),
+        "{cancelled:?}"
+    );
+    assert_eq!(serve.wait().unwrap().code(), Some(130));
+    assert!(worker.wait().unwrap().success(), "the worker exits cleanly");
+
+    let mut again = serve_command(dir.path(), "cancel.yaml", &addr, "out", &[])
+        .spawn()
+        .unwrap();
+    let worker =
+        run(Command::new(bin("bnsweep-worker")).args(["--coordinator", &url, "--device", "cpu"]));
+    assert!(worker.ok(), "{worker:?}");
+    assert!(again.wait().unwrap().success());
+    let checked = check_results(
+        &dir.path().join("out"),
+        &["--trials", "2", "--steps", "200", "--eval-every", "100"],
+    );
+    assert!(checked.ok(), "{checked:?}");
+}

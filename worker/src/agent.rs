@@ -166,6 +166,10 @@ pub async fn run(cfg: Config) -> Result<()> {
             Ok(resp) => {
                 last_contact = Instant::now();
                 let resp = resp.into_inner();
+                if resp.stop && !shutdown.load(Ordering::SeqCst) {
+                    tracing::warn!("the sweep was cancelled: giving running trials back");
+                    shutdown.store(true, Ordering::SeqCst);
+                }
                 if resp.retired && retired.is_none() {
                     tracing::error!("taken out of rotation: {}", resp.reason);
                     retired = Some(resp.reason.clone());
