@@ -206,6 +206,37 @@ fn strs<T>(rows: &[T], f: impl Fn(&T) -> &str) -> ArrayRef {
     Arc::new(StringArray::from_iter_values(rows.iter().map(f)))
 }
 
+/// `step`, `layer` and `layer_name`, the first columns of the per-layer tables.
+fn per_layer_columns<'a, T>(
+    rows: &'a [T],
+    key: impl Fn(&'a T) -> (u64, u32, &'a str),
+) -> Vec<(&'static str, DataType, bool, ArrayRef)> {
+    vec![
+        (
+            "step",
+            DataType::Int64,
+            false,
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| key(r).0 as i64),
+            )),
+        ),
+        (
+            "layer",
+            DataType::Int64,
+            false,
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| i64::from(key(r).1)),
+            )),
+        ),
+        (
+            "layer_name",
+            DataType::Utf8,
+            false,
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| key(r).2))),
+        ),
+    ]
+}
+
 /// Appends columns to a table that starts with the key columns.
 fn finish(
     mut fields: Vec<Field>,
@@ -226,25 +257,8 @@ pub fn layers_batch(
 ) -> Result<RecordBatch> {
     let (fields, arrays) = key_columns(params, record, rows.len());
     let d = DataType::Float64;
-    let mut columns: Vec<(&str, DataType, bool, ArrayRef)> = vec![
-        (
-            "step",
-            DataType::Int64,
-            false,
-            i64s(rows, |r| r.step as i64),
-        ),
-        (
-            "layer",
-            DataType::Int64,
-            false,
-            i64s(rows, |r| i64::from(r.layer)),
-        ),
-        (
-            "layer_name",
-            DataType::Utf8,
-            false,
-            strs(rows, |r| r.layer_name.as_str()),
-        ),
+    let mut columns = per_layer_columns(rows, |r| (r.step, r.layer, r.layer_name.as_str()));
+    columns.extend([
         ("ics_l2", d.clone(), true, opt_f64(rows, |r| r.ics_l2)),
         ("ics_cos", d.clone(), true, opt_f64(rows, |r| r.ics_cos)),
         ("grad_norm", d.clone(), true, opt_f64(rows, |r| r.grad_norm)),
@@ -260,7 +274,7 @@ pub fn layers_batch(
             true,
             opt_f64(rows, |r| r.weight_dist_rel),
         ),
-    ];
+    ]);
     let names: [[&str; 9]; 2] = [
         [
             "act_pre_mean",
@@ -356,28 +370,9 @@ pub fn activations_batch(
     rows: &[pb::ActivationRow],
 ) -> Result<RecordBatch> {
     let (fields, arrays) = key_columns(params, record, rows.len());
-    finish(
-        fields,
-        arrays,
-        vec![
-            (
-                "step",
-                DataType::Int64,
-                false,
-                i64s(rows, |r| r.step as i64),
-            ),
-            (
-                "layer",
-                DataType::Int64,
-                false,
-                i64s(rows, |r| i64::from(r.layer)),
-            ),
-            (
-                "layer_name",
-                DataType::Utf8,
-                false,
-                strs(rows, |r| r.layer_name.as_str()),
-            ),
+    finish(fields, arrays, {
+        let mut columns = per_layer_columns(rows, |r| (r.step, r.layer, r.layer_name.as_str()));
+        columns.extend([
             (
                 "point",
                 DataType::Utf8,
@@ -398,8 +393,9 @@ pub fn activations_batch(
                 false,
                 i64s(rows, |r| r.count as i64),
             ),
-        ],
-    )
+        ]);
+        columns
+    })
 }
 
 fn micros(t: Option<SystemTime>) -> Option<i64> {
