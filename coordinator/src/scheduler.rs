@@ -78,6 +78,18 @@ pub struct AttemptRows {
     pub activations: Vec<pb::ActivationRow>,
 }
 
+impl AttemptRows {
+    /// Appends the next batch.
+    fn take(&mut self, batch: pb::MetricsBatch) {
+        self.next_seq += 1;
+        self.train.extend(batch.train);
+        self.eval.extend(batch.eval);
+        self.layers.extend(batch.layers);
+        self.landscape.extend(batch.landscape);
+        self.activations.extend(batch.activations);
+    }
+}
+
 /// A trial that has just ended: its rows, to be written before it counts as done.
 #[derive(Debug)]
 pub struct Finished {
@@ -96,6 +108,21 @@ struct Worker {
     /// Attempts this worker ended, and training steps it sent.
     finished: u32,
     steps: u64,
+}
+
+impl Worker {
+    fn new(host: &str, now: Instant) -> Worker {
+        Worker {
+            host: host.to_string(),
+            last_seen: now,
+            running: Vec::new(),
+            failures_in_a_row: 0,
+            last_error: String::new(),
+            registered: now,
+            finished: 0,
+            steps: 0,
+        }
+    }
 }
 
 /// Counts for the progress display.
@@ -152,6 +179,9 @@ pub struct Scheduler {
     measure: Option<pb::MeasureSpec>,
     /// Set by `bnsweep cancel`: nothing more goes out, workers give their trials back.
     cancelled: bool,
+    /// Attempts that ended without a result to write (re-queued, lost, given back): their
+    /// journals are to be removed. Drained by [`Scheduler::take_ended`].
+    ended: Vec<(String, u32)>,
     pub policy: Policy,
 }
 
@@ -184,6 +214,7 @@ impl Scheduler {
             next_worker: 1,
             measure: sweep.measure.as_ref().map(measure_spec),
             cancelled: false,
+            ended: Vec::new(),
             policy,
         }
     }
@@ -221,34 +252,49 @@ impl Scheduler {
         restored
     }
 
+    /// The host a registered worker gave.
+    pub fn host_of(&self, worker_id: &str) -> Option<String> {
+        self.workers.get(worker_id).map(|w| w.host.clone())
+    }
+
     pub fn records(&self) -> &[TrialRecord] {
         &self.records
     }
 
     pub fn register(&mut self, host: &str, now: Instant) -> String {
-        let id = format!("w{}-{}", self.next_worker, sanitize(host));
-        self.next_worker += 1;
-        self.workers.insert(
-            id.clone(),
-            Worker {
-                host: host.to_string(),
-                last_seen: now,
-                running: Vec::new(),
-                failures_in_a_row: 0,
-                last_error: String::new(),
-                registered: now,
-                finished: 0,
-                steps: 0,
-            },
-        );
+        self.register_again(host, "", now)
+    }
+
+    /// Registers a worker that had the id `previous` (empty for none). When the coordinator
+    /// still holds that id (its leases were restored from the journal after a restart, or it
+    /// has not been declared lost yet) the worker gets it back and its attempts carry on;
+    /// otherwise it gets a new id, never equal to `previous`.
+    pub fn register_again(&mut self, host: &str, previous: &str, now: Instant) -> String {
+        if let Some(w) = self.workers.get_mut(previous) {
+            w.host = host.to_string();
+            w.last_seen = now;
+            return previous.to_string();
+        }
+        let id = loop {
+            let id = format!("w{}-{}", self.next_worker, sanitize(host));
+            self.next_worker += 1;
+            if id != previous && !self.workers.contains_key(&id) {
+                break id;
+            }
+        };
+        self.workers.insert(id.clone(), Worker::new(host, now));
         id
     }
 
-    /// Hands out up to `free_slots` queued trials to a worker; also its heartbeat.
+    /// Hands out up to `free_slots` queued trials to a worker; also its heartbeat. `running`
+    /// is every attempt the worker still has: an attempt leased to it and missing there is
+    /// lost (its trial goes back to the queue), e.g. one handed out in a response that never
+    /// reached the worker.
     pub fn poll(
         &mut self,
         worker_id: &str,
         free_slots: u32,
+        running: &[pb::AttemptRef],
         now: Instant,
     ) -> Result<pb::PollWorkResponse> {
         let max_failures = self.policy.max_worker_failures;
@@ -257,6 +303,22 @@ impl Scheduler {
             .get_mut(worker_id)
             .ok_or_else(|| Error::UnknownWorker(worker_id.into()))?;
         worker.last_seen = now;
+        let records = &self.records;
+        let (kept, dropped): (Vec<usize>, Vec<usize>) = worker.running.iter().partition(|&&i| {
+            let r = &records[i];
+            running
+                .iter()
+                .any(|a| a.trial_id == r.trial.id && a.attempt == r.attempts)
+        });
+        worker.running = kept;
+        for i in dropped {
+            let why = format!("worker {worker_id} no longer runs attempt");
+            self.lose_attempt(i, &why);
+        }
+        let worker = self
+            .workers
+            .get_mut(worker_id)
+            .ok_or_else(|| Error::UnknownWorker(worker_id.into()))?;
         if worker.failures_in_a_row >= max_failures {
             let reason = format!(
                 "its last {} attempts failed (the last with: {})",
@@ -338,34 +400,93 @@ impl Scheduler {
         Ok(i)
     }
 
-    /// Takes one batch of rows. A batch seen before is acknowledged and ignored.
-    pub fn metrics(&mut self, batch: pb::MetricsBatch, now: Instant) -> Result<()> {
+    /// True when `batch` is the next one its attempt is due to send; false for one already
+    /// received (to be acknowledged and ignored). Errors for a batch from an attempt that is
+    /// not leased, or one ahead of the next due.
+    pub fn is_new_batch(&self, batch: &pb::MetricsBatch) -> Result<bool> {
         let i = self.leased(&batch.worker_id, &batch.trial_id, batch.attempt)?;
-        if let Some(w) = self.workers.get_mut(&batch.worker_id) {
-            w.last_seen = now;
-            w.steps += batch.train.len() as u64;
-        }
-        let rows = self.rows.entry(i).or_default();
-        if batch.seq < rows.next_seq {
-            return Ok(());
-        }
-        if batch.seq > rows.next_seq {
+        let next = self.rows.get(&i).map_or(0, |r| r.next_seq);
+        if batch.seq > next {
             return Err(Error::OutOfOrder {
-                trial: batch.trial_id,
-                expected: rows.next_seq,
+                trial: batch.trial_id.clone(),
+                expected: next,
                 got: batch.seq,
             });
         }
-        rows.next_seq += 1;
-        if let Some(last) = batch.train.last() {
-            self.records[i].last_step = last.step;
+        Ok(batch.seq == next)
+    }
+
+    /// Takes one batch of rows. A batch seen before is acknowledged and ignored.
+    pub fn metrics(&mut self, batch: pb::MetricsBatch, now: Instant) -> Result<()> {
+        let new = self.is_new_batch(&batch)?;
+        if let Some(w) = self.workers.get_mut(&batch.worker_id) {
+            w.last_seen = now;
+            if new {
+                w.steps += batch.train.len() as u64;
+            }
         }
-        rows.train.extend(batch.train);
-        rows.eval.extend(batch.eval);
-        rows.layers.extend(batch.layers);
-        rows.landscape.extend(batch.landscape);
-        rows.activations.extend(batch.activations);
+        if !new {
+            return Ok(());
+        }
+        let i = self.by_id[&batch.trial_id];
+        let rows = self.rows.entry(i).or_default();
+        rows.take(batch);
+        if let Some(step) = rows.train.last().map(|r| r.step) {
+            self.records[i].last_step = step;
+        }
         Ok(())
+    }
+
+    /// Takes back an attempt that was running when an earlier coordinator stopped, from its
+    /// journal: the trial stays leased to the same worker id with the rows received so far,
+    /// and that worker has the worker timeout to register again (with its old id) and carry
+    /// on before the trial goes back to the queue. Returns false, the journal being stale,
+    /// for a trial that is unknown, already taken over as final or running, or has a newer
+    /// attempt.
+    pub fn reattach(
+        &mut self,
+        header: &pb::JournalHeader,
+        batches: Vec<pb::MetricsBatch>,
+        now: Instant,
+    ) -> bool {
+        let Some(&i) = self.by_id.get(&header.trial_id) else {
+            return false;
+        };
+        let r = &mut self.records[i];
+        if r.status != Status::Queued || header.attempt < r.attempts || header.worker_id.is_empty()
+        {
+            return false;
+        }
+        r.status = Status::Running;
+        r.attempts = header.attempt;
+        r.summary.worker = Some(header.worker_id.clone());
+        r.summary.started_at =
+            Some(SystemTime::UNIX_EPOCH + Duration::from_millis(header.started_at_ms));
+        let mut rows = AttemptRows::default();
+        let mut batches = batches;
+        batches.sort_by_key(|b| b.seq);
+        for b in batches {
+            if b.seq == rows.next_seq {
+                rows.take(b);
+            }
+        }
+        r.last_step = rows.train.last().map_or(0, |t| t.step);
+        self.rows.insert(i, rows);
+        self.queue.retain(|&j| j != i);
+        if let Some(n) = header
+            .worker_id
+            .strip_prefix('w')
+            .and_then(|s| s.split('-').next())
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            self.next_worker = self.next_worker.max(n + 1);
+        }
+        self.workers
+            .entry(header.worker_id.clone())
+            .or_insert_with(|| Worker::new(&header.host, now))
+            .running
+            .push(i);
+        true
     }
 
     /// Ends an attempt. Returns the trial's rows when the trial is now final (to be written,
@@ -410,17 +531,19 @@ impl Scheduler {
         let max = self.policy.max_attempts;
         let r = &mut self.records[i];
         r.summary.device = Some(outcome.device.clone()).filter(|d| !d.is_empty());
-        if outcome.handed_back {
-            // Given back unfinished by a stopping worker: not a failure, no retry used up.
+        let retry =
+            status == Status::Failed && outcome.retryable && r.attempts - r.handed_back < max;
+        if outcome.handed_back || retry {
+            // Given back unfinished by a stopping worker (not a failure, no retry used up), or
+            // failed in a way worth another attempt: back to the front of the queue.
+            if outcome.handed_back {
+                r.handed_back += 1;
+            } else {
+                r.summary.error = Some(outcome.error.clone());
+            }
             r.status = Status::Queued;
-            r.handed_back += 1;
             self.queue.push_front(i);
-            return Ok(None);
-        }
-        if status == Status::Failed && outcome.retryable && r.attempts - r.handed_back < max {
-            r.status = Status::Queued;
-            r.summary.error = Some(outcome.error.clone());
-            self.queue.push_front(i);
+            self.ended.push((r.trial.id.clone(), r.attempts));
             return Ok(None);
         }
         r.status = status;
@@ -443,6 +566,37 @@ impl Scheduler {
         self.records[index].persisted = true;
     }
 
+    /// Ends a running attempt whose worker is gone or dropped it: the trial goes back to the
+    /// queue, or fails once it has used up its attempts. Its rows are discarded. Returns what
+    /// happened, for the log.
+    fn lose_attempt(&mut self, i: usize, why: &str) -> String {
+        self.rows.remove(&i);
+        let r = &mut self.records[i];
+        self.ended.push((r.trial.id.clone(), r.attempts));
+        r.summary.error = Some(format!("{why} {}", r.attempts));
+        if r.attempts - r.handed_back < self.policy.max_attempts {
+            r.status = Status::Queued;
+            self.queue.push_front(i);
+            format!(
+                "{why} {}: trial {} goes back to the queue",
+                r.attempts, r.trial.id
+            )
+        } else {
+            r.status = Status::Failed;
+            r.summary.ended_at = Some(SystemTime::now());
+            r.persisted = true;
+            format!(
+                "{why} {}: trial {} failed, {} attempts lost",
+                r.attempts, r.trial.id, r.attempts
+            )
+        }
+    }
+
+    /// Attempts that ended without a result since the last call (their journals go).
+    pub fn take_ended(&mut self) -> Vec<(String, u32)> {
+        std::mem::take(&mut self.ended)
+    }
+
     /// Declares workers not heard from within the timeout lost and re-queues their trials.
     /// Returns what happened, for the log.
     pub fn expire(&mut self, now: Instant) -> Vec<String> {
@@ -463,25 +617,7 @@ impl Scheduler {
                 w.host
             ));
             for i in w.running {
-                self.rows.remove(&i);
-                let r = &mut self.records[i];
-                r.summary.error = Some(format!(
-                    "worker {id} was lost during attempt {}",
-                    r.attempts
-                ));
-                if r.attempts - r.handed_back < self.policy.max_attempts {
-                    r.status = Status::Queued;
-                    self.queue.push_front(i);
-                    log.push(format!("trial {} goes back to the queue", r.trial.id));
-                } else {
-                    r.status = Status::Failed;
-                    r.summary.ended_at = Some(SystemTime::now());
-                    r.persisted = true;
-                    log.push(format!(
-                        "trial {} failed: {} attempts lost",
-                        r.trial.id, r.attempts
-                    ));
-                }
+                log.push(self.lose_attempt(i, &format!("worker {id} was lost during attempt")));
             }
         }
         log
@@ -692,7 +828,7 @@ mod tests {
         let mut s = Scheduler::new(&sweep(3), Policy::default());
         let now = Instant::now();
         let w = s.register("h", now);
-        let resp = s.poll(&w, 2, now).unwrap();
+        let resp = s.poll(&w, 2, &[], now).unwrap();
         let (got, done) = (resp.trials, resp.sweep_done);
         assert_eq!(got.len(), 2);
         assert!(!done);
@@ -700,7 +836,7 @@ mod tests {
         assert_eq!(got[0].attempt, 1);
         assert_eq!(s.progress().running, 2);
         assert!(matches!(
-            s.poll("nobody", 1, now),
+            s.poll("nobody", 1, &[], now),
             Err(Error::UnknownWorker(_))
         ));
     }
@@ -710,7 +846,7 @@ mod tests {
         let mut s = Scheduler::new(&sweep(1), Policy::default());
         let now = Instant::now();
         let w = s.register("h", now);
-        let got = s.poll(&w, 1, now).unwrap().trials;
+        let got = s.poll(&w, 1, &[], now).unwrap().trials;
         let t = got[0].trial_id.clone();
         s.metrics(batch(&w, &t, 1, 0, 1..6), now).unwrap();
         s.metrics(batch(&w, &t, 1, 0, 1..6), now).unwrap(); // a resend: ignored
@@ -760,17 +896,20 @@ mod tests {
         let mut s = Scheduler::new(&sweep(1), policy);
         let t0 = Instant::now();
         let lost = s.register("a", t0);
-        let t = s.poll(&lost, 1, t0).unwrap().trials[0].trial_id.clone();
+        let t = s.poll(&lost, 1, &[], t0).unwrap().trials[0]
+            .trial_id
+            .clone();
         s.metrics(batch(&lost, &t, 1, 0, 1..4), t0).unwrap();
         let later = t0 + Duration::from_secs(4);
         let alive = s.register("b", later);
         assert!(s.expire(later).is_empty());
-        s.poll(&alive, 0, later + Duration::from_secs(2)).unwrap();
+        s.poll(&alive, 0, &[], later + Duration::from_secs(2))
+            .unwrap();
         let log = s.expire(later + Duration::from_secs(2));
         assert_eq!(log.len(), 2, "{log:?}");
         assert_eq!(s.records()[0].status, Status::Queued);
         let again = s
-            .poll(&alive, 1, later + Duration::from_secs(2))
+            .poll(&alive, 1, &[], later + Duration::from_secs(2))
             .unwrap()
             .trials;
         assert_eq!(
@@ -802,7 +941,7 @@ mod tests {
         );
         let now = Instant::now();
         let w = s.register("h", now);
-        let got = s.poll(&w, 3, now).unwrap().trials;
+        let got = s.poll(&w, 3, &[], now).unwrap().trials;
         let ids: Vec<String> = got.iter().map(|a| a.trial_id.clone()).collect();
         let retry = pb::TrialOutcome {
             retryable: true,
@@ -819,7 +958,7 @@ mod tests {
             .finish(&outcome(&w, &ids[2], 1, pb::TrialStatus::Diverged, 0), now)
             .unwrap()
             .is_some());
-        let second = s.poll(&w, 3, now).unwrap().trials;
+        let second = s.poll(&w, 3, &[], now).unwrap().trials;
         assert_eq!(second.len(), 1);
         assert_eq!(
             (second[0].trial_id.as_str(), second[0].attempt),
@@ -851,7 +990,7 @@ mod tests {
         let mut s = Scheduler::new(&sweep(4), policy);
         let now = Instant::now();
         let bad = s.register("bad", now);
-        let got = s.poll(&bad, 2, now).unwrap().trials;
+        let got = s.poll(&bad, 2, &[], now).unwrap().trials;
         for a in &got {
             let o = pb::TrialOutcome {
                 error: "disk full".into(),
@@ -859,7 +998,7 @@ mod tests {
             };
             s.finish(&o, now).unwrap();
         }
-        let resp = s.poll(&bad, 2, now).unwrap();
+        let resp = s.poll(&bad, 2, &[], now).unwrap();
         assert!(resp.retired && resp.trials.is_empty(), "{resp:?}");
         assert!(resp.reason.contains("disk full"), "{}", resp.reason);
 
@@ -867,7 +1006,7 @@ mod tests {
         // still has its retries.
         let good = s.register("good", now);
         for _ in 0..3 {
-            let a = s.poll(&good, 1, now).unwrap().trials.remove(0);
+            let a = s.poll(&good, 1, &[], now).unwrap().trials.remove(0);
             let o = pb::TrialOutcome {
                 handed_back: true,
                 retryable: true,
@@ -875,7 +1014,7 @@ mod tests {
             };
             assert!(s.finish(&o, now).unwrap().is_none());
         }
-        let a = s.poll(&good, 1, now).unwrap().trials.remove(0);
+        let a = s.poll(&good, 1, &[], now).unwrap().trials.remove(0);
         let o = pb::TrialOutcome {
             retryable: true,
             ..outcome(&good, &a.trial_id, a.attempt, pb::TrialStatus::Failed, 0)
@@ -885,8 +1024,94 @@ mod tests {
             "one real failure of two allowed: queued again"
         );
         assert!(
-            !s.poll(&good, 1, now).unwrap().retired,
+            !s.poll(&good, 1, &[], now).unwrap().retired,
             "hand-backs are no failures of the worker"
         );
+    }
+
+    fn lease(a: &pb::TrialAssignment) -> pb::AttemptRef {
+        pb::AttemptRef {
+            trial_id: a.trial_id.clone(),
+            attempt: a.attempt,
+        }
+    }
+
+    #[test]
+    fn a_trial_the_worker_does_not_list_as_running_goes_back_to_the_queue() {
+        let mut s = Scheduler::new(&sweep(2), Policy::default());
+        let now = Instant::now();
+        let w = s.register("h", now);
+        let got = s.poll(&w, 2, &[], now).unwrap().trials;
+        // The worker only received the first (the response was cut, say): the second is lost.
+        let resp = s.poll(&w, 0, &[lease(&got[0])], now).unwrap();
+        assert!(resp.trials.is_empty());
+        assert_eq!(s.records()[0].status, Status::Running);
+        assert_eq!(s.records()[1].status, Status::Queued);
+        assert_eq!(s.take_ended(), vec![(got[1].trial_id.clone(), 1)]);
+        let again = s.poll(&w, 1, &[lease(&got[0])], now).unwrap().trials;
+        assert_eq!(
+            (again[0].trial_id.as_str(), again[0].attempt),
+            (got[1].trial_id.as_str(), 2)
+        );
+    }
+
+    #[test]
+    fn a_journaled_attempt_carries_on_when_its_worker_registers_again() {
+        let policy = Policy {
+            worker_timeout: Duration::from_secs(5),
+            ..Policy::default()
+        };
+        let mut s = Scheduler::new(&sweep(2), policy.clone());
+        let now = Instant::now();
+        let w = s.register("h", now);
+        let got = s.poll(&w, 2, &[], now).unwrap().trials;
+        let t = got[0].trial_id.clone();
+        let header = pb::JournalHeader {
+            trial_id: t.clone(),
+            attempt: 1,
+            worker_id: w.clone(),
+            host: "h".into(),
+            started_at_ms: 1,
+        };
+        let journaled = vec![batch(&w, &t, 1, 1, 4..6), batch(&w, &t, 1, 0, 1..4)];
+
+        // A new coordinator reads the journal.
+        let mut s = Scheduler::new(&sweep(2), policy);
+        assert!(s.reattach(&header, journaled, now));
+        assert!(
+            !s.reattach(&header, Vec::new(), now),
+            "a trial is taken back once"
+        );
+        assert_eq!(s.progress().running, 1);
+        assert_eq!(
+            s.register_again("h", &w, now),
+            w,
+            "the worker gets its id back"
+        );
+        let other = s.register_again("g", "w1-g", now);
+        assert!(other != w && other != "w1-g", "{other}");
+        s.metrics(batch(&w, &t, 1, 1, 4..6), now).unwrap(); // a resend: ignored
+        s.metrics(batch(&w, &t, 1, 2, 6..11), now).unwrap();
+        let done = s
+            .finish(&outcome(&w, &t, 1, pb::TrialStatus::Completed, 3), now)
+            .unwrap()
+            .unwrap();
+        let steps: Vec<u64> = done.rows.train.iter().map(|r| r.step).collect();
+        assert_eq!(steps, (1..11).collect::<Vec<_>>());
+        assert_eq!(s.records()[done.index].attempts, 1);
+
+        // A journaled attempt whose worker never comes back goes back to the queue.
+        let mut s = Scheduler::new(
+            &sweep(2),
+            Policy {
+                worker_timeout: Duration::from_secs(5),
+                ..Policy::default()
+            },
+        );
+        assert!(s.reattach(&header, Vec::new(), now));
+        let log = s.expire(now + Duration::from_secs(6));
+        assert_eq!(log.len(), 2, "{log:?}");
+        let r = &s.records()[s.by_id[&t]];
+        assert_eq!((r.status, r.attempts), (Status::Queued, 1));
     }
 }

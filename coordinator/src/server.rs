@@ -12,6 +12,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::error::{Error, Result};
 use crate::progress::Reporter;
+use crate::results::journal::Journal;
 use crate::results::ResultsDir;
 use crate::scheduler::{Policy, Progress, Scheduler};
 use crate::service::{CoordinatorService, Shared};
@@ -77,7 +78,26 @@ pub async fn run_sweep(
             sweep.trials.len()
         );
     }
-    let shared = Shared::new(scheduler, results);
+    let (journal, running) = Journal::open(&results.dir().join("journal"))?;
+    let mut running = running;
+    // The newest attempt of a trial wins; older journals are stale.
+    running.sort_by_key(|r| std::cmp::Reverse(r.header.attempt));
+    let mut reattached = 0;
+    for r in running {
+        let (trial, attempt) = (r.header.trial_id.clone(), r.header.attempt);
+        if scheduler.reattach(&r.header, r.batches, Instant::now()) {
+            reattached += 1;
+        } else {
+            journal.end(&trial, attempt);
+        }
+    }
+    if reattached > 0 {
+        eprintln!(
+            "bnsweep: {reattached} trial(s) were running: their workers have {:?} to come back before they run again",
+            scheduler.policy.worker_timeout
+        );
+    }
+    let shared = Shared::new(scheduler, results, journal);
     shared.write_trials()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let service = pb::coordinator_server::CoordinatorServer::new(CoordinatorService::new(
@@ -153,6 +173,7 @@ async fn watch(shared: &Arc<Shared>, local: &mut [Child]) -> Result<Progress> {
             tracing::warn!("{line}");
         }
         if !lost.is_empty() {
+            shared.end_journals();
             shared.write_trials()?;
         }
         if done {

@@ -2,12 +2,13 @@
 //! [`Scheduler`], and writes result files outside the scheduler's lock.
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bnsweep_proto as pb;
 use tonic::{Request, Response, Status};
 
 use crate::error::{Error, Result};
+use crate::results::journal::Journal;
 use crate::results::ResultsDir;
 use crate::scheduler::{Finished, Scheduler};
 
@@ -18,15 +19,18 @@ pub const MAX_ROWS_PER_BATCH: usize = 100_000;
 pub struct Shared {
     pub scheduler: Mutex<Scheduler>,
     pub results: ResultsDir,
+    /// The rows of the attempts running now, on disk.
+    pub journal: Journal,
     /// Held while `trials.parquet` is rewritten, so that two rewrites never interleave.
     write_lock: Mutex<()>,
 }
 
 impl Shared {
-    pub fn new(scheduler: Scheduler, results: ResultsDir) -> Arc<Shared> {
+    pub fn new(scheduler: Scheduler, results: ResultsDir, journal: Journal) -> Arc<Shared> {
         Arc::new(Shared {
             scheduler: Mutex::new(scheduler),
             results,
+            journal,
             write_lock: Mutex::new(()),
         })
     }
@@ -55,7 +59,16 @@ impl Shared {
             s.persisted(finished.index);
         }
         self.write_trials()?;
+        self.journal.end(&record.trial.id, record.attempts);
         written
+    }
+
+    /// Removes the journals of attempts that ended without a result.
+    pub fn end_journals(&self) {
+        let ended = self.scheduler().take_ended();
+        for (trial, attempt) in ended {
+            self.journal.end(&trial, attempt);
+        }
     }
 }
 
@@ -109,8 +122,12 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             "`slots` must be in [1, 1024]",
         )?;
         check_id("host", &req.host)?;
+        require(
+            req.previous_worker_id.len() <= 128,
+            "`previous_worker_id` must be at most 128 characters",
+        )?;
         let mut s = self.shared.scheduler();
-        let worker_id = s.register(&req.host, Instant::now());
+        let worker_id = s.register_again(&req.host, &req.previous_worker_id, Instant::now());
         tracing::info!(worker = %worker_id, devices = ?req.devices, slots = req.slots, "worker registered");
         Ok(Response::new(pb::RegisterResponse {
             worker_id,
@@ -125,10 +142,33 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         let req = req.into_inner();
         check_id("worker_id", &req.worker_id)?;
         require(req.free_slots <= 1024, "`free_slots` must be <= 1024")?;
-        let resp = self
-            .shared
-            .scheduler()
-            .poll(&req.worker_id, req.free_slots, Instant::now())?;
+        require(
+            req.running.len() <= 1024,
+            "`running` lists at most 1024 attempts",
+        )?;
+        for a in &req.running {
+            check_id("running.trial_id", &a.trial_id)?;
+        }
+        let resp = {
+            let mut s = self.shared.scheduler();
+            let resp = s.poll(&req.worker_id, req.free_slots, &req.running, Instant::now())?;
+            for t in &resp.trials {
+                // Journaled before the worker hears of it: a restarted coordinator knows the
+                // lease. Should this fail, the worker never gets the trial and its next poll
+                // gives it back.
+                self.shared.journal.begin(&pb::JournalHeader {
+                    trial_id: t.trial_id.clone(),
+                    attempt: t.attempt,
+                    worker_id: req.worker_id.clone(),
+                    host: s.host_of(&req.worker_id).unwrap_or_default(),
+                    started_at_ms: SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64),
+                })?;
+            }
+            resp
+        };
+        self.shared.end_journals();
         if resp.retired {
             tracing::warn!(worker = %req.worker_id, "out of rotation: {}", resp.reason);
         }
@@ -154,7 +194,12 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                 <= MAX_ROWS_PER_BATCH,
             &format!("a metric batch holds at most {MAX_ROWS_PER_BATCH} rows"),
         )?;
-        self.shared.scheduler().metrics(batch, Instant::now())?;
+        let mut s = self.shared.scheduler();
+        if s.is_new_batch(&batch)? {
+            // On disk before it is acknowledged: no acknowledged row is lost to a crash.
+            self.shared.journal.append(&batch)?;
+        }
+        s.metrics(batch, Instant::now())?;
         Ok(Response::new(pb::MetricsAck {}))
     }
 
@@ -200,6 +245,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         let status = pb::TrialStatus::try_from(outcome.status)
             .map(|s| s.as_str_name())
             .unwrap_or("?");
+        self.shared.end_journals();
         match finished {
             None => {
                 tracing::warn!(trial = %outcome.trial_id, error = %outcome.error, "attempt failed; trial re-queued")

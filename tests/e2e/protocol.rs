@@ -39,6 +39,7 @@ fn bad_requests_are_refused_and_the_coordinator_keeps_serving() {
             devices: vec!["cpu".into()],
             slots,
             version: version.into(),
+            ..Default::default()
         };
         assert_eq!(
             code(c.register(reg("0.0.0-other", 1)).await),
@@ -51,6 +52,7 @@ fn bad_requests_are_refused_and_the_coordinator_keeps_serving() {
         let poll = |worker_id: &str| pb::PollWorkRequest {
             worker_id: worker_id.into(),
             free_slots: 1,
+            ..Default::default()
         };
         assert_eq!(code(c.poll_work(poll("")).await), Code::InvalidArgument);
         assert_eq!(code(c.poll_work(poll("w99-nobody")).await), Code::NotFound);

@@ -277,8 +277,10 @@ fn interrupt_a_worker_mid_trial(signal: &str) -> std::process::ExitStatus {
     exited
 }
 
-/// kill -9 of the coordinator mid-sweep: started again on the same directory it resumes; the
-/// worker reconnects by itself; what was finished is neither lost nor run again.
+/// kill -9 of the coordinator mid-sweep, while a trial runs: started again on the same
+/// directory it resumes; the worker reconnects by itself and its running trial carries on
+/// from the journal under the same attempt; what was finished is neither lost nor run again,
+/// and every row is in the results exactly once.
 #[test]
 fn a_killed_coordinator_resumes_without_losing_or_rerunning_trials() {
     let dir = tempfile::tempdir().unwrap();
@@ -324,6 +326,29 @@ fn a_killed_coordinator_resumes_without_losing_or_rerunning_trials() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // ... and for the next trial to be leased and have rows in its journal.
+    let journal = dir.path().join("out/journal");
+    let done_id = done_first
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let journaled = || {
+        std::fs::read_dir(&journal)
+            .map(|d| {
+                d.flatten().any(|e| {
+                    e.path().extension().is_some_and(|x| x == "journal")
+                        && !e.file_name().to_string_lossy().starts_with(&done_id)
+                        && e.metadata().is_ok_and(|m| m.len() > 200)
+                })
+            })
+            .unwrap_or(false)
+    };
+    while !journaled() {
+        assert!(Instant::now() < deadline, "no running trial sent rows");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     first.kill().unwrap();
     first.wait().unwrap();
     let written = std::fs::metadata(&done_first).unwrap().modified().unwrap();
@@ -346,16 +371,17 @@ fn a_killed_coordinator_resumes_without_losing_or_rerunning_trials() {
         &["--trials", "3", "--steps", "150", "--eval-every", "50"],
     );
     assert!(checked.ok(), "{checked:?}");
-    let id = done_first.file_stem().unwrap().to_str().unwrap();
     let attempts = run(Command::new(bnsweep_e2e::python()).args([
         "-c",
-        "import sys, pyarrow.parquet as pq; print({r['trial_id']: r['attempts'] for r in pq.read_table(sys.argv[1]).to_pylist()}[sys.argv[2]])",
+        "import sys, pyarrow.parquet as pq; print(sorted(r['attempts'] for r in pq.read_table(sys.argv[1]).to_pylist()))",
         results.join("trials.parquet").to_str().unwrap(),
-        id,
     ]));
     assert_eq!(
         attempts.stdout.trim(),
-        "1",
-        "the finished trial ran again: {attempts:?}"
+        "[1, 1, 1]",
+        "a trial ran again: {attempts:?}"
     );
+    assert!(stderr.contains("were running"), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(&journal).unwrap().flatten().collect();
+    assert!(left.is_empty(), "journals left behind: {left:?}");
 }

@@ -103,17 +103,28 @@ async fn connect(cfg: &Config) -> Result<Client> {
     }
 }
 
-async fn register(client: &mut Client, cfg: &Config) -> Result<(String, Duration)> {
+/// Registers; `previous` is the id this worker had (empty the first time), which the
+/// coordinator gives back when it still holds leases for it (after its own restart).
+async fn register(client: &mut Client, cfg: &Config, previous: &str) -> Result<(String, Duration)> {
     let resp = client
         .register(pb::RegisterRequest {
             host: cfg.name.clone(),
             devices: vec![device::name(cfg.device)],
             slots: cfg.slots,
             version: pb::PROTOCOL_VERSION.into(),
+            previous_worker_id: previous.to_string(),
         })
         .await?
         .into_inner();
-    tracing::info!(worker = %resp.worker_id, "registered with {}", cfg.url);
+    if previous.is_empty() || previous == resp.worker_id {
+        tracing::info!(worker = %resp.worker_id, "registered with {}", cfg.url);
+    } else {
+        tracing::warn!(
+            worker = %resp.worker_id,
+            "registered again with {} under a new id: the trials running as {previous} stop",
+            cfg.url
+        );
+    }
     Ok((
         resp.worker_id,
         Duration::from_millis(u64::from(resp.poll_interval_ms.max(50))),
@@ -126,7 +137,12 @@ async fn register(client: &mut Client, cfg: &Config) -> Result<(String, Duration
 /// coordinator (they run again elsewhere, not counted as failures) and exits.
 pub async fn run(cfg: Config) -> Result<()> {
     let mut client = connect(&cfg).await?;
-    let (mut worker_id, mut poll_every) = register(&mut client, &cfg).await?;
+    let (id, mut poll_every) = register(&mut client, &cfg, "").await?;
+    let me = Arc::new(Identity {
+        id: Mutex::new(id),
+        leases: Mutex::new(Vec::new()),
+        patience: cfg.patience,
+    });
     let running = Arc::new(AtomicUsize::new(0));
     let wake = Arc::new(Notify::new());
     let cache = Arc::new(DataCache::default());
@@ -155,12 +171,13 @@ pub async fn run(cfg: Config) -> Result<()> {
         }
         let taking = !shutdown.load(Ordering::SeqCst) && retired.is_none();
         let request = pb::PollWorkRequest {
-            worker_id: worker_id.clone(),
+            worker_id: me.id(),
             free_slots: if taking {
                 cfg.slots.saturating_sub(busy)
             } else {
                 0
             },
+            running: me.leases(),
         };
         match client.poll_work(request).await {
             Ok(resp) => {
@@ -176,12 +193,12 @@ pub async fn run(cfg: Config) -> Result<()> {
                 }
                 for assignment in resp.trials {
                     running.fetch_add(1, Ordering::SeqCst);
-                    let (client, worker_id, cache) =
-                        (client.clone(), worker_id.clone(), cache.clone());
+                    me.lease(&assignment, true);
+                    let (client, me, cache) = (client.clone(), me.clone(), cache.clone());
                     let (running, wake, device) = (running.clone(), wake.clone(), cfg.device);
                     let shutdown = shutdown.clone();
                     tokio::spawn(async move {
-                        run_trial(client, worker_id, assignment, device, cache, shutdown).await;
+                        run_trial(client, &me, assignment, device, cache, shutdown).await;
                         running.fetch_sub(1, Ordering::SeqCst);
                         wake.notify_one();
                     });
@@ -197,7 +214,10 @@ pub async fn run(cfg: Config) -> Result<()> {
                     "coordinator does not know this worker ({}); registering again",
                     s.message()
                 );
-                (worker_id, poll_every) = register(&mut client, &cfg).await?;
+                let previous = me.id();
+                let (id, every) = register(&mut client, &cfg, &previous).await?;
+                poll_every = every;
+                *me.id.lock().unwrap_or_else(|e| e.into_inner()) = id;
             }
             Err(s) if last_contact.elapsed() > cfg.patience => return Err(s.into()),
             Err(s) => tracing::warn!("poll failed: {}; retrying", s.message()),
@@ -205,6 +225,41 @@ pub async fn run(cfg: Config) -> Result<()> {
         tokio::select! {
             _ = tokio::time::sleep(poll_every) => {}
             _ = wake.notified() => {}
+        }
+    }
+}
+
+/// Who this worker is to the coordinator, and the attempts it holds: shared by the poll loop
+/// and the trials.
+struct Identity {
+    id: Mutex<String>,
+    /// Attempts running, or ended without their outcome acknowledged: listed in every poll.
+    leases: Mutex<Vec<pb::AttemptRef>>,
+    /// How long the coordinator may stay unreachable.
+    patience: Duration,
+}
+
+impl Identity {
+    fn id(&self) -> String {
+        self.id.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn leases(&self) -> Vec<pb::AttemptRef> {
+        self.leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Adds (`held`) or drops an attempt.
+    fn lease(&self, a: &pb::TrialAssignment, held: bool) {
+        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        leases.retain(|l| l.trial_id != a.trial_id || l.attempt != a.attempt);
+        if held {
+            leases.push(pb::AttemptRef {
+                trial_id: a.trial_id.clone(),
+                attempt: a.attempt,
+            });
         }
     }
 }
@@ -232,9 +287,24 @@ async fn stop_signal() {
 }
 
 async fn run_trial(
-    mut client: Client,
-    worker_id: String,
+    client: Client,
+    me: &Identity,
     a: pb::TrialAssignment,
+    device: Device,
+    cache: Arc<DataCache>,
+    shutdown: Arc<AtomicBool>,
+) {
+    let worker_id = me.id();
+    run_attempt(client, me, &worker_id, &a, device, cache, shutdown).await;
+    me.lease(&a, false);
+}
+
+/// Trains one attempt and reports it; returns once the outcome is acknowledged or cannot be.
+async fn run_attempt(
+    mut client: Client,
+    me: &Identity,
+    worker_id: &str,
+    a: &pb::TrialAssignment,
     device: Device,
     cache: Arc<DataCache>,
     shutdown: Arc<AtomicBool>,
@@ -277,7 +347,7 @@ async fn run_trial(
     });
 
     let mut batch = pb::MetricsBatch {
-        worker_id: worker_id.clone(),
+        worker_id: worker_id.to_string(),
         trial_id: a.trial_id.clone(),
         attempt: a.attempt,
         ..Default::default()
@@ -318,7 +388,7 @@ async fn run_trial(
                 ..Default::default()
             };
             let sending = std::mem::replace(&mut batch, next);
-            if let Err(e) = send_metrics(&mut client, sending).await {
+            if let Err(e) = send_metrics(&mut client, me, worker_id, sending).await {
                 tracing::error!("abandoning the trial: {e}");
                 abandon.store(true, Ordering::SeqCst);
                 return;
@@ -341,7 +411,7 @@ async fn run_trial(
         Err(e) => tracing::error!("failed: {e}"),
     }
     let outcome = pb::TrialOutcome {
-        worker_id,
+        worker_id: worker_id.to_string(),
         trial_id: a.trial_id.clone(),
         attempt: a.attempt,
         status: status as i32,
@@ -351,7 +421,7 @@ async fn run_trial(
         batches_sent: seq,
         handed_back,
     };
-    if let Err(e) = retry(|| {
+    if let Err(e) = retry(me, worker_id, || {
         let mut c = client.clone();
         let o = outcome.clone();
         async move { c.finish_trial(o).await.map(|_| ()) }
@@ -362,8 +432,13 @@ async fn run_trial(
     }
 }
 
-async fn send_metrics(client: &mut Client, batch: pb::MetricsBatch) -> Result<()> {
-    retry(|| {
+async fn send_metrics(
+    client: &mut Client,
+    me: &Identity,
+    worker_id: &str,
+    batch: pb::MetricsBatch,
+) -> Result<()> {
+    retry(me, worker_id, || {
         let mut c = client.clone();
         let b = batch.clone();
         async move { c.report_metrics(b).await.map(|_| ()) }
@@ -371,31 +446,33 @@ async fn send_metrics(client: &mut Client, batch: pb::MetricsBatch) -> Result<()
     .await
 }
 
-/// Retries a call while the coordinator is unreachable or busy, for up to a minute.
-async fn retry<F, Fut>(mut call: F) -> Result<()>
+/// Retries a call of an attempt while the coordinator is unreachable or busy, or does not
+/// know this worker while it registers again under the same id (the coordinator restarted),
+/// for up to the worker's patience. Any other answer is final.
+async fn retry<F, Fut>(me: &Identity, worker_id: &str, mut call: F) -> Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), tonic::Status>>,
 {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + me.patience;
     let mut wait = Duration::from_millis(100);
     loop {
-        match call().await {
+        let s = match call().await {
             Ok(()) => return Ok(()),
-            Err(s)
-                if matches!(
-                    s.code(),
-                    Code::Unavailable | Code::ResourceExhausted | Code::Unknown
-                ) && Instant::now() < deadline =>
-            {
-                tracing::warn!(
-                    "coordinator busy or unreachable ({}); retrying",
-                    s.message()
-                );
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
-            Err(s) => return Err(s.into()),
+            Err(s) => s,
+        };
+        let passing = matches!(
+            s.code(),
+            Code::Unavailable | Code::ResourceExhausted | Code::Unknown
+        ) || (s.code() == Code::NotFound && me.id() == worker_id);
+        if !passing || Instant::now() >= deadline {
+            return Err(s.into());
         }
+        tracing::warn!(
+            "coordinator busy, unreachable or restarting ({}); retrying",
+            s.message()
+        );
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
     }
 }

@@ -6,12 +6,14 @@
 //! DIR/train/<trial_id>.parquet one row per training step
 //! DIR/eval/<trial_id>.parquet  one row per evaluation
 //! DIR/logs/                    logs of the local workers (`bnsweep run`)
+//! DIR/journal/                 rows of the attempts running now (see `journal`)
 //! ```
 //!
 //! Every file appears whole or not at all: it is written under a temporary name and renamed.
 //! A sweep run again on its own directory resumes: the trials `trials.parquet` records as
 //! finished, whose files are there, are not run again.
 
+pub mod journal;
 mod tables;
 
 use std::fs;
