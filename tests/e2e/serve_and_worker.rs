@@ -385,3 +385,81 @@ fn a_killed_coordinator_resumes_without_losing_or_rerunning_trials() {
     let left: Vec<_> = std::fs::read_dir(&journal).unwrap().flatten().collect();
     assert!(left.is_empty(), "journals left behind: {left:?}");
 }
+
+/// A worker's connection cut for less than the worker timeout: the worker retries, its lease
+/// holds, and the trial completes in its first attempt with every row exactly once.
+#[test]
+fn a_short_network_cut_costs_nothing() {
+    let attempts = cut_the_network_mid_trial(Duration::from_secs(2), "10");
+    assert_eq!(attempts, "1 w1-flaky", "the lease should have held");
+}
+
+/// A worker's connection cut for longer than the worker timeout: its trial goes back to the
+/// queue; the worker, reconnected, registers again under a new id, drops the stale attempt
+/// and runs the trial again; the rows of the lost attempt are not in the results.
+#[test]
+fn a_long_network_cut_loses_the_lease_but_no_row_is_doubled() {
+    let attempts = cut_the_network_mid_trial(Duration::from_secs(6), "2");
+    assert_eq!(attempts, "2 w2-flaky");
+}
+
+/// Runs a one-trial sweep through a [`Proxy`], cuts the worker's connection for `cut` in the
+/// middle of the trial, checks the results and returns the trial's "attempts worker".
+fn cut_the_network_mid_trial(cut: Duration, worker_timeout: &str) -> String {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let text = "name: cut\nparameters:\n  lr: [0.05]\ntrain:\n  model: {width: 0.125}\n  dataset: {train_size: 512, test_size: 64}\n  batch_size: 64\n  steps: 300\n  eval_every: 100\n";
+    std::fs::write(dir.path().join("cut.yaml"), text).unwrap();
+    let (addr, _) = free_addr();
+    let mut serve = serve_command(
+        dir.path(),
+        "cut.yaml",
+        &addr,
+        "out",
+        &["--worker-timeout", worker_timeout],
+    )
+    .spawn()
+    .unwrap();
+    let proxy = bnsweep_e2e::Proxy::start(&addr);
+    let mut worker = Command::new(bin("bnsweep-worker"))
+        .args([
+            "--coordinator",
+            &proxy.url(),
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--name",
+            "flaky",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(worker.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().contains("starting on cpu") {
+            break;
+        }
+    }
+    let log = std::thread::spawn(move || lines.map_while(|l| l.ok()).collect::<Vec<_>>());
+    std::thread::sleep(Duration::from_millis(1500));
+    proxy.cut();
+    std::thread::sleep(cut);
+    proxy.restore();
+    let exited = worker.wait().unwrap();
+    let log = log.join().unwrap().join("\n");
+    assert!(exited.success(), "{log}");
+    assert!(serve.wait().unwrap().success(), "{log}");
+    let out = dir.path().join("out");
+    let checked = check_results(
+        &out,
+        &["--trials", "1", "--steps", "300", "--eval-every", "100"],
+    );
+    assert!(checked.ok(), "{checked:?}\n{log}");
+    let attempts = run(Command::new(bnsweep_e2e::python()).args([
+        "-c",
+        "import sys, pyarrow.parquet as pq; t = pq.read_table(sys.argv[1]).to_pylist()[0]; print(t['attempts'], t['worker'])",
+        out.join("trials.parquet").to_str().unwrap(),
+    ]));
+    attempts.stdout.trim().to_string()
+}

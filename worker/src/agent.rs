@@ -461,9 +461,15 @@ where
             Ok(()) => return Ok(()),
             Err(s) => s,
         };
+        // A cut connection shows as UNAVAILABLE, CANCELLED (a call in flight when it closed)
+        // or UNKNOWN; the coordinator itself never answers CANCELLED or DEADLINE_EXCEEDED.
         let passing = matches!(
             s.code(),
-            Code::Unavailable | Code::ResourceExhausted | Code::Unknown
+            Code::Unavailable
+                | Code::Cancelled
+                | Code::DeadlineExceeded
+                | Code::ResourceExhausted
+                | Code::Unknown
         ) || (s.code() == Code::NotFound && me.id() == worker_id);
         if !passing || Instant::now() >= deadline {
             return Err(s.into());
