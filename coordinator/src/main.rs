@@ -32,21 +32,13 @@ enum Command {
     /// Stop a running sweep cleanly: no more trials go out, workers give theirs back and exit,
     /// and the coordinator exits (status 130) leaving a directory that resumes.
     Cancel {
-        /// The coordinator's address, e.g. http://10.0.0.5:50051.
-        #[arg(long, env = "BNSWEEP_COORDINATOR")]
-        coordinator: String,
-        /// The coordinator's shared token, if it has one.
-        #[arg(long, env = "BNSWEEP_TOKEN", hide_env_values = true)]
-        token: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
     },
     /// Show where a running sweep stands: trials by state, progress, ETA, and each worker.
     Status {
-        /// The coordinator's address, e.g. http://10.0.0.5:50051.
-        #[arg(long, env = "BNSWEEP_COORDINATOR")]
-        coordinator: String,
-        /// The coordinator's shared token, if it has one.
-        #[arg(long, env = "BNSWEEP_TOKEN", hide_env_values = true)]
-        token: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
     },
     /// Check a sweep file and print its trials; runs nothing.
     ///
@@ -97,6 +89,12 @@ enum Command {
         /// Required when listening on anything but loopback.
         #[arg(long, env = "BNSWEEP_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// Serve TLS with this certificate chain (PEM); workers then use https:// URLs.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key (PEM) of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
 }
 
@@ -112,8 +110,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate { file } => validate(&file),
-        Command::Status { coordinator, token } => status(&coordinator, token),
-        Command::Cancel { coordinator, token } => cancel(&coordinator, token),
+        Command::Status { remote } => status(&remote),
+        Command::Cancel { remote } => cancel(&remote),
         Command::Run {
             file,
             out,
@@ -127,7 +125,12 @@ fn main() -> ExitCode {
             out,
             worker_timeout,
             token,
-        } => serve(&file, listen, &out, worker_timeout, token),
+            tls_cert,
+            tls_key,
+        } => {
+            let tls = tls_cert.zip(tls_key);
+            serve(&file, listen, &out, worker_timeout, token, tls)
+        }
     };
     match result {
         Ok(code) => code,
@@ -197,53 +200,47 @@ fn validate(file: &Path) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A client of the coordinator at `url`, sending `token` with every call.
-async fn client(
-    url: &str,
+/// How `bnsweep status` and `bnsweep cancel` reach a coordinator.
+#[derive(clap::Args)]
+struct Remote {
+    /// The coordinator's address, e.g. http://10.0.0.5:50051 (https://... for one serving TLS).
+    #[arg(long, env = "BNSWEEP_COORDINATOR")]
+    coordinator: String,
+    /// The coordinator's shared token, if it has one.
+    #[arg(long, env = "BNSWEEP_TOKEN", hide_env_values = true)]
     token: Option<String>,
-) -> Result<
-    bnsweep_proto::coordinator_client::CoordinatorClient<
-        tonic::service::interceptor::InterceptedService<
-            tonic::transport::Channel,
-            impl tonic::service::Interceptor,
-        >,
-    >,
-    Error,
-> {
-    use bnsweep_proto as pb;
-    let channel = tonic::transport::Channel::from_shared(url.to_string())
-        .map_err(|e| unreachable_at(url, e.to_string()))?
-        .connect_timeout(Duration::from_secs(5))
+    /// For an https:// coordinator: the PEM certificate its certificate must chain to.
+    /// Default: the system's trusted roots.
+    #[arg(long, env = "BNSWEEP_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+}
+
+/// A client of the coordinator, sending the token with every call.
+async fn client(r: &Remote) -> Result<bnsweep_proto::client::Client, Error> {
+    use bnsweep_proto::client;
+    let url = &r.coordinator;
+    let ca = match &r.tls_ca {
+        Some(p) => Some(std::fs::read(p).map_err(|e| Error::io(p, e))?),
+        None => None,
+    };
+    let channel = client::endpoint(url, ca.as_deref())
+        .map_err(Error::Refused)?
         .connect()
         .await
-        .map_err(|e| unreachable_at(url, e.to_string()))?;
-    let header: Option<tonic::metadata::AsciiMetadataValue> = match token.filter(|t| !t.is_empty())
-    {
-        None => None,
-        Some(t) => Some(
-            pb::auth::bearer(&t)
-                .parse()
-                .map_err(|_| Error::Refused("--token must be printable ASCII".into()))?,
-        ),
-    };
-    Ok(pb::coordinator_client::CoordinatorClient::with_interceptor(
-        channel,
-        move |mut req: tonic::Request<()>| {
-            if let Some(v) = &header {
-                req.metadata_mut().insert(pb::auth::HEADER, v.clone());
-            }
-            Ok(req)
-        },
-    ))
+        .map_err(|e| unreachable_at(url, bnsweep_proto::error_chain(&e)))?;
+    let auth = client::Auth::new(r.token.as_deref())
+        .map_err(|e| Error::Refused(format!("--token: {e}")))?;
+    Ok(client::new(channel, auth))
 }
 
 fn unreachable_at(url: &str, e: String) -> Error {
     Error::Refused(format!("cannot reach the coordinator at {url}: {e}"))
 }
 
-fn cancel(url: &str, token: Option<String>) -> Result<ExitCode, Error> {
+fn cancel(remote: &Remote) -> Result<ExitCode, Error> {
+    let url = &remote.coordinator;
     let resp = runtime()?.block_on(async {
-        client(url, token)
+        client(remote)
             .await?
             .cancel(bnsweep_proto::CancelRequest {})
             .await
@@ -257,10 +254,11 @@ fn cancel(url: &str, token: Option<String>) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn status(url: &str, token: Option<String>) -> Result<ExitCode, Error> {
+fn status(remote: &Remote) -> Result<ExitCode, Error> {
     use bnsweep::progress::human;
+    let url = &remote.coordinator;
     let s = runtime()?.block_on(async {
-        client(url, token)
+        client(remote)
             .await?
             .status(bnsweep_proto::StatusRequest {})
             .await
@@ -375,7 +373,8 @@ fn run(
             poll_interval: Duration::from_millis(200),
             ..Policy::default()
         };
-        server::run_sweep(&sweep, results, priors, listener, policy, None, children).await
+        let access = server::Access::default();
+        server::run_sweep(&sweep, results, priors, listener, policy, access, children).await
     })?;
     Ok(report(&summary, &out))
 }
@@ -406,8 +405,14 @@ fn serve(
     out: &Path,
     worker_timeout: u64,
     token: Option<String>,
+    tls: Option<(PathBuf, PathBuf)>,
 ) -> Result<ExitCode, Error> {
     let token = token.filter(|t| !t.is_empty());
+    let identity = match &tls {
+        None => None,
+        Some((cert, key)) => Some(server::Access::tls_identity(cert, key)?),
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     if token.is_none() && !listen.ip().is_loopback() {
         return Err(Error::Refused(format!(
             "--listen {listen} accepts connections from other machines, so it needs a shared token: \
@@ -421,7 +426,7 @@ fn serve(
         let listener = server::bind(listen).await?;
         let addr = listener.local_addr().map_err(|e| Error::io("listener", e))?;
         eprintln!(
-            "bnsweep: serving sweep `{}` ({} trials) on {addr}; start workers with `bnsweep-worker --coordinator http://{addr}`",
+            "bnsweep: serving sweep `{}` ({} trials) on {addr}; start workers with `bnsweep-worker --coordinator {scheme}://{addr}`",
             sweep.name,
             sweep.trials.len()
         );
@@ -429,7 +434,8 @@ fn serve(
             worker_timeout: Duration::from_secs(worker_timeout.max(1)),
             ..Policy::default()
         };
-        server::run_sweep(&sweep, results, priors, listener, policy, token, Vec::new()).await
+        let access = server::Access { token, tls: identity };
+        server::run_sweep(&sweep, results, priors, listener, policy, access, Vec::new()).await
     })?;
     Ok(report(&summary, out))
 }

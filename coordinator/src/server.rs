@@ -2,6 +2,7 @@
 //! progress display, and the end of the sweep.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,34 @@ impl tonic::service::Interceptor for TokenCheck {
     }
 }
 
+/// Who may call the coordinator, and how.
+#[derive(Default)]
+pub struct Access {
+    /// The shared token every call must carry.
+    pub token: Option<String>,
+    /// Serve TLS with this certificate and key.
+    pub tls: Option<tonic::transport::Identity>,
+}
+
+impl Access {
+    /// Reads a TLS certificate chain and key (PEM) and checks that they make a server
+    /// configuration, naming the files when they do not.
+    pub fn tls_identity(cert: &Path, key: &Path) -> Result<tonic::transport::Identity> {
+        let read = |p: &Path| std::fs::read(p).map_err(|e| Error::io(p, e));
+        let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
+        tonic::transport::Server::builder()
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity.clone()))
+            .map_err(|e| {
+                Error::Refused(format!(
+                    "--tls-cert {} / --tls-key {}: not a usable certificate and key: {e}",
+                    cert.display(),
+                    key.display()
+                ))
+            })?;
+        Ok(identity)
+    }
+}
+
 /// Binds the listening socket (port 0 picks a free one).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     TcpListener::bind(addr)
@@ -64,7 +93,7 @@ pub async fn run_sweep(
     priors: Vec<crate::results::Prior>,
     listener: TcpListener,
     policy: Policy,
-    token: Option<String>,
+    access: Access,
     mut local: Vec<Child>,
 ) -> Result<Summary> {
     let start = Instant::now();
@@ -104,15 +133,22 @@ pub async fn run_sweep(
         shared.clone(),
         &sweep.name,
     ))
-    .max_decoding_message_size(64 * 1024 * 1024);
-    let service = tonic::service::interceptor::InterceptedService::new(service, TokenCheck(token));
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                let _ = stop_rx.await;
-            }),
-    );
+    .max_decoding_message_size(pb::client::MAX_MESSAGE)
+    .max_encoding_message_size(pb::client::MAX_MESSAGE);
+    let service =
+        tonic::service::interceptor::InterceptedService::new(service, TokenCheck(access.token));
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(identity) = access.tls {
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|e| Error::Refused(format!("TLS certificate or key: {e}")))?;
+    }
+    let server = tokio::spawn(builder.add_service(service).serve_with_incoming_shutdown(
+        TcpListenerStream::new(listener),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
     let outcome = watch(&shared, &mut local).await;
     if outcome.is_ok() {
         // Let the workers see `sweep_done` on their next poll, then stop.

@@ -28,3 +28,94 @@ pub mod auth {
         a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
     }
 }
+
+/// Connecting to a coordinator, as workers and `bnsweep status`/`cancel` do.
+pub mod client {
+    use std::time::Duration;
+
+    use tonic::metadata::AsciiMetadataValue;
+    use tonic::service::interceptor::InterceptedService;
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+    use crate::coordinator_client::CoordinatorClient;
+
+    /// Largest message either side accepts (a metric batch of many activation rows).
+    pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+    /// Adds the shared token to every call.
+    #[derive(Clone)]
+    pub struct Auth(Option<AsciiMetadataValue>);
+
+    impl Auth {
+        /// `Bearer TOKEN` for a non-empty token; nothing for none.
+        pub fn new(token: Option<&str>) -> Result<Auth, String> {
+            match token.filter(|t| !t.is_empty()) {
+                None => Ok(Auth(None)),
+                Some(t) => super::auth::bearer(t)
+                    .parse()
+                    .map(|v| Auth(Some(v)))
+                    .map_err(|_| "the token must be printable ASCII".to_string()),
+            }
+        }
+    }
+
+    impl tonic::service::Interceptor for Auth {
+        fn call(
+            &mut self,
+            mut req: tonic::Request<()>,
+        ) -> Result<tonic::Request<()>, tonic::Status> {
+            if let Some(v) = &self.0 {
+                req.metadata_mut().insert(super::auth::HEADER, v.clone());
+            }
+            Ok(req)
+        }
+    }
+
+    pub type Client = CoordinatorClient<InterceptedService<Channel, Auth>>;
+
+    /// The endpoint of a coordinator URL. An `https://` URL speaks TLS and checks the
+    /// coordinator's certificate against `ca_pem` (the PEM of the certificate authority, or
+    /// of a self-signed certificate), or against the system's roots when there is none.
+    pub fn endpoint(url: &str, ca_pem: Option<&[u8]>) -> Result<Endpoint, String> {
+        let mut endpoint = Channel::from_shared(url.to_string())
+            .map_err(|e| format!("{url}: {e}"))?
+            .connect_timeout(Duration::from_secs(5));
+        if url.starts_with("https://") {
+            let tls = match ca_pem {
+                Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+                None => ClientTlsConfig::new().with_native_roots(),
+            };
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| format!("{url}: TLS: {e}"))?;
+        } else if ca_pem.is_some() {
+            return Err(format!(
+                "{url}: a TLS certificate was given but the URL is not https://"
+            ));
+        }
+        Ok(endpoint)
+    }
+
+    /// A client over a connected channel, sending the token with every call.
+    pub fn new(channel: Channel, auth: Auth) -> Client {
+        CoordinatorClient::with_interceptor(channel, auth)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
+    }
+}
+
+/// An error and its sources, joined: tonic's transport errors say only "transport error" and
+/// keep the cause (a refused connection, an untrusted certificate) in their sources.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}

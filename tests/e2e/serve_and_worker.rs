@@ -182,6 +182,77 @@ fn the_shared_token_is_required_and_enforced() {
     assert!(checked.ok(), "{checked:?}");
 }
 
+/// TLS: a coordinator serving a self-signed certificate trains a worker that trusts it
+/// (`--tls-ca`) and answers `bnsweep status` over https; a worker that does not trust the
+/// certificate gives up saying why; a key that does not parse is refused before anything runs.
+#[test]
+fn tls_with_a_self_signed_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "name: tls\nparameters:\n  lr: [0.1]\ntrain:\n  model: {width: 0.125}\n  dataset: {train_size: 64, test_size: 16}\n  batch_size: 16\n  steps: 3\n";
+    std::fs::write(dir.path().join("tls.yaml"), text).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    std::fs::write(dir.path().join("bad.pem"), "not a key").unwrap();
+
+    let (addr, _) = free_addr();
+    let bad = run(&mut serve_command(
+        dir.path(),
+        "tls.yaml",
+        &addr,
+        "bad",
+        &["--tls-cert", "cert.pem", "--tls-key", "bad.pem"],
+    )
+    .stderr(Stdio::piped()));
+    assert_eq!(bad.code, Some(1), "{bad:?}");
+    assert!(bad.stderr.contains("bad.pem"), "{bad:?}");
+    assert!(!dir.path().join("bad").exists(), "nothing runs");
+
+    let mut serve = serve_command(
+        dir.path(),
+        "tls.yaml",
+        &addr,
+        "out",
+        &["--tls-cert", "cert.pem", "--tls-key", "key.pem"],
+    )
+    .spawn()
+    .unwrap();
+    let url = format!("https://localhost:{}", addr.rsplit(':').next().unwrap());
+    let untrusting = run(Command::new(bin("bnsweep-worker"))
+        .args(["--coordinator", &url, "--device", "cpu", "--patience", "2"])
+        .env_remove("BNSWEEP_TLS_CA"));
+    assert_eq!(untrusting.code, Some(1), "{untrusting:?}");
+    assert!(
+        untrusting.stderr.contains("cannot reach the coordinator"),
+        "{untrusting:?}"
+    );
+    let ca = dir.path().join("cert.pem");
+    let status = run(Command::new(bin("bnsweep")).args([
+        "status",
+        "--coordinator",
+        &url,
+        "--tls-ca",
+        ca.to_str().unwrap(),
+    ]));
+    assert!(status.ok(), "{status:?}");
+    assert!(status.stdout.contains("sweep `tls`"), "{status:?}");
+    let worker = run(Command::new(bin("bnsweep-worker")).args([
+        "--coordinator",
+        &url,
+        "--device",
+        "cpu",
+        "--tls-ca",
+        ca.to_str().unwrap(),
+    ]));
+    assert!(worker.ok(), "{worker:?}");
+    assert!(serve.wait().unwrap().success());
+    let checked = check_results(
+        &dir.path().join("out"),
+        &["--trials", "1", "--steps", "3", "--eval-every", "500"],
+    );
+    assert!(checked.ok(), "{checked:?}");
+}
+
 /// kill -9 of a worker in the middle of a trial: the trial is leased again after the worker
 /// timeout, completes on another worker, and its rows are in the results exactly once.
 #[test]

@@ -8,10 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bnsweep_proto as pb;
-use pb::coordinator_client::CoordinatorClient;
 use tch::Device;
 use tokio::sync::{mpsc, Notify};
-use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::device;
@@ -32,22 +30,11 @@ pub struct Config {
     pub patience: Duration,
     /// The coordinator's shared token, if it has one.
     pub token: Option<String>,
+    /// The certificate (PEM) that an `https://` coordinator's must chain to.
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
-/// Adds the shared token to every call.
-#[derive(Clone)]
-pub struct Auth(Option<tonic::metadata::AsciiMetadataValue>);
-
-impl tonic::service::Interceptor for Auth {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert(pb::auth::HEADER, v.clone());
-        }
-        Ok(req)
-    }
-}
-
-type Client = CoordinatorClient<tonic::service::interceptor::InterceptedService<Channel, Auth>>;
+use pb::client::Client;
 
 /// Datasets loaded on the host, shared by the trials that use them.
 #[derive(Default)]
@@ -70,24 +57,22 @@ impl DataCache {
 }
 
 async fn connect(cfg: &Config) -> Result<Client> {
+    let ca = match &cfg.tls_ca {
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| Error::Device(format!("--tls-ca {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+    let endpoint = pb::client::endpoint(&cfg.url, ca.as_deref())
+        .map_err(|e| Error::Device(format!("--coordinator {e}")))?;
+    let auth = pb::client::Auth::new(cfg.token.as_deref())
+        .map_err(|e| Error::Device(format!("--token: {e}")))?;
     let deadline = Instant::now() + cfg.patience;
     let mut wait = Duration::from_millis(100);
     loop {
-        let endpoint = Channel::from_shared(cfg.url.clone())
-            .map_err(|e| Error::Device(format!("--coordinator {}: {e}", cfg.url)))?
-            .connect_timeout(Duration::from_secs(5));
         match endpoint.connect().await {
-            Ok(channel) => {
-                let token =
-                    match &cfg.token {
-                        None => None,
-                        Some(t) => Some(pb::auth::bearer(t).parse().map_err(|_| {
-                            Error::Device("--token must be printable ASCII".into())
-                        })?),
-                    };
-                return Ok(CoordinatorClient::with_interceptor(channel, Auth(token))
-                    .max_decoding_message_size(64 * 1024 * 1024));
-            }
+            Ok(channel) => return Ok(pb::client::new(channel, auth)),
             Err(source) if Instant::now() >= deadline => {
                 return Err(Error::Connect {
                     url: cfg.url.clone(),

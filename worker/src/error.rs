@@ -21,7 +21,10 @@ pub enum Error {
     Crashed(String),
     #[error("device: {0}")]
     Device(String),
-    #[error("cannot reach the coordinator at {url}: {source}")]
+    #[error(
+        "cannot reach the coordinator at {url}: {}",
+        bnsweep_proto::error_chain(source)
+    )]
     Connect {
         url: String,
         #[source]

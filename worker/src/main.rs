@@ -43,6 +43,10 @@ struct Cli {
     /// The coordinator's shared token (`bnsweep serve --token`).
     #[arg(long, env = "BNSWEEP_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// For an https:// coordinator: the PEM certificate its certificate must chain to (its
+    /// CA's, or its own when self-signed). Default: the system's trusted roots.
+    #[arg(long, env = "BNSWEEP_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Subcommand)]
@@ -117,6 +121,7 @@ fn main() -> ExitCode {
         name,
         patience: Duration::from_secs(cli.patience.max(1)),
         token: cli.token.filter(|t| !t.is_empty()),
+        tls_ca: cli.tls_ca,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
