@@ -196,7 +196,7 @@ fn tls_with_a_self_signed_certificate() {
     std::fs::write(dir.path().join("bad.pem"), "not a key").unwrap();
 
     let (addr, _) = free_addr();
-    let bad = run(&mut serve_command(
+    let bad = run(serve_command(
         dir.path(),
         "tls.yaml",
         &addr,
