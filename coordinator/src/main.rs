@@ -354,7 +354,7 @@ fn run(
         threads: threads.unwrap_or((cores / workers).max(1)),
         binary: local::find_worker_binary(),
     };
-    let (results, priors) = ResultsDir::open(&out, &sweep)?;
+    let (results, resume) = ResultsDir::open(&out, &sweep)?;
     eprintln!(
         "bnsweep: sweep `{}`: {} trials on {} local worker(s); results in {}",
         sweep.name,
@@ -374,7 +374,7 @@ fn run(
             ..Policy::default()
         };
         let access = server::Access::default();
-        server::run_sweep(&sweep, results, priors, listener, policy, access, children).await
+        server::run_sweep(&sweep, results, resume, listener, policy, access, children).await
     })?;
     Ok(report(&summary, &out))
 }
@@ -420,7 +420,7 @@ fn serve(
         )));
     }
     let sweep = load(file)?;
-    let (results, priors) = ResultsDir::open(out, &sweep)?;
+    let (results, resume) = ResultsDir::open(out, &sweep)?;
     let rt = runtime()?;
     let summary = rt.block_on(async {
         let listener = server::bind(listen).await?;
@@ -435,7 +435,7 @@ fn serve(
             ..Policy::default()
         };
         let access = server::Access { token, tls: identity };
-        server::run_sweep(&sweep, results, priors, listener, policy, access, Vec::new()).await
+        server::run_sweep(&sweep, results, resume, listener, policy, access, Vec::new()).await
     })?;
     Ok(report(&summary, out))
 }

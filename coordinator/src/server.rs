@@ -13,7 +13,6 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::error::{Error, Result};
 use crate::progress::Reporter;
-use crate::results::journal::Journal;
 use crate::results::ResultsDir;
 use crate::scheduler::{Policy, Progress, Scheduler};
 use crate::service::{CoordinatorService, Shared};
@@ -83,14 +82,14 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
         .map_err(|e| Error::Refused(format!("cannot listen on {addr}: {e}")))
 }
 
-/// Serves the sweep until every trial is final and written, taking over what `priors` (an
+/// Serves the sweep until every trial is final and written, taking over what `resume` (an
 /// earlier run of the same sweep) finished. `local` are worker processes this
 /// process started (`bnsweep run`): if they all exit before the sweep is done, it stops with an
 /// error instead of waiting for ever.
 pub async fn run_sweep(
     sweep: &Sweep,
     results: ResultsDir,
-    priors: Vec<crate::results::Prior>,
+    resume: crate::results::Resume,
     listener: TcpListener,
     policy: Policy,
     access: Access,
@@ -99,7 +98,7 @@ pub async fn run_sweep(
     let start = Instant::now();
     let grace = policy.poll_interval * 4;
     let mut scheduler = Scheduler::new(sweep, policy);
-    let restored = scheduler.resume(&priors, |id| results.has_trial_files(id));
+    let restored = scheduler.resume(&resume.priors, |id| results.has_trial_files(id));
     if restored > 0 {
         eprintln!(
             "bnsweep: resuming {}: {restored} of {} trials already done",
@@ -107,8 +106,7 @@ pub async fn run_sweep(
             sweep.trials.len()
         );
     }
-    let (journal, running) = Journal::open(&results.dir().join("journal"))?;
-    let mut running = running;
+    let mut running = resume.running;
     // The newest attempt of a trial wins; older journals are stale.
     running.sort_by_key(|r| std::cmp::Reverse(r.header.attempt));
     let mut reattached = 0;
@@ -117,7 +115,7 @@ pub async fn run_sweep(
         if scheduler.reattach(&r.header, r.batches, Instant::now()) {
             reattached += 1;
         } else {
-            journal.end(&trial, attempt);
+            results.journal().end(&trial, attempt);
         }
     }
     if reattached > 0 {
@@ -126,7 +124,7 @@ pub async fn run_sweep(
             scheduler.policy.worker_timeout
         );
     }
-    let shared = Shared::new(scheduler, results, journal);
+    let shared = Shared::new(scheduler, results);
     shared.write_trials()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let service = pb::coordinator_server::CoordinatorServer::new(CoordinatorService::new(
@@ -210,10 +208,12 @@ async fn watch(shared: &Arc<Shared>, local: &mut [Child]) -> Result<Progress> {
         }
         if !lost.is_empty() {
             shared.end_journals();
-            shared.write_trials()?;
+            shared.touch();
         }
+        shared.write_trials_if_due()?;
         if done {
             shared.write_trials()?;
+            shared.results.journal().clear_ended();
             reporter.finish(&progress);
             return Ok(progress);
         }

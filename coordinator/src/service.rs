@@ -1,14 +1,14 @@
 //! The gRPC service: each handler checks its request, makes one change through the
 //! [`Scheduler`], and writes result files outside the scheduler's lock.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bnsweep_proto as pb;
 use tonic::{Request, Response, Status};
 
 use crate::error::{Error, Result};
-use crate::results::journal::Journal;
 use crate::results::ResultsDir;
 use crate::scheduler::{Finished, Scheduler};
 
@@ -19,20 +19,46 @@ pub const MAX_ROWS_PER_BATCH: usize = 100_000;
 pub struct Shared {
     pub scheduler: Mutex<Scheduler>,
     pub results: ResultsDir,
-    /// The rows of the attempts running now, on disk.
-    pub journal: Journal,
-    /// Held while `trials.parquet` is rewritten, so that two rewrites never interleave.
-    write_lock: Mutex<()>,
+    /// Held while `trials.parquet` is rewritten, so that two rewrites never interleave; holds
+    /// when it was last rewritten.
+    write_lock: Mutex<Instant>,
+    /// Set when the records changed since `trials.parquet` was last rewritten.
+    dirty: AtomicBool,
 }
 
+/// How often `trials.parquet` is rewritten at most while trials end; the log of ended trials
+/// covers the time between.
+const REWRITE_EVERY: Duration = Duration::from_secs(1);
+
 impl Shared {
-    pub fn new(scheduler: Scheduler, results: ResultsDir, journal: Journal) -> Arc<Shared> {
+    pub fn new(scheduler: Scheduler, results: ResultsDir) -> Arc<Shared> {
         Arc::new(Shared {
             scheduler: Mutex::new(scheduler),
             results,
-            journal,
-            write_lock: Mutex::new(()),
+            write_lock: Mutex::new(Instant::now()),
+            dirty: AtomicBool::new(true),
         })
+    }
+
+    /// Notes that `trials.parquet` is behind the records.
+    pub fn touch(&self) {
+        self.dirty.store(true, Ordering::SeqCst);
+    }
+
+    /// Rewrites `trials.parquet` when the records changed and it was last rewritten over
+    /// [`REWRITE_EVERY`] ago.
+    pub fn write_trials_if_due(&self) -> Result<()> {
+        let due = self.dirty.load(Ordering::SeqCst)
+            && self
+                .write_lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .elapsed()
+                >= REWRITE_EVERY;
+        if due {
+            self.write_trials()?;
+        }
+        Ok(())
     }
 
     pub fn scheduler(&self) -> std::sync::MutexGuard<'_, Scheduler> {
@@ -41,25 +67,33 @@ impl Shared {
 
     /// Rewrites `trials.parquet` from the current records.
     pub fn write_trials(&self) -> Result<()> {
-        let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.dirty.store(false, Ordering::SeqCst);
         let records = self.scheduler().records().to_vec();
-        self.results.write_trials(&records)
+        *last = Instant::now();
+        self.results
+            .write_trials(&records)
+            .inspect_err(|_| self.touch())
     }
 
-    /// Writes a trial that just ended, then counts it as done. A trial whose files cannot be
-    /// written ends `failed` with the reason.
+    /// Writes a trial that just ended and logs it, then counts it as done. A trial whose
+    /// files cannot be written ends `failed` with the reason.
     pub fn persist(&self, finished: Finished) -> Result<()> {
         let record = self.scheduler().records()[finished.index].clone();
         let written = self.results.write_trial(&record, &finished.rows);
-        {
+        let record = {
             let mut s = self.scheduler();
             if let Err(e) = &written {
                 s.fail_unwritten(finished.index, format!("writing results: {e}"));
             }
             s.persisted(finished.index);
-        }
-        self.write_trials()?;
-        self.journal.end(&record.trial.id, record.attempts);
+            s.records()[finished.index].clone()
+        };
+        self.results.log_ended(&record)?;
+        self.results
+            .journal()
+            .end(&record.trial.id, record.attempts);
+        self.touch();
         written
     }
 
@@ -67,7 +101,7 @@ impl Shared {
     pub fn end_journals(&self) {
         let ended = self.scheduler().take_ended();
         for (trial, attempt) in ended {
-            self.journal.end(&trial, attempt);
+            self.results.journal().end(&trial, attempt);
         }
     }
 }
@@ -156,7 +190,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                 // Journaled before the worker hears of it: a restarted coordinator knows the
                 // lease. Should this fail, the worker never gets the trial and its next poll
                 // gives it back.
-                self.shared.journal.begin(&pb::JournalHeader {
+                self.shared.results.journal().begin(&pb::JournalHeader {
                     trial_id: t.trial_id.clone(),
                     attempt: t.attempt,
                     worker_id: req.worker_id.clone(),
@@ -197,7 +231,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         let mut s = self.shared.scheduler();
         if s.is_new_batch(&batch)? {
             // On disk before it is acknowledged: no acknowledged row is lost to a crash.
-            self.shared.journal.append(&batch)?;
+            self.shared.results.journal().append(&batch)?;
         }
         s.metrics(batch, Instant::now())?;
         Ok(Response::new(pb::MetricsAck {}))

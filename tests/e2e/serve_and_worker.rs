@@ -387,17 +387,8 @@ fn a_killed_coordinator_resumes_without_losing_or_rerunning_trials() {
         assert!(Instant::now() < deadline, "no trial finished");
         std::thread::sleep(Duration::from_millis(50));
     };
-    // trials.parquet is rewritten after a trial's files: wait for that rewrite.
-    let trials = dir.path().join("out/trials.parquet");
-    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    while modified(&trials) < modified(&done_first) {
-        assert!(
-            Instant::now() < deadline,
-            "trials.parquet was not rewritten"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // ... and for the next trial to be leased and have rows in its journal.
+    // Wait for the next trial to be leased and have rows in its journal (so the finished
+    // one's outcome was acknowledged: its end is logged, if not yet in trials.parquet).
     let journal = dir.path().join("out/journal");
     let done_id = done_first
         .file_stem()

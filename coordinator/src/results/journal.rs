@@ -8,6 +8,11 @@
 //! record (the process died while writing it) fails its length or checksum and is cut off.
 //! Records are written straight to the file, without a user-space buffer: they survive the
 //! death of the process; surviving the machine's is left to the operating system.
+//!
+//! `DIR/journal/ended.log`, in the same framing, logs every trial whose files were written
+//! (`TrialEnded`): `trials.parquet` is rewritten from the state at most about once a second,
+//! and a restarted coordinator reads this log on top of it, so no ended trial is forgotten
+//! and run again. It goes once the sweep is done and `trials.parquet` holds everything.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -29,21 +34,43 @@ pub struct Restored {
     pub batches: Vec<pb::MetricsBatch>,
 }
 
+/// What a journal directory held when it was opened.
+#[derive(Default)]
+pub struct Recovered {
+    pub running: Vec<Restored>,
+    /// Trials that ended (in order; a later record of a trial wins).
+    pub ended: Vec<pb::TrialEnded>,
+}
+
 pub struct Journal {
     dir: PathBuf,
     open: Mutex<HashMap<(String, u32), File>>,
+    ended: Mutex<Option<File>>,
 }
+
+const ENDED: &str = "ended.log";
 
 impl Journal {
     /// Opens the journal directory (creating it), and reads back every attempt it holds.
     /// Their files stay open for appending; the caller ends those it does not take back.
-    pub fn open(dir: &Path) -> Result<(Journal, Vec<Restored>)> {
+    pub fn open(dir: &Path) -> Result<(Journal, Recovered)> {
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let journal = Journal {
             dir: dir.to_path_buf(),
             open: Mutex::new(HashMap::new()),
+            ended: Mutex::new(None),
         };
-        let mut restored = Vec::new();
+        let mut recovered = Recovered::default();
+        let log = dir.join(ENDED);
+        if log.is_file() {
+            let (records, good_len) = read_records(&log)?;
+            recovered.ended = records
+                .iter()
+                .map_while(|r| pb::TrialEnded::decode(r.as_slice()).ok())
+                .collect();
+            truncate(&log, good_len)?;
+        }
+        let restored = &mut recovered.running;
         let entries = fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
         for entry in entries {
             let path = entry.map_err(|e| Error::io(dir, e))?.path();
@@ -52,13 +79,7 @@ impl Journal {
             }
             match read(&path)? {
                 Some((r, good_len)) => {
-                    let file = OpenOptions::new()
-                        .write(true)
-                        .open(&path)
-                        .map_err(|e| Error::io(&path, e))?;
-                    // Cut a torn tail off, then append after the last whole record.
-                    file.set_len(good_len).map_err(|e| Error::io(&path, e))?;
-                    drop(file);
+                    truncate(&path, good_len)?;
                     let file = OpenOptions::new()
                         .append(true)
                         .open(&path)
@@ -74,7 +95,7 @@ impl Journal {
                 }
             }
         }
-        Ok((journal, restored))
+        Ok((journal, recovered))
     }
 
     fn files(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u32), File>> {
@@ -124,6 +145,41 @@ impl Journal {
     }
 }
 
+impl Journal {
+    /// Logs a trial whose files are written.
+    pub fn ended(&self, e: &pb::TrialEnded) -> Result<()> {
+        let path = self.dir.join(ENDED);
+        let mut log = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        if log.is_none() {
+            *log = Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| Error::io(&path, e))?,
+            );
+        }
+        let file = log.as_mut().expect("opened above");
+        file.write_all(&frame(&e.encode_to_vec()))
+            .map_err(|e| Error::io(&path, e))
+    }
+
+    /// Removes the log of ended trials, once `trials.parquet` holds them all.
+    pub fn clear_ended(&self) {
+        *self.ended.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let _ = fs::remove_file(self.dir.join(ENDED));
+    }
+}
+
+/// Cuts a file to its whole records (a torn tail off).
+fn truncate(path: &Path, len: u64) -> Result<()> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    file.set_len(len).map_err(|e| Error::io(path, e))
+}
+
 fn frame(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len() + 8);
     out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
@@ -132,9 +188,8 @@ fn frame(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Reads a journal file: its header and batches, and the length of its whole records. None
-/// when not even the header is readable.
-fn read(path: &Path) -> Result<Option<(Restored, u64)>> {
+/// Reads the whole records of a file, and their length in bytes.
+fn read_records(path: &Path) -> Result<(Vec<Vec<u8>>, u64)> {
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -153,7 +208,7 @@ fn read(path: &Path) -> Result<Option<(Restored, u64)>> {
         if crc32fast::hash(body) != crc {
             break;
         }
-        records.push(body);
+        records.push(body.to_vec());
         at += 8 + len;
     }
     if at < bytes.len() {
@@ -163,21 +218,24 @@ fn read(path: &Path) -> Result<Option<(Restored, u64)>> {
             bytes.len() - at
         );
     }
+    Ok((records, at as u64))
+}
+
+/// Reads an attempt's journal: its header and batches, and the length of its whole records.
+/// None when not even the header is readable.
+fn read(path: &Path) -> Result<Option<(Restored, u64)>> {
+    let (records, good_len) = read_records(path)?;
     let mut records = records.into_iter();
     let Some(header) = records
         .next()
-        .and_then(|b| pb::JournalHeader::decode(b).ok())
+        .and_then(|b| pb::JournalHeader::decode(b.as_slice()).ok())
     else {
         return Ok(None);
     };
-    let mut batches = Vec::new();
-    for body in records {
-        match pb::MetricsBatch::decode(body) {
-            Ok(b) => batches.push(b),
-            Err(_) => break,
-        }
-    }
-    Ok(Some((Restored { header, batches }, at as u64)))
+    let batches = records
+        .map_while(|b| pb::MetricsBatch::decode(b.as_slice()).ok())
+        .collect();
+    Ok(Some((Restored { header, batches }, good_len)))
 }
 
 #[cfg(test)]
@@ -210,8 +268,8 @@ mod tests {
             started_at_ms: 1_800_000_000_000,
         };
         {
-            let (j, restored) = Journal::open(dir.path()).unwrap();
-            assert!(restored.is_empty());
+            let (j, recovered) = Journal::open(dir.path()).unwrap();
+            assert!(recovered.running.is_empty());
             j.begin(&header).unwrap();
             j.append(&batch(0)).unwrap();
             j.append(&batch(1)).unwrap();
@@ -224,7 +282,12 @@ mod tests {
             .unwrap();
         drop(f);
 
-        let (j, restored) = Journal::open(dir.path()).unwrap();
+        let (
+            j,
+            Recovered {
+                running: restored, ..
+            },
+        ) = Journal::open(dir.path()).unwrap();
         assert_eq!(restored.len(), 1);
         assert_eq!(restored[0].header, header);
         let seqs: Vec<u64> = restored[0].batches.iter().map(|b| b.seq).collect();
@@ -233,7 +296,12 @@ mod tests {
         // Appending goes on after the last whole record.
         j.append(&batch(2)).unwrap();
         drop(j);
-        let (j, restored) = Journal::open(dir.path()).unwrap();
+        let (
+            j,
+            Recovered {
+                running: restored, ..
+            },
+        ) = Journal::open(dir.path()).unwrap();
         assert_eq!(restored[0].batches.len(), 3);
         j.end("t1", 2);
         assert!(!path.exists());
@@ -241,5 +309,28 @@ mod tests {
             j.append(&batch(3)).is_err(),
             "an ended journal takes no more"
         );
+    }
+
+    #[test]
+    fn ended_trials_are_logged_until_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let ended = |id: &str| pb::TrialEnded {
+            trial_id: id.into(),
+            status: "completed".into(),
+            attempts: 1,
+            final_test_acc: Some(0.5),
+            ..Default::default()
+        };
+        {
+            let (j, _) = Journal::open(dir.path()).unwrap();
+            j.ended(&ended("t1")).unwrap();
+            j.ended(&ended("t2")).unwrap();
+        }
+        let (j, recovered) = Journal::open(dir.path()).unwrap();
+        assert_eq!(recovered.ended, vec![ended("t1"), ended("t2")]);
+        j.ended(&ended("t3")).unwrap();
+        j.clear_ended();
+        let (_, recovered) = Journal::open(dir.path()).unwrap();
+        assert!(recovered.ended.is_empty());
     }
 }

@@ -19,9 +19,14 @@ mod tables;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bnsweep_proto as pb;
+
 use crate::error::{Error, Result};
-use crate::scheduler::{AttemptRows, TrialRecord};
+use crate::scheduler::{AttemptRows, Summary, TrialRecord};
 use crate::sweep::Sweep;
+use journal::{Journal, Restored};
 
 pub use tables::{read_row_count, ParamColumn, Prior};
 
@@ -75,6 +80,16 @@ pub fn holds(dir: &Path, sweep: &Sweep) -> Result<Holding> {
 pub struct ResultsDir {
     dir: PathBuf,
     params: Vec<ParamColumn>,
+    journal: Journal,
+}
+
+/// What an earlier run of the same sweep left in its directory.
+#[derive(Default)]
+pub struct Resume {
+    /// How each trial stood: `trials.parquet`, brought up to date by the log of ended trials.
+    pub priors: Vec<Prior>,
+    /// Attempts that were running, read back from their journals.
+    pub running: Vec<Restored>,
 }
 
 impl ResultsDir {
@@ -82,12 +97,8 @@ impl ResultsDir {
     /// `sweep.yaml`; one that holds the same sweep (the same trials) is resumed, and the trials
     /// it already finished are returned; one that holds anything else is refused, so that no
     /// earlier results are overwritten.
-    pub fn open(dir: &Path, sweep: &Sweep) -> Result<(ResultsDir, Vec<Prior>)> {
-        let results = ResultsDir {
-            dir: dir.to_path_buf(),
-            params: tables::param_columns(sweep),
-        };
-        let priors = match holds(dir, sweep)? {
+    pub fn open(dir: &Path, sweep: &Sweep) -> Result<(ResultsDir, Resume)> {
+        let mut priors = match holds(dir, sweep)? {
             Holding::Nothing => {
                 for sub in ["", "train", "eval", "logs"] {
                     let d = dir.join(sub);
@@ -113,7 +124,40 @@ impl ResultsDir {
                 )))
             }
         };
-        Ok((results, priors))
+        let (journal, recovered) = Journal::open(&dir.join("journal"))?;
+        priors.extend(recovered.ended.into_iter().map(prior_of));
+        let results = ResultsDir {
+            dir: dir.to_path_buf(),
+            params: tables::param_columns(sweep),
+            journal,
+        };
+        let resume = Resume {
+            priors,
+            running: recovered.running,
+        };
+        Ok((results, resume))
+    }
+
+    /// The journal of running attempts and ended trials.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// Logs a trial whose files are written (before `trials.parquet` says so).
+    pub fn log_ended(&self, r: &TrialRecord) -> Result<()> {
+        let s = &r.summary;
+        self.journal.ended(&pb::TrialEnded {
+            trial_id: r.trial.id.clone(),
+            status: r.status.as_str().to_string(),
+            attempts: r.attempts,
+            worker: s.worker.clone().unwrap_or_default(),
+            device: s.device.clone().unwrap_or_default(),
+            started_at_ms: s.started_at.map_or(0, millis),
+            ended_at_ms: s.ended_at.map_or(0, millis),
+            final_test_acc: s.final_test_acc,
+            final_train_loss: s.final_train_loss,
+            error: s.error.clone().unwrap_or_default(),
+        })
     }
 
     /// True when a trial's train and eval tables are on disk.
@@ -169,6 +213,31 @@ impl ResultsDir {
     pub fn write_trials(&self, records: &[TrialRecord]) -> Result<()> {
         let batch = tables::trials_batch(&self.params, records)?;
         tables::write_parquet(&self.dir.join("trials.parquet"), &batch)
+    }
+}
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A logged ended trial as a prior; later priors of a trial win.
+fn prior_of(e: pb::TrialEnded) -> Prior {
+    let time = |ms: u64| (ms > 0).then(|| UNIX_EPOCH + Duration::from_millis(ms));
+    let text = |s: String| (!s.is_empty()).then_some(s);
+    Prior {
+        trial_id: e.trial_id,
+        status: e.status,
+        attempts: e.attempts,
+        summary: Summary {
+            worker: text(e.worker),
+            device: text(e.device),
+            started_at: time(e.started_at_ms),
+            ended_at: time(e.ended_at_ms),
+            final_test_acc: e.final_test_acc,
+            final_train_loss: e.final_train_loss,
+            error: text(e.error),
+        },
     }
 }
 
