@@ -9,6 +9,7 @@ import argparse
 import glob
 import math
 import os
+import pathlib
 import sys
 
 import duckdb
@@ -64,7 +65,14 @@ for name, t in want.items():
     check(trials.schema.field(name).type == t, f"trials.{name} is {trials.schema.field(name).type}, want {t}")
 check(trials.num_rows == a.trials, f"{trials.num_rows} trials, want {a.trials}")
 meta = pq.ParquetFile(f"{d}/trials.parquet").metadata
-check(meta.row_group(0).column(0).compression == "ZSTD", "trials.parquet is not ZSTD-compressed")
+# The contract (docs/results.md): ZSTD, or Snappy for tables under 4,096 rows.
+want = "ZSTD" if meta.num_rows >= 4096 else "SNAPPY"
+check(meta.row_group(0).column(0).compression == want, f"trials.parquet is not {want}-compressed")
+for sub in ("train", "eval"):
+    for f in sorted(pathlib.Path(d, sub).glob("*.parquet"))[:3]:
+        m = pq.ParquetFile(f).metadata
+        want = "ZSTD" if m.num_rows >= 4096 else "SNAPPY"
+        check(m.row_group(0).column(0).compression == want, f"{f.name} is not {want}-compressed")
 rows = trials.to_pylist()
 check(len({r["trial_id"] for r in rows}) == a.trials, "trial ids are not unique")
 

@@ -213,7 +213,7 @@ async fn watch(shared: &Arc<Shared>, local: &mut [Child]) -> Result<Progress> {
         shared.write_trials_if_due()?;
         if done {
             shared.write_trials()?;
-            shared.results.journal().clear_ended();
+            shared.results.journal().finish();
             reporter.finish(&progress);
             return Ok(progress);
         }

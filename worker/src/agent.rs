@@ -14,6 +14,7 @@ use tonic::Code;
 
 use crate::device;
 use crate::error::{Error, Result};
+use crate::simulate::{self, Simulation};
 use crate::trainer::{self, Ending, HostData, Row};
 
 /// Rows a metric batch carries at most, and how long rows wait before they are sent.
@@ -32,6 +33,18 @@ pub struct Config {
     pub token: Option<String>,
     /// The certificate (PEM) that an `https://` coordinator's must chain to.
     pub tls_ca: Option<std::path::PathBuf>,
+    /// Fake the training (`bnsweep-worker simulate`).
+    pub simulate: Option<Simulation>,
+}
+
+/// What every trial of this worker shares.
+struct Context {
+    device: Device,
+    cache: DataCache,
+    /// Set on SIGTERM or a cancelled sweep: trials stop and are given back.
+    shutdown: Arc<AtomicBool>,
+    /// The pace of simulated steps, when the training is fake.
+    pace: Option<Duration>,
 }
 
 use pb::client::Client;
@@ -130,8 +143,13 @@ pub async fn run(cfg: Config) -> Result<()> {
     });
     let running = Arc::new(AtomicUsize::new(0));
     let wake = Arc::new(Notify::new());
-    let cache = Arc::new(DataCache::default());
     let shutdown = Arc::new(AtomicBool::new(false));
+    let ctx = Arc::new(Context {
+        device: cfg.device,
+        cache: DataCache::default(),
+        shutdown: shutdown.clone(),
+        pace: cfg.simulate.as_ref().map(|s| s.step),
+    });
     {
         let (shutdown, wake) = (shutdown.clone(), wake.clone());
         tokio::spawn(async move {
@@ -164,6 +182,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             },
             running: me.leases(),
         };
+        let asked = Instant::now();
         match client.poll_work(request).await {
             Ok(resp) => {
                 last_contact = Instant::now();
@@ -179,11 +198,13 @@ pub async fn run(cfg: Config) -> Result<()> {
                 for assignment in resp.trials {
                     running.fetch_add(1, Ordering::SeqCst);
                     me.lease(&assignment, true);
-                    let (client, me, cache) = (client.clone(), me.clone(), cache.clone());
-                    let (running, wake, device) = (running.clone(), wake.clone(), cfg.device);
-                    let shutdown = shutdown.clone();
+                    if let Some(sim) = &cfg.simulate {
+                        sim.record_dispatch(asked.elapsed());
+                    }
+                    let (client, me, ctx) = (client.clone(), me.clone(), ctx.clone());
+                    let (running, wake) = (running.clone(), wake.clone());
                     tokio::spawn(async move {
-                        run_trial(client, &me, assignment, device, cache, shutdown).await;
+                        run_trial(client, &me, assignment, ctx).await;
                         running.fetch_sub(1, Ordering::SeqCst);
                         wake.notify_one();
                     });
@@ -271,16 +292,9 @@ async fn stop_signal() {
     }
 }
 
-async fn run_trial(
-    client: Client,
-    me: &Identity,
-    a: pb::TrialAssignment,
-    device: Device,
-    cache: Arc<DataCache>,
-    shutdown: Arc<AtomicBool>,
-) {
+async fn run_trial(client: Client, me: &Identity, a: pb::TrialAssignment, ctx: Arc<Context>) {
     let worker_id = me.id();
-    run_attempt(client, me, &worker_id, &a, device, cache, shutdown).await;
+    run_attempt(client, me, &worker_id, &a, ctx).await;
     me.lease(&a, false);
 }
 
@@ -290,10 +304,9 @@ async fn run_attempt(
     me: &Identity,
     worker_id: &str,
     a: &pb::TrialAssignment,
-    device: Device,
-    cache: Arc<DataCache>,
-    shutdown: Arc<AtomicBool>,
+    ctx: Arc<Context>,
 ) {
+    let device = ctx.device;
     let span = tracing::info_span!("trial", trial = %a.trial_id, attempt = a.attempt);
     let _enter = span.enter();
     tracing::info!("starting on {}", device::name(device));
@@ -305,9 +318,8 @@ async fn run_attempt(
     std::thread::spawn(move || {
         let rows = tx.clone();
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            let data = cache.get(spec.dataset.as_ref().unwrap_or(&pb::DatasetSpec::default()))?;
             let stop = || {
-                if shutdown.load(Ordering::SeqCst) {
+                if ctx.shutdown.load(Ordering::SeqCst) {
                     Some("the worker is stopping".to_string())
                 } else if abandoned.load(Ordering::SeqCst) {
                     Some("the coordinator no longer leases this attempt".to_string())
@@ -318,6 +330,11 @@ async fn run_attempt(
             let emit = |row| {
                 let _ = rows.send(Msg::Row(row));
             };
+            if let Some(pace) = ctx.pace {
+                return simulate::train(&spec, pace, emit, stop);
+            }
+            let dataset = spec.dataset.clone().unwrap_or_default();
+            let data = ctx.cache.get(&dataset)?;
             trainer::train_with(&spec, data, device, emit, stop, |_| {})
         }))
         .unwrap_or_else(|panic| {

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod bench;
 pub mod device;
 pub mod error;
+pub mod simulate;
 pub mod trainer;
 
 pub use error::{Error, Result};

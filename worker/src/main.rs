@@ -21,9 +21,8 @@ use bnsweep_worker::{agent, bench, device};
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// The coordinator's address, e.g. http://10.0.0.5:50051.
-    #[arg(long, env = "BNSWEEP_COORDINATOR", required = true)]
-    coordinator: Option<String>,
+    #[command(flatten)]
+    link: Link,
     /// Trials this worker trains at once.
     #[arg(long, default_value_t = 1)]
     slots: u32,
@@ -37,6 +36,14 @@ struct Cli {
     /// This worker's name in the results (default: the host name).
     #[arg(long)]
     name: Option<String>,
+}
+
+/// How a worker reaches its coordinator.
+#[derive(clap::Args, Clone)]
+struct Link {
+    /// The coordinator's address, e.g. http://10.0.0.5:50051 (https://... for one serving TLS).
+    #[arg(long, env = "BNSWEEP_COORDINATOR", required = true)]
+    coordinator: Option<String>,
     /// Seconds the coordinator may stay unreachable before the worker gives up.
     #[arg(long, default_value_t = 60)]
     patience: u64,
@@ -49,8 +56,35 @@ struct Cli {
     tls_ca: Option<std::path::PathBuf>,
 }
 
+impl Link {
+    fn config(self, name: String, slots: u32, device: tch::Device) -> agent::Config {
+        agent::Config {
+            url: self.coordinator.expect("required by clap"),
+            slots,
+            device,
+            name,
+            patience: Duration::from_secs(self.patience.max(1)),
+            token: self.token.filter(|t| !t.is_empty()),
+            tls_ca: self.tls_ca,
+            simulate: None,
+        }
+    }
+}
+
 #[derive(clap::Subcommand)]
 enum Command {
+    /// Play many workers in this one process, with fake training that emits realistic rows at
+    /// a set pace, to load-test a coordinator (bench/load.sh); prints one JSON line of
+    /// dispatch latencies.
+    Simulate {
+        #[command(flatten)]
+        link: Link,
+        #[command(flatten)]
+        args: bnsweep_worker::simulate::SimulateArgs,
+        /// Trials each simulated worker runs at once.
+        #[arg(long, default_value_t = 1)]
+        slots: u32,
+    },
     /// Measure training throughput (img/s) of vgg8 on synthetic data; prints one JSON line.
     Bench {
         #[command(flatten)]
@@ -96,6 +130,12 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(Command::Simulate { link, args, slots }) = &cli.command {
+        let cfg = link
+            .clone()
+            .config("sim".into(), (*slots).max(1), tch::Device::Cpu);
+        return serve_until_done(bnsweep_worker::simulate::run(args, cfg));
+    }
     if cli.slots == 0 {
         eprintln!("error: --slots must be at least 1");
         return ExitCode::from(2);
@@ -114,15 +154,14 @@ fn main() -> ExitCode {
             .unwrap_or_else(|_| "worker".into())
     });
     tracing::info!(device = %device::name(device), slots = cli.slots, "bnsweep-worker {}", env!("CARGO_PKG_VERSION"));
-    let cfg = agent::Config {
-        url: cli.coordinator.expect("required by clap"),
-        slots: cli.slots,
-        device,
-        name,
-        patience: Duration::from_secs(cli.patience.max(1)),
-        token: cli.token.filter(|t| !t.is_empty()),
-        tls_ca: cli.tls_ca,
-    };
+    let cfg = cli.link.config(name, cli.slots, device);
+    serve_until_done(agent::run(cfg))
+}
+
+/// Runs the agent (or the simulated agents) to the end, on a small runtime.
+fn serve_until_done(
+    work: impl std::future::Future<Output = bnsweep_worker::Result<()>>,
+) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -134,7 +173,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(agent::run(cfg)) {
+    match rt.block_on(work) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -1,6 +1,8 @@
-//! The journal of running attempts: `DIR/journal/<trial_id>.<attempt>.journal`, one
-//! append-only file per leased attempt, holding the lease (a `JournalHeader`) and then every
-//! metric batch acknowledged for it. A batch is appended before the worker gets its
+//! The journal of running attempts: `DIR/journal/slot-N.journal`, one append-only file per
+//! leased attempt, holding the lease (a `JournalHeader`) and then every metric batch
+//! acknowledged for it. An empty file is a free slot: an attempt that ends empties its file for
+//! the next one rather than deleting it, because creating and deleting a file per trial costs
+//! the file system more than the rest of the trial's bookkeeping. A batch is appended before the worker gets its
 //! acknowledgement, so a coordinator killed mid-sweep loses no row it acknowledged: started
 //! again, it reads the journals back and the attempts carry on where they were.
 //!
@@ -42,9 +44,44 @@ pub struct Recovered {
     pub ended: Vec<pb::TrialEnded>,
 }
 
+/// One journal file, open for appending.
+struct Slot {
+    path: PathBuf,
+    file: File,
+}
+
+impl Slot {
+    fn open(path: PathBuf) -> Result<Slot> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(Slot { path, file })
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.file
+            .write_all(&frame(bytes))
+            .map_err(|e| Error::io(&self.path, e))
+    }
+
+    fn empty(&mut self) -> Result<()> {
+        self.file.set_len(0).map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+#[derive(Default)]
+struct Slots {
+    live: HashMap<(String, u32), Slot>,
+    free: Vec<Slot>,
+    /// Slot files made so far (the next is `slot-{made}.journal`).
+    made: u64,
+}
+
 pub struct Journal {
     dir: PathBuf,
-    open: Mutex<HashMap<(String, u32), File>>,
+    slots: Mutex<Slots>,
     ended: Mutex<Option<File>>,
 }
 
@@ -55,11 +92,6 @@ impl Journal {
     /// Their files stay open for appending; the caller ends those it does not take back.
     pub fn open(dir: &Path) -> Result<(Journal, Recovered)> {
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let journal = Journal {
-            dir: dir.to_path_buf(),
-            open: Mutex::new(HashMap::new()),
-            ended: Mutex::new(None),
-        };
         let mut recovered = Recovered::default();
         let log = dir.join(ENDED);
         if log.is_file() {
@@ -70,78 +102,109 @@ impl Journal {
                 .collect();
             truncate(&log, good_len)?;
         }
-        let restored = &mut recovered.running;
-        let entries = fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-        for entry in entries {
-            let path = entry.map_err(|e| Error::io(dir, e))?.path();
-            if path.extension().is_none_or(|e| e != "journal") {
-                continue;
+        let mut slots = Slots::default();
+        let mut paths: Vec<PathBuf> = fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "journal"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            let read = read(&path)?;
+            if let Some((_, good_len)) = &read {
+                truncate(&path, *good_len)?;
             }
-            match read(&path)? {
-                Some((r, good_len)) => {
-                    truncate(&path, good_len)?;
-                    let file = OpenOptions::new()
-                        .append(true)
-                        .open(&path)
-                        .map_err(|e| Error::io(&path, e))?;
-                    journal
-                        .files()
-                        .insert((r.header.trial_id.clone(), r.header.attempt), file);
-                    restored.push(r);
+            let mut slot = Slot::open(path)?;
+            slots.made += 1;
+            match read {
+                Some((r, _)) => {
+                    let key = (r.header.trial_id.clone(), r.header.attempt);
+                    slots.live.insert(key, slot);
+                    recovered.running.push(r);
                 }
                 None => {
-                    tracing::warn!("{}: no readable lease; removed", path.display());
-                    let _ = fs::remove_file(&path);
+                    slot.empty()?;
+                    slots.free.push(slot);
                 }
             }
         }
+        let journal = Journal {
+            dir: dir.to_path_buf(),
+            slots: Mutex::new(slots),
+            ended: Mutex::new(None),
+        };
         Ok((journal, recovered))
     }
 
-    fn files(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u32), File>> {
-        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn path(&self, trial_id: &str, attempt: u32) -> PathBuf {
-        self.dir.join(format!("{trial_id}.{attempt}.journal"))
-    }
-
-    /// Starts the journal of an attempt just leased.
+    /// Starts the journal of an attempt just leased, in a free slot or a new one.
     pub fn begin(&self, header: &pb::JournalHeader) -> Result<()> {
-        let path = self.path(&header.trial_id, header.attempt);
-        let mut file = File::create(&path).map_err(|e| Error::io(&path, e))?;
-        file.write_all(&frame(&header.encode_to_vec()))
-            .map_err(|e| Error::io(&path, e))?;
-        self.files()
-            .insert((header.trial_id.clone(), header.attempt), file);
+        let mut slots = self.slots();
+        let mut slot = match slots.free.pop() {
+            Some(slot) => slot,
+            None => {
+                let path = self.dir.join(format!("slot-{:06}.journal", slots.made));
+                slots.made += 1;
+                Slot::open(path)?
+            }
+        };
+        let written = slot.write(&header.encode_to_vec());
+        if written.is_err() {
+            let _ = slot.empty();
+            slots.free.push(slot);
+            return written;
+        }
+        slots
+            .live
+            .insert((header.trial_id.clone(), header.attempt), slot);
         Ok(())
     }
 
     /// Appends one metric batch of a journaled attempt.
     pub fn append(&self, batch: &pb::MetricsBatch) -> Result<()> {
-        let path = self.path(&batch.trial_id, batch.attempt);
-        let mut files = self.files();
-        let file = files
+        let mut slots = self.slots();
+        let slot = slots
+            .live
             .get_mut(&(batch.trial_id.clone(), batch.attempt))
             .ok_or_else(|| {
                 Error::io(
-                    &path,
-                    std::io::Error::new(std::io::ErrorKind::NotFound, "no journal open"),
+                    &self.dir,
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!(
+                            "no journal open for trial {} attempt {}",
+                            batch.trial_id, batch.attempt
+                        ),
+                    ),
                 )
             })?;
-        file.write_all(&frame(&batch.encode_to_vec()))
-            .map_err(|e| Error::io(&path, e))
+        slot.write(&batch.encode_to_vec())
     }
 
-    /// Ends the journal of an attempt whose rows are written or discarded.
+    /// Ends the journal of an attempt whose rows are written or discarded: its slot is
+    /// emptied and free again.
     pub fn end(&self, trial_id: &str, attempt: u32) {
-        self.files().remove(&(trial_id.to_string(), attempt));
-        let path = self.path(trial_id, attempt);
-        if let Err(e) = fs::remove_file(&path) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!("removing {}: {e}", path.display());
+        let mut slots = self.slots();
+        if let Some(mut slot) = slots.live.remove(&(trial_id.to_string(), attempt)) {
+            match slot.empty() {
+                Ok(()) => slots.free.push(slot),
+                Err(e) => tracing::warn!("{e}"),
             }
         }
+    }
+
+    /// Once the sweep is done: removes the free slot files and the log of ended trials.
+    pub fn finish(&self) {
+        let mut slots = self.slots();
+        for slot in slots.free.drain(..) {
+            let _ = fs::remove_file(&slot.path);
+        }
+        drop(slots);
+        *self.ended.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let _ = fs::remove_file(self.dir.join(ENDED));
     }
 }
 
@@ -162,12 +225,6 @@ impl Journal {
         let file = log.as_mut().expect("opened above");
         file.write_all(&frame(&e.encode_to_vec()))
             .map_err(|e| Error::io(&path, e))
-    }
-
-    /// Removes the log of ended trials, once `trials.parquet` holds them all.
-    pub fn clear_ended(&self) {
-        *self.ended.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        let _ = fs::remove_file(self.dir.join(ENDED));
     }
 }
 
@@ -275,7 +332,7 @@ mod tests {
             j.append(&batch(1)).unwrap();
         }
         // The process died halfway through writing a third record.
-        let path = dir.path().join("t1.2.journal");
+        let path = dir.path().join("slot-000000.journal");
         let whole = fs::metadata(&path).unwrap().len();
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(&frame(&batch(2).encode_to_vec())[..10])
@@ -304,11 +361,25 @@ mod tests {
         ) = Journal::open(dir.path()).unwrap();
         assert_eq!(restored[0].batches.len(), 3);
         j.end("t1", 2);
-        assert!(!path.exists());
+        assert_eq!(fs::metadata(&path).unwrap().len(), 0, "the slot is free");
         assert!(
             j.append(&batch(3)).is_err(),
             "an ended journal takes no more"
         );
+        // The next attempt reuses the slot; a restart finds only it.
+        let next = pb::JournalHeader {
+            trial_id: "t2".into(),
+            ..header.clone()
+        };
+        j.begin(&next).unwrap();
+        drop(j);
+        let (j, recovered) = Journal::open(dir.path()).unwrap();
+        assert_eq!(recovered.running.len(), 1);
+        assert_eq!(recovered.running[0].header, next);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        j.end("t2", 2);
+        j.finish();
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]
@@ -329,7 +400,7 @@ mod tests {
         let (j, recovered) = Journal::open(dir.path()).unwrap();
         assert_eq!(recovered.ended, vec![ended("t1"), ended("t2")]);
         j.ended(&ended("t3")).unwrap();
-        j.clear_ended();
+        j.finish();
         let (_, recovered) = Journal::open(dir.path()).unwrap();
         assert!(recovered.ended.is_empty());
     }

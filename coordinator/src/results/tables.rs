@@ -467,6 +467,9 @@ pub fn trials_batch(params: &[ParamColumn], records: &[TrialRecord]) -> Result<R
 }
 
 /// Writes a ZSTD-compressed Parquet file under a temporary name, then renames it into place.
+/// Tables of fewer rows are compressed with Snappy rather than ZSTD.
+const SMALL_TABLE: usize = 4096;
+
 pub fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<()> {
     let tmp = super::tmp_path(path);
     let parquet_err = |source| Error::Parquet {
@@ -474,10 +477,15 @@ pub fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<()> {
         source,
     };
     let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    // ZSTD, except for small tables: setting up ZSTD for each column costs more there than it
+    // saves (a sweep of many short trials spends most of its time on it).
+    let compression = if batch.num_rows() < SMALL_TABLE {
+        Compression::SNAPPY
+    } else {
+        Compression::ZSTD(ZstdLevel::try_new(3).map_err(parquet_err)?)
+    };
     let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(3).map_err(parquet_err)?,
-        ))
+        .set_compression(compression)
         .build();
     let mut writer =
         ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(parquet_err)?;

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Load benchmark of the coordinator (issue: "Reliable at scale"): `bnsweep serve` against
+# `bnsweep-worker simulate`, which plays hundreds of workers in one process (the real agent
+# code, fake training that emits realistic rows at a set pace), on this one machine.
+#
+#   bench/load.sh [AGENTS] [TRIALS] [STEPS] [STEP_MS] [INSTANT_TRIALS]
+#
+# Two runs:
+#   rows:    AGENTS workers (500), TRIALS trials (2000) of STEPS steps (1000) at STEP_MS (4 ms)
+#            a step: about AGENTS * 1000 / STEP_MS train rows per second into the coordinator.
+#   instant: INSTANT_TRIALS trials (10000) of one step each, as fast as they go: the
+#            coordinator's cost per trial, and the sweep's wall time against the ideal (zero).
+# For each: workers held, rows written to Parquet per second of sweep (counted back with
+# DuckDB), dispatch latency p50/p99 (poll asking for work -> trial started, from the
+# simulator), the coordinator's CPU time and peak memory (GNU time), CPU per trial.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+AGENTS=${1:-500}
+TRIALS=${2:-2000}
+STEPS=${3:-1000}
+STEP_MS=${4:-4}
+INSTANT=${5:-10000}
+source scripts/env.sh
+cargo build --release --bins --quiet
+scripts/setup-python.sh >/dev/null
+PY=${BNSWEEP_PYTHON:-$HOME/.cache/bnsweep/venv/bin/python}
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+one_run() { # NAME TRIALS STEPS STEP_MS
+  local name=$1 trials=$2 steps=$3 step_ms=$4 dir=$work/$1
+  mkdir -p "$dir"
+  "$PY" - "$dir/sweep.yaml" "$name" "$trials" "$steps" <<'PY'
+import sys
+path, name, trials, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+seeds = ", ".join(str(i) for i in range(trials))
+open(path, "w").write(f"name: {name}\nseeds: [{seeds}]\nparameters:\n  lr: [0.1]\n"
+                      f"train:\n  steps: {steps}\n  eval_every: {max(1, steps // 4)}\n")
+PY
+  local port
+  port=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  /usr/bin/time -o "$dir/serve.time" -f '{"coordinator_cpu_s": %U + %S, "coordinator_user_s": %U, "coordinator_sys_s": %S, "coordinator_peak_rss_mb": %M / 1024, "serve_wall_s": %e}' \
+    target/release/bnsweep serve "$dir/sweep.yaml" --listen "127.0.0.1:$port" --out "$dir/out" \
+    >"$dir/serve.out" 2>"$dir/serve.err" &
+  local serve=$!
+  sleep 0.5
+  BNSWEEP_LOG=warn target/release/bnsweep-worker simulate --coordinator "http://127.0.0.1:$port" \
+    --agents "$AGENTS" --step-ms "$step_ms" >"$dir/sim.json" 2>"$dir/sim.err" &
+  local sim=$!
+  # Sample how many workers the coordinator holds while the sweep runs.
+  local held=0
+  while kill -0 "$sim" 2>/dev/null; do
+    n=$(target/release/bnsweep status --coordinator "http://127.0.0.1:$port" 2>/dev/null \
+        | "$PY" -c 'import sys,re; m=re.search(r"\| (\d+) workers", sys.stdin.read()); print(m.group(1) if m else 0)')
+    [ "$n" -gt "$held" ] && held=$n
+    sleep 1
+  done
+  wait "$sim" || { echo "simulator failed:"; tail -5 "$dir/sim.err"; exit 1; }
+  wait "$serve" || { echo "serve failed:"; tail -5 "$dir/serve.err"; exit 1; }
+  "$PY" - "$dir" "$name" "$trials" "$steps" "$step_ms" "$AGENTS" "$held" <<'PY'
+import json, sys, duckdb
+d, name, trials, steps, step_ms, agents, held = sys.argv[1:]
+trials, steps, agents, held = int(trials), int(steps), int(agents), int(held)
+sim = json.loads(open(f"{d}/sim.json").read())
+raw = open(f"{d}/serve.time").read().strip().splitlines()[-1]
+# GNU time wrote the arithmetic literally ("0.5 + 0.1"): evaluate it.
+import re
+t = {k: eval(v) for k, v in re.findall(r'"(\w+)": ([0-9.+ /]+)', raw)}
+con = duckdb.connect()
+rows = con.execute(f"select count(*) from read_parquet('{d}/out/train/*.parquet')").fetchone()[0]
+rows += con.execute(f"select count(*) from read_parquet('{d}/out/eval/*.parquet')").fetchone()[0]
+first, last, done, workers = con.execute(
+    f"select min(started_at), max(ended_at), count(*) filter (where status = 'completed'), "
+    f"count(distinct worker) from read_parquet('{d}/out/trials.parquet')").fetchone()
+window = (last - first).total_seconds()
+ideal = trials * steps * float(step_ms) / 1000.0 / agents
+out = {
+    "run": name, "agents": agents, "trials": trials, "steps": steps, "step_ms": float(step_ms),
+    "completed": done, "workers_held_max": held, "workers_with_trials": workers,
+    "rows_in_parquet": rows, "sweep_s": round(window, 2), "ideal_s": round(ideal, 2),
+    "rows_per_s": round(rows / window), "dispatch_p50_ms": sim["dispatch_p50_ms"],
+    "dispatch_p99_ms": sim["dispatch_p99_ms"], "coordinator_cpu_s": round(t["coordinator_cpu_s"], 2),
+    "coordinator_ms_per_trial": round(1000 * t["coordinator_cpu_s"] / trials, 3),
+    "coordinator_peak_rss_mb": round(t["coordinator_peak_rss_mb"]),
+}
+assert done == trials, f"{done} of {trials} trials completed"
+assert rows == trials * (steps + len(set(list(range(max(1, steps // 4), steps + 1, max(1, steps // 4))) + [steps]))), "rows lost or doubled"
+print(json.dumps(out))
+PY
+}
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+one_run rows "$TRIALS" "$STEPS" "$STEP_MS"
+one_run instant "$INSTANT" 1 0
