@@ -52,8 +52,8 @@ PY
   local held=0
   while kill -0 "$sim" 2>/dev/null; do
     n=$(target/release/bnsweep status --coordinator "http://127.0.0.1:$port" 2>/dev/null \
-        | "$PY" -c 'import sys,re; m=re.search(r"\| (\d+) workers", sys.stdin.read()); print(m.group(1) if m else 0)')
-    [ "$n" -gt "$held" ] && held=$n
+        | "$PY" -c 'import sys,re; m=re.search(r"\| (\d+) workers", sys.stdin.read()); print(m.group(1) if m else 0)' || true)
+    if [ "${n:-0}" -gt "$held" ]; then held=$n; fi
     sleep 1
   done
   wait "$sim" || { echo "simulator failed:"; tail -5 "$dir/sim.err"; exit 1; }
@@ -82,6 +82,7 @@ out = {
     "rows_per_s": round(rows / window), "dispatch_p50_ms": sim["dispatch_p50_ms"],
     "dispatch_p99_ms": sim["dispatch_p99_ms"], "coordinator_cpu_s": round(t["coordinator_cpu_s"], 2),
     "coordinator_ms_per_trial": round(1000 * t["coordinator_cpu_s"] / trials, 3),
+    "of_which_kernel_ms": round(1000 * t["coordinator_sys_s"] / trials, 3),
     "coordinator_peak_rss_mb": round(t["coordinator_peak_rss_mb"]),
 }
 assert done == trials, f"{done} of {trials} trials completed"
