@@ -107,12 +107,15 @@ pub async fn run_sweep(
         );
     }
     let mut running = resume.running;
-    // The newest attempt of a trial wins; older journals are stale.
+    // The newest attempt of a trial wins; older journals are stale. Local workers died with
+    // the coordinator that started them (`bnsweep run`), so their attempts cannot re-attach:
+    // those trials are queued at once rather than after the worker timeout.
     running.sort_by_key(|r| std::cmp::Reverse(r.header.attempt));
+    let remote = local.is_empty();
     let mut reattached = 0;
     for r in running {
         let (trial, attempt) = (r.header.trial_id.clone(), r.header.attempt);
-        if scheduler.reattach(&r.header, r.batches, Instant::now()) {
+        if remote && scheduler.reattach(&r.header, r.batches, Instant::now()) {
             reattached += 1;
         } else {
             results.journal().end(&trial, attempt);
