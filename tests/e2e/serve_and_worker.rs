@@ -333,18 +333,8 @@ fn interrupt_a_worker_mid_trial(signal: &str) -> std::process::ExitStatus {
     ]));
     assert!(rescuer.ok(), "{rescuer:?}");
     assert!(serve.wait().unwrap().success());
-    let out = dir.path().join("out");
-    let checked = check_results(
-        &out,
-        &["--trials", "1", "--steps", "300", "--eval-every", "100"],
-    );
-    assert!(checked.ok(), "{checked:?}");
-    let attempts = run(Command::new(bnsweep_e2e::python()).args([
-        "-c",
-        "import sys, pyarrow.parquet as pq; t = pq.read_table(sys.argv[1]).to_pylist()[0]; print(t['attempts'], t['worker'], t['error'])",
-        out.join("trials.parquet").to_str().unwrap(),
-    ]));
-    assert_eq!(attempts.stdout.trim(), "2 w2-rescuer None", "{attempts:?}");
+    let attempts = check_one_trial(&dir.path().join("out"), "");
+    assert_eq!(attempts, "2 w2-rescuer None");
     exited
 }
 
@@ -455,7 +445,7 @@ fn a_killed_coordinator_resumes_without_losing_or_rerunning_trials() {
 #[test]
 fn a_short_network_cut_costs_nothing() {
     let attempts = cut_the_network_mid_trial(Duration::from_secs(2), "10");
-    assert_eq!(attempts, "1 w1-flaky", "the lease should have held");
+    assert_eq!(attempts, "1 w1-flaky None", "the lease should have held");
 }
 
 /// A worker's connection cut for longer than the worker timeout: its trial goes back to the
@@ -464,7 +454,7 @@ fn a_short_network_cut_costs_nothing() {
 #[test]
 fn a_long_network_cut_loses_the_lease_but_no_row_is_doubled() {
     let attempts = cut_the_network_mid_trial(Duration::from_secs(6), "2");
-    assert_eq!(attempts, "2 w2-flaky");
+    assert_eq!(attempts, "2 w2-flaky None");
 }
 
 /// Runs a one-trial sweep through a [`Proxy`], cuts the worker's connection for `cut` in the
@@ -514,15 +504,20 @@ fn cut_the_network_mid_trial(cut: Duration, worker_timeout: &str) -> String {
     let log = log.join().unwrap().join("\n");
     assert!(exited.success(), "{log}");
     assert!(serve.wait().unwrap().success(), "{log}");
-    let out = dir.path().join("out");
+    check_one_trial(&dir.path().join("out"), &log)
+}
+
+/// Checks the results of a one-trial sweep of 300 steps (rows exactly once) and returns the
+/// trial's "attempts worker error" from trials.parquet; `log` is shown on failure.
+fn check_one_trial(out: &std::path::Path, log: &str) -> String {
     let checked = check_results(
-        &out,
+        out,
         &["--trials", "1", "--steps", "300", "--eval-every", "100"],
     );
     assert!(checked.ok(), "{checked:?}\n{log}");
     let attempts = run(Command::new(bnsweep_e2e::python()).args([
         "-c",
-        "import sys, pyarrow.parquet as pq; t = pq.read_table(sys.argv[1]).to_pylist()[0]; print(t['attempts'], t['worker'])",
+        "import sys, pyarrow.parquet as pq; t = pq.read_table(sys.argv[1]).to_pylist()[0]; print(t['attempts'], t['worker'], t['error'])",
         out.join("trials.parquet").to_str().unwrap(),
     ]));
     attempts.stdout.trim().to_string()
