@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use bnsweep_proto as pb;
 use tonic::{Request, Response, Status};
@@ -195,9 +195,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                     attempt: t.attempt,
                     worker_id: req.worker_id.clone(),
                     host: s.host_of(&req.worker_id).unwrap_or_default(),
-                    started_at_ms: SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as u64),
+                    started_at_ms: crate::results::millis(SystemTime::now()),
                 })?;
             }
             resp

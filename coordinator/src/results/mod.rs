@@ -216,7 +216,8 @@ impl ResultsDir {
     }
 }
 
-fn millis(t: SystemTime) -> u64 {
+/// Milliseconds since the Unix epoch, as the journal stores times.
+pub fn millis(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
