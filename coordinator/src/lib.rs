@@ -4,6 +4,7 @@
 pub mod error;
 pub mod local;
 pub mod progress;
+pub mod report;
 pub mod results;
 pub mod scheduler;
 pub mod server;

@@ -40,6 +40,17 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Write the paper's figures for a results directory: one self-contained HTML page
+    /// (figures inline, opens offline) and every figure as an SVG file beside it.
+    ///
+    /// Works while the sweep still runs, and says what is missing.
+    Report {
+        /// The results directory (of `bnsweep run` or `bnsweep serve`).
+        dir: PathBuf,
+        /// The page to write. Default: DIR/report.html (figures in DIR/report_figures/).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Check a sweep file and print its trials; runs nothing.
     ///
     /// Every problem is printed as FILE:LINE:COL: FIELD: MESSAGE and the exit status is 2.
@@ -110,6 +121,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate { file } => validate(&file),
+        Command::Report { dir, out } => report_cmd(&dir, out),
         Command::Status { remote } => status(&remote),
         Command::Cancel { remote } => cancel(&remote),
         Command::Run {
@@ -292,6 +304,23 @@ fn status(remote: &Remote) -> Result<ExitCode, Error> {
             w.worker_id, w.host, w.running, w.finished, w.steps_per_s, seen
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report_cmd(dir: &Path, out: Option<PathBuf>) -> Result<ExitCode, Error> {
+    let results = bnsweep::report::data::Results::open(dir)?;
+    let report = bnsweep::report::build(&results)?;
+    let out = out.unwrap_or_else(|| dir.join("report.html"));
+    let figures = bnsweep::report::write(&report, &out)?;
+    for line in &report.status {
+        eprintln!("bnsweep: {line}");
+    }
+    let n: usize = report.sections.iter().map(|s| s.figures.len()).sum();
+    println!(
+        "report: {} ({n} figures, also in {})",
+        out.display(),
+        figures.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

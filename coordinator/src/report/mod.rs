@@ -1,0 +1,660 @@
+//! `bnsweep report`: the paper's figures for a results directory, as one self-contained HTML
+//! page (figures inline, no scripts, opens offline) and the same figures as SVG files.
+//!
+//! Trials are grouped by their other parameters (one panel per learning rate, and per any other
+//! swept field) and, within a panel, by BatchNorm and noise (one line each); seeds are averaged,
+//! their spread (min to max) shaded. Works on partial results: what is not there yet is said.
+
+pub mod data;
+pub mod svg;
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use data::{Results, Table, TrialInfo, Variant};
+use svg::{esc, Chart, Series, PALETTE};
+
+/// One figure: its file name (without `.svg`), caption and drawing.
+pub struct Figure {
+    pub name: String,
+    pub caption: String,
+    pub svg: String,
+}
+
+pub struct Section {
+    pub heading: String,
+    pub intro: String,
+    pub figures: Vec<Figure>,
+}
+
+pub struct Report {
+    pub title: String,
+    /// Where the sweep stands, and what is missing.
+    pub status: Vec<String>,
+    /// Final test accuracy: (panel, variant, cell text, mean, sd, seeds with a value).
+    pub table: Vec<AccuracyRow>,
+    pub sections: Vec<Section>,
+}
+
+pub struct AccuracyRow {
+    pub panel: String,
+    pub variant: String,
+    pub mean: Option<f64>,
+    pub sd: Option<f64>,
+    pub seeds: usize,
+    pub finished: usize,
+    pub diverged: usize,
+    pub failed: usize,
+}
+
+/// The tables of one trial that the figures use.
+struct TrialData {
+    info: TrialInfo,
+    train: Option<Table>,
+    eval: Option<Table>,
+    layers: Option<Table>,
+    landscape: Option<Table>,
+    activations: Option<Table>,
+}
+
+/// A line: (x, y) points.
+type Line = Vec<(f64, f64)>;
+/// A band: (x, low, high).
+type Band = Vec<(f64, f64, f64)>;
+
+/// Values per step of several seeds, averaged: the line (mean) and the band (min, max).
+fn over_seeds(runs: &[Line]) -> (Line, Band) {
+    let mut by_x: BTreeMap<i64, (f64, Vec<f64>)> = BTreeMap::new();
+    for run in runs {
+        for &(x, y) in run {
+            by_x.entry((x * 1000.0).round() as i64)
+                .or_insert((x, Vec::new()))
+                .1
+                .push(y);
+        }
+    }
+    let mut line = Vec::new();
+    let mut band = Vec::new();
+    for (x, ys) in by_x.into_values() {
+        let ok: Vec<f64> = ys.iter().copied().filter(|y| y.is_finite()).collect();
+        if ok.is_empty() {
+            line.push((x, f64::NAN));
+            continue;
+        }
+        let mean = ok.iter().sum::<f64>() / ok.len() as f64;
+        line.push((x, mean));
+        if runs.len() > 1 {
+            let lo = ok.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = ok.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            band.push((x, lo, hi));
+        }
+    }
+    (line, band)
+}
+
+/// Trailing moving average over `w` points; a non-finite value stays as it is.
+fn smooth(points: &[(f64, f64)], w: usize) -> Vec<(f64, f64)> {
+    let mut out = Vec::with_capacity(points.len());
+    let mut sum = 0.0;
+    let mut window: std::collections::VecDeque<f64> = Default::default();
+    for &(x, y) in points {
+        if !y.is_finite() {
+            out.push((x, y));
+            continue;
+        }
+        window.push_back(y);
+        sum += y;
+        if window.len() > w {
+            sum -= window.pop_front().unwrap_or(0.0);
+        }
+        out.push((x, sum / window.len() as f64));
+    }
+    out
+}
+
+/// Pairs of two columns of a table, rows where `keep` holds.
+fn xy(t: &Table, x: &str, y: &str, keep: impl Fn(usize) -> bool) -> Vec<(f64, f64)> {
+    let (xs, ys) = (t.f64s(x), t.f64s(y));
+    (0..t.rows)
+        .filter(|&i| keep(i))
+        .filter_map(|i| Some((xs[i]?, ys[i].unwrap_or(f64::NAN))))
+        .collect()
+}
+
+fn mean_sd(v: &[f64]) -> (Option<f64>, Option<f64>) {
+    if v.is_empty() {
+        return (None, None);
+    }
+    let m = v.iter().sum::<f64>() / v.len() as f64;
+    let sd = (v.len() > 1)
+        .then(|| (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt());
+    (Some(m), sd)
+}
+
+fn slug(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        if c.is_ascii_alphanumeric() || c == '.' {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    out.trim_matches('-').to_string()
+}
+
+pub fn build(results: &Results) -> Result<Report> {
+    let mut trials = Vec::new();
+    for info in &results.trials {
+        let table = |kind| results.table(kind, &info.id);
+        trials.push(TrialData {
+            info: info.clone(),
+            train: table("train")?,
+            eval: table("eval")?,
+            layers: table("layers")?,
+            landscape: table("landscape")?,
+            activations: table("activations")?,
+        });
+    }
+    let panels = results.panels();
+    let variants = results.variants();
+    let color = |v: &Variant| {
+        let i = variants.iter().position(|x| x == v).unwrap_or(0);
+        PALETTE[i % PALETTE.len()].to_string()
+    };
+    let in_group = |p: &str, v: &Variant| -> Vec<&TrialData> {
+        trials
+            .iter()
+            .filter(|t| t.info.panel == p && &t.info.variant == v)
+            .collect()
+    };
+
+    // Where the sweep stands.
+    let total = results.sweep.trials.len();
+    let count = |s: &str| results.trials.iter().filter(|t| t.status == s).count();
+    let (completed, diverged, failed) = (count("completed"), count("diverged"), count("failed"));
+    let finished = completed + diverged + failed;
+    let mut status = vec![format!(
+        "{finished} of {total} trials finished: {completed} completed, {diverged} diverged, {failed} failed."
+    )];
+    if finished < total {
+        status.push(format!(
+            "Partial results: {} running, {} queued, {} not yet recorded. The figures show what has arrived; run `bnsweep report` again for more.",
+            count("running"),
+            count("queued"),
+            total.saturating_sub(results.trials.len())
+        ));
+    }
+    let with = |f: fn(&TrialData) -> bool| trials.iter().filter(|t| f(t)).count();
+    let (n_layers, n_land, n_act) = (
+        with(|t| t.layers.is_some()),
+        with(|t| t.landscape.is_some()),
+        with(|t| t.activations.is_some()),
+    );
+    if finished > 0 && n_layers + n_land + n_act == 0 {
+        status.push(
+            "No measurements (ICS, landscape, activations): the sweep file has no `measure:` section.".into(),
+        );
+    }
+
+    // Final test accuracy.
+    let mut table = Vec::new();
+    for p in &panels {
+        for v in &variants {
+            let g = in_group(p, v);
+            if g.is_empty() {
+                continue;
+            }
+            let accs: Vec<f64> = g
+                .iter()
+                .filter(|t| t.info.status == "completed")
+                .filter_map(|t| t.info.final_test_acc)
+                .collect();
+            let (mean, sd) = mean_sd(&accs);
+            let st = |s: &str| g.iter().filter(|t| t.info.status == s).count();
+            table.push(AccuracyRow {
+                panel: p.clone(),
+                variant: v.label(),
+                mean,
+                sd,
+                seeds: g.len(),
+                finished: st("completed") + st("diverged") + st("failed"),
+                diverged: st("diverged"),
+                failed: st("failed"),
+            });
+        }
+    }
+
+    let steps = results
+        .sweep
+        .trials
+        .iter()
+        .map(|t| t.config.steps)
+        .max()
+        .unwrap_or(1);
+    let window = (steps as usize / 50).max(1);
+    let mut training = Vec::new();
+    let mut landscape = Vec::new();
+    let mut ics = Vec::new();
+    let mut ridges = Vec::new();
+    for p in &panels {
+        let title_p = if p.is_empty() {
+            String::new()
+        } else {
+            format!(" — {p}")
+        };
+        // Training curves.
+        for (col, what, y_label) in [
+            ("loss", "Training loss", "cross-entropy (moving average)"),
+            (
+                "acc",
+                "Training accuracy",
+                "batch accuracy (moving average)",
+            ),
+        ] {
+            let mut chart = Chart::new(&format!("{what}{title_p}"), "training step", y_label);
+            if col == "loss" {
+                // Twice the loss of a uniform guess over 10 classes: above, a run is lost.
+                chart.y_max = Some(2.0 * 10f64.ln());
+            }
+            for v in &variants {
+                let runs: Vec<Vec<(f64, f64)>> = in_group(p, v)
+                    .iter()
+                    .filter_map(|t| t.train.as_ref())
+                    .map(|t| smooth(&xy(t, "step", col, |_| true), window))
+                    .collect();
+                if runs.is_empty() {
+                    continue;
+                }
+                let (line, band) = over_seeds(&runs);
+                chart.series.push(Series {
+                    label: v.label(),
+                    color: color(v),
+                    points: line,
+                    band,
+                    dashed: v.noise > 0.0,
+                });
+            }
+            training.push(Figure {
+                name: slug(&format!("{col}-{p}")),
+                caption: format!(
+                    "{what}{title_p}: mean over seeds, shaded from the lowest to the highest seed; a moving average over {window} steps. A line that stops has diverged{}.",
+                    if col == "loss" { "; losses above 4.6 (twice that of a uniform guess) are drawn at 4.6" } else { "" }
+                ),
+                svg: chart.render(),
+            });
+        }
+        let mut chart = Chart::new(
+            &format!("Test accuracy{title_p}"),
+            "training step",
+            "test accuracy",
+        );
+        for v in &variants {
+            let runs: Vec<Vec<(f64, f64)>> = in_group(p, v)
+                .iter()
+                .filter_map(|t| t.eval.as_ref())
+                .map(|t| xy(t, "step", "test_acc", |_| true))
+                .collect();
+            if runs.is_empty() {
+                continue;
+            }
+            let (line, band) = over_seeds(&runs);
+            chart.series.push(Series {
+                label: v.label(),
+                color: color(v),
+                points: line,
+                band,
+                dashed: v.noise > 0.0,
+            });
+        }
+        training.push(Figure {
+            name: slug(&format!("test-acc-{p}")),
+            caption: format!("Test accuracy{title_p} at each evaluation, mean over seeds."),
+            svg: chart.render(),
+        });
+
+        // Landscape: one row per (step, eta); the bands are the same on every row of a step.
+        if n_land > 0 {
+            for (lo, hi, what, y_label, log) in [
+                (
+                    "loss_min",
+                    "loss_max",
+                    "Loss variation along the gradient",
+                    "loss L(w − η g)",
+                    false,
+                ),
+                (
+                    "gradpred_min",
+                    "gradpred_max",
+                    "Gradient predictiveness",
+                    "‖∇L(w − η g) − ∇L(w)‖",
+                    true,
+                ),
+            ] {
+                let mut chart = Chart::new(&format!("{what}{title_p}"), "training step", y_label);
+                chart.log_y = log;
+                for v in &variants {
+                    let tables: Vec<&Table> = in_group(p, v)
+                        .iter()
+                        .filter_map(|t| t.landscape.as_ref())
+                        .collect();
+                    if tables.is_empty() {
+                        continue;
+                    }
+                    let lows: Vec<_> = tables.iter().map(|t| xy(t, "step", lo, |_| true)).collect();
+                    let highs: Vec<_> =
+                        tables.iter().map(|t| xy(t, "step", hi, |_| true)).collect();
+                    let (low, _) = over_seeds(&lows);
+                    let (high, _) = over_seeds(&highs);
+                    let band = low
+                        .iter()
+                        .zip(&high)
+                        .map(|(&(x, l), &(_, h))| (x, l, h))
+                        .collect();
+                    chart.series.push(Series {
+                        label: v.label(),
+                        color: color(v),
+                        points: Vec::new(),
+                        band,
+                        dashed: v.noise > 0.0,
+                    });
+                }
+                landscape.push(Figure {
+                    name: slug(&format!("{lo}-{p}")),
+                    caption: format!("{what}{title_p}: at each measured step, the range over the step sizes η along the gradient (mean over seeds of its ends)."),
+                    svg: chart.render(),
+                });
+            }
+            let mut chart = Chart::new(
+                &format!("β-smoothness{title_p}"),
+                "training step",
+                "max over η of ‖Δ∇L‖ / ‖η g‖",
+            );
+            chart.log_y = true;
+            for v in &variants {
+                let runs: Vec<_> = in_group(p, v)
+                    .iter()
+                    .filter_map(|t| t.landscape.as_ref())
+                    .map(|t| xy(t, "step", "beta_smoothness", |_| true))
+                    .collect();
+                if runs.is_empty() {
+                    continue;
+                }
+                let (line, band) = over_seeds(&runs);
+                chart.series.push(Series {
+                    label: v.label(),
+                    color: color(v),
+                    points: line,
+                    band,
+                    dashed: v.noise > 0.0,
+                });
+            }
+            landscape.push(Figure {
+                name: slug(&format!("beta-{p}")),
+                caption: format!(
+                    "Effective β-smoothness{title_p}: lower is smoother (mean over seeds)."
+                ),
+                svg: chart.render(),
+            });
+        }
+
+        // ICS per layer, for up to four layers spread over the depth.
+        if n_layers > 0 {
+            let names = layer_names(trials.iter().filter_map(|t| t.layers.as_ref()));
+            for (col, what) in [("ics_l2", "ICS ‖G − G′‖₂"), ("ics_cos", "ICS cos(G, G′)")]
+            {
+                for (layer, name) in spread(&names, 4) {
+                    let mut chart =
+                        Chart::new(&format!("{what}, {name}{title_p}"), "training step", what);
+                    chart.width = 340.0;
+                    chart.height = 240.0;
+                    for v in &variants {
+                        let runs: Vec<_> = in_group(p, v)
+                            .iter()
+                            .filter_map(|t| t.layers.as_ref())
+                            .map(|t| {
+                                let l = t.f64s("layer");
+                                xy(t, "step", col, |i| l[i] == Some(layer as f64))
+                            })
+                            .collect();
+                        if runs.is_empty() {
+                            continue;
+                        }
+                        let (line, band) = over_seeds(&runs);
+                        chart.series.push(Series {
+                            label: v.label(),
+                            color: color(v),
+                            points: line,
+                            band,
+                            dashed: v.noise > 0.0,
+                        });
+                    }
+                    ics.push(Figure {
+                        name: slug(&format!("{col}-{name}-{p}")),
+                        caption: format!("{what} of layer {name}{title_p}: how much the layer's gradient changes when the layers before it are updated (ℓ2: 0 is none; cosine: 1 is none)."),
+                        svg: chart.render(),
+                    });
+                }
+            }
+        }
+
+        // Activation histograms over training, one layer two thirds deep.
+        if n_act > 0 {
+            let names = layer_names(trials.iter().filter_map(|t| t.activations.as_ref()));
+            let layer = names.len() * 2 / 3;
+            if let Some(name) = names.get(layer).cloned() {
+                for v in &variants {
+                    let Some(t) = in_group(p, v)
+                        .into_iter()
+                        .find_map(|t| t.activations.as_ref())
+                    else {
+                        continue;
+                    };
+                    let rows = histograms(t, layer, "post", 8);
+                    ridges.push(Figure {
+                        name: slug(&format!("activations-{name}-{}-{p}", v.label())),
+                        caption: format!("Activations at the end of block {name}, {}{title_p} (first seed): the histogram of one batch at each measured step, top to bottom.", v.label()),
+                        svg: svg::ridge(&format!("Activations, {name}, {}{title_p}", v.label()), "activation value", &rows, &color(v)),
+                    });
+                }
+            }
+        }
+    }
+    let mut sections = vec![Section {
+        heading: "Training".into(),
+        intro: "Loss and accuracy for every learning rate, BatchNorm on and off, with and without injected noise.".into(),
+        figures: training,
+    }];
+    if !landscape.is_empty() {
+        sections.push(Section {
+            heading: "Loss landscape".into(),
+            intro: "Santurkar et al. argue BatchNorm helps by making the landscape smoother: the loss and its gradient change less along the gradient direction.".into(),
+            figures: landscape,
+        });
+    }
+    if !ics.is_empty() {
+        sections.push(Section {
+            heading: "Internal covariate shift".into(),
+            intro: "The gradient view of ICS (docs/measurements.md): the change of a layer's gradient caused by updating the layers before it.".into(),
+            figures: ics,
+        });
+    }
+    if !ridges.is_empty() {
+        sections.push(Section {
+            heading: "Activation distributions".into(),
+            intro: "Noisy BatchNorm keeps the activations' distribution moving, yet (the paper's point) trains as well as BatchNorm.".into(),
+            figures: ridges,
+        });
+    }
+    Ok(Report {
+        title: format!("bnsweep report: {}", results.sweep.name),
+        status,
+        table,
+        sections,
+    })
+}
+
+/// The layers a table names, by index.
+fn layer_names<'a>(tables: impl Iterator<Item = &'a Table>) -> Vec<String> {
+    let mut names: BTreeMap<usize, String> = BTreeMap::new();
+    for t in tables {
+        let (l, n) = (t.f64s("layer"), t.texts("layer_name"));
+        for i in 0..t.rows {
+            if let (Some(l), Some(n)) = (l[i], &n[i]) {
+                names.entry(l as usize).or_insert_with(|| n.clone());
+            }
+        }
+    }
+    names.into_values().collect()
+}
+
+/// Up to `k` of the layers, spread from the first to the last.
+fn spread(names: &[String], k: usize) -> Vec<(usize, String)> {
+    if names.len() <= k {
+        return names.iter().cloned().enumerate().collect();
+    }
+    let mut out: Vec<(usize, String)> = (0..k)
+        .map(|j| {
+            let i = j * (names.len() - 1) / (k - 1);
+            (i, names[i].clone())
+        })
+        .collect();
+    out.dedup();
+    out
+}
+
+/// Density curves of a layer's histograms at up to `k` measured steps.
+fn histograms(t: &Table, layer: usize, point: &str, k: usize) -> Vec<(String, Vec<(f64, f64)>)> {
+    let (step, l, pt, lo, hi, count) = (
+        t.f64s("step"),
+        t.f64s("layer"),
+        t.texts("point"),
+        t.f64s("lo"),
+        t.f64s("hi"),
+        t.f64s("count"),
+    );
+    let mut by_step: BTreeMap<i64, Vec<(f64, f64, f64)>> = BTreeMap::new();
+    for i in 0..t.rows {
+        if l[i] != Some(layer as f64) || pt[i].as_deref() != Some(point) {
+            continue;
+        }
+        if let (Some(s), Some(a), Some(b), Some(c)) = (step[i], lo[i], hi[i], count[i]) {
+            by_step.entry(s as i64).or_default().push((a, b, c));
+        }
+    }
+    let steps: Vec<i64> = by_step.keys().copied().collect();
+    let chosen: Vec<i64> = if steps.len() <= k {
+        steps
+    } else {
+        (0..k)
+            .map(|j| steps[j * (steps.len() - 1) / (k - 1)])
+            .collect()
+    };
+    chosen
+        .into_iter()
+        .map(|s| {
+            let bins = &by_step[&s];
+            let total: f64 = bins.iter().map(|b| b.2).sum::<f64>().max(1.0);
+            let pts = bins
+                .iter()
+                .filter(|(a, b, _)| a.is_finite() && b.is_finite() && b > a)
+                .map(|&(a, b, c)| ((a + b) / 2.0, c / total / (b - a)))
+                .collect();
+            (format!("{s}"), pts)
+        })
+        .collect()
+}
+
+/// The page: no scripts, no external files; figures inline.
+pub fn html(r: &Report) -> String {
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title><style>\
+         body{{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}}\
+         table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}\
+         th{{background:#f4f4f4}}td.l,th.l{{text-align:left}}.fig{{display:inline-block;vertical-align:top;margin:8px;max-width:540px}}\
+         .fig p{{font-size:12px;color:#555;margin:2px 8px}}.status{{background:#f7f7e8;padding:8px 12px;border-left:4px solid #cc9}}\
+         .diverged{{color:#b00}}</style></head><body><h1>{t}</h1>",
+        t = esc(&r.title)
+    );
+    let _ = write!(out, "<div class=\"status\" id=\"status\">");
+    for line in &r.status {
+        let _ = write!(out, "<p>{}</p>", esc(line));
+    }
+    out.push_str("</div><h2>Final test accuracy</h2><table id=\"accuracy\"><tr><th class=\"l\">parameters</th><th class=\"l\">variant</th><th>test accuracy (mean ± sd over seeds)</th><th>seeds finished</th><th>diverged</th><th>failed</th></tr>");
+    for row in &r.table {
+        let acc = match (row.mean, row.sd) {
+            (Some(m), Some(sd)) => format!("{:.4} ± {:.4}", m, sd),
+            (Some(m), None) => format!("{m:.4}"),
+            _ => "—".into(),
+        };
+        let _ = write!(
+            out,
+            "<tr><td class=\"l\">{}</td><td class=\"l\">{}</td><td data-mean=\"{}\">{acc}</td><td>{} of {}</td><td{}>{}</td><td>{}</td></tr>",
+            esc(&row.panel),
+            esc(&row.variant),
+            row.mean.map(|m| format!("{m:.6}")).unwrap_or_default(),
+            row.finished,
+            row.seeds,
+            if row.diverged > 0 { " class=\"diverged\"" } else { "" },
+            row.diverged,
+            row.failed
+        );
+    }
+    out.push_str("</table>");
+    for s in &r.sections {
+        let _ = write!(out, "<h2>{}</h2><p>{}</p>", esc(&s.heading), esc(&s.intro));
+        for f in &s.figures {
+            let _ = write!(
+                out,
+                "<figure class=\"fig\" id=\"{}\">{}<p>{}</p></figure>",
+                esc(&f.name),
+                f.svg,
+                esc(&f.caption)
+            );
+        }
+    }
+    let _ = write!(out, "<p style=\"color:#888;font-size:12px\">Written by bnsweep {}. Units: steps are optimizer steps; losses are mean cross-entropy (nats); accuracies are fractions in [0, 1].</p></body></html>", env!("CARGO_PKG_VERSION"));
+    out
+}
+
+/// Writes the page to `out` and every figure to `figures/NAME.svg` beside it.
+pub fn write(r: &Report, out: &Path) -> Result<PathBuf> {
+    let figures = out.with_file_name(format!(
+        "{}_figures",
+        out.file_stem().and_then(|s| s.to_str()).unwrap_or("report")
+    ));
+    std::fs::create_dir_all(&figures).map_err(|e| Error::io(&figures, e))?;
+    for s in &r.sections {
+        for f in &s.figures {
+            let p = figures.join(format!("{}.svg", f.name));
+            crate::results::write_atomic(&p, f.svg.as_bytes())?;
+        }
+    }
+    crate::results::write_atomic(out, html(r).as_bytes())?;
+    Ok(figures)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds_are_averaged_with_their_spread_and_nan_only_where_all_diverged() {
+        let runs = vec![
+            vec![(1.0, 1.0), (2.0, 3.0), (3.0, f64::NAN)],
+            vec![(1.0, 3.0), (2.0, 5.0), (3.0, f64::NAN)],
+        ];
+        let (line, band) = over_seeds(&runs);
+        assert_eq!(line[..2], [(1.0, 2.0), (2.0, 4.0)]);
+        assert!(line[2].1.is_nan());
+        assert_eq!(band, [(1.0, 1.0, 3.0), (2.0, 3.0, 5.0)]);
+        assert_eq!(
+            smooth(&[(1.0, 2.0), (2.0, 4.0), (3.0, 6.0)], 2),
+            [(1.0, 2.0), (2.0, 3.0), (3.0, 5.0)]
+        );
+    }
+}
