@@ -370,13 +370,14 @@ pub fn ticks(lo: f64, hi: f64) -> Vec<f64> {
         .map(|m| m * mag)
         .find(|s| span / s <= 6.0)
         .unwrap_or(10.0 * mag);
-    let mut t = (lo / step).ceil() * step;
-    let mut out = Vec::new();
-    while t <= hi + step * 1e-9 {
-        out.push(if t.abs() < step * 1e-9 { 0.0 } else { t });
-        t += step;
-    }
-    out
+    let (k0, k1) = ((lo / step).ceil() as i64, (hi / step + 1e-9).floor() as i64);
+    (k0..=k1)
+        .map(|k| {
+            // Rounded to the step's precision, so that 3 x 0.1 reads 0.3.
+            let scale = 10f64.powi((-step.log10().floor()) as i32 + 3);
+            (k as f64 * step * scale).round() / scale
+        })
+        .collect()
 }
 
 /// A number for a tick label or a table: short, no trailing zeros.
