@@ -4,7 +4,7 @@
 set -euo pipefail
 cache="${BNSWEEP_CACHE:-$HOME/.cache/bnsweep}"
 venv="$cache/venv"
-reqs="pyarrow==26.0.1 polars==2.1.0 duckdb==2.0.1 pandas==3.1.1 pillow==13.0.0"
+reqs="pyarrow==26.0.1 polars==2.1.0 duckdb==2.0.1 pandas==3.1.1 pillow==13.0.0 matplotlib==3.11.2"
 if [[ -f "$venv/.complete" && "$(cat "$venv/.complete")" == "$reqs" ]]; then
   echo "$venv/bin/python"
   exit 0

@@ -35,4 +35,33 @@ fn the_demo_sweep_runs_and_shows_the_paper_s_qualitative_facts() {
         .arg(repo_root().join("tests/check_demo_facts.py"))
         .arg(&out));
     assert!(facts.ok(), "{facts:?}");
+
+    // The report, checked against the Parquet it was made from.
+    let report = bnsweep(dir.path(), &["report", "demo"]);
+    assert!(report.ok(), "{report:?}");
+    assert!(
+        report.stdout.contains("report: demo/report.html"),
+        "{report:?}"
+    );
+    let checked = run(Command::new(python())
+        .arg(repo_root().join("tests/check_report.py"))
+        .arg(&out));
+    assert!(checked.ok(), "{checked:?}");
+
+    // The analysis examples run on it and draw their figures.
+    for (script, png, says) in [
+        ("loss_curves_polars.py", "loss.png", "from 8 trials"),
+        ("final_accuracy_duckdb.py", "acc.png", "8 configurations"),
+    ] {
+        let png = dir.path().join(png);
+        let ran = run(Command::new(python())
+            .arg(repo_root().join("examples").join(script))
+            .arg(&out)
+            .arg(&png));
+        assert!(ran.ok() && ran.stdout.contains(says), "{script}: {ran:?}");
+        assert!(
+            std::fs::metadata(&png).is_ok_and(|m| m.len() > 10_000),
+            "{script} drew nothing"
+        );
+    }
 }

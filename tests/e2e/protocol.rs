@@ -189,6 +189,17 @@ fn a_cancelled_sweep_stops_cleanly_and_resumes() {
     assert_eq!(serve.wait().unwrap().code(), Some(130));
     assert!(worker.wait().unwrap().success(), "the worker exits cleanly");
 
+    // A report of the unfinished sweep says what is missing.
+    let partial = bnsweep(dir.path(), &["report", "out"]);
+    assert!(partial.ok(), "{partial:?}");
+    assert!(
+        partial.stderr.contains("0 of 2 trials finished"),
+        "{partial:?}"
+    );
+    assert!(partial.stderr.contains("Partial results"), "{partial:?}");
+    let page = std::fs::read_to_string(dir.path().join("out/report.html")).unwrap();
+    assert!(page.contains("no data yet") && page.contains("Partial results"));
+
     let mut again = serve_command(dir.path(), "cancel.yaml", &addr, "out", &[])
         .spawn()
         .unwrap();
