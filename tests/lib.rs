@@ -187,3 +187,17 @@ impl Proxy {
         self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// Headless Chromium (Debian's `chromium`, installed by scripts/test), or `BNSWEEP_CHROMIUM`.
+pub fn chromium() -> Command {
+    let bin = std::env::var_os("BNSWEEP_CHROMIUM").unwrap_or_else(|| "chromium".into());
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--window-size=1200,1600",
+    ]);
+    cmd
+}

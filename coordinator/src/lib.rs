@@ -2,6 +2,7 @@
 //! the results as Parquet. It does not link libtorch; workers (`bnsweep-worker`) train.
 
 pub mod error;
+pub mod live;
 pub mod local;
 pub mod progress;
 pub mod report;

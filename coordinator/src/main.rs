@@ -100,6 +100,10 @@ enum Command {
         /// Required when listening on anything but loopback.
         #[arg(long, env = "BNSWEEP_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// Where to serve the live report (the page of `bnsweep report`, with progress, over
+        /// HTTP; the same token), or `off`. Default: a free port on loopback.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        http: String,
         /// Serve TLS with this certificate chain (PEM); workers then use https:// URLs.
         #[arg(long, requires = "tls_key")]
         tls_cert: Option<PathBuf>,
@@ -137,11 +141,12 @@ fn main() -> ExitCode {
             out,
             worker_timeout,
             token,
+            http,
             tls_cert,
             tls_key,
         } => {
             let tls = tls_cert.zip(tls_key);
-            serve(&file, listen, &out, worker_timeout, token, tls)
+            serve(&file, listen, &out, worker_timeout, token, tls, &http)
         }
     };
     match result {
@@ -307,6 +312,23 @@ fn status(remote: &Remote) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Binds the live report's port and says where it is.
+async fn live_listener(addr: SocketAddr, token: bool) -> Result<tokio::net::TcpListener, Error> {
+    let listener = server::bind(addr).await?;
+    let at = listener
+        .local_addr()
+        .map_err(|e| Error::io("listener", e))?;
+    eprintln!(
+        "bnsweep: live report at http://{at}/{}",
+        if token {
+            "?token=SECRET (the --token)"
+        } else {
+            ""
+        }
+    );
+    Ok(listener)
+}
+
 fn report_cmd(dir: &Path, out: Option<PathBuf>) -> Result<ExitCode, Error> {
     let results = bnsweep::report::data::Results::open(dir)?;
     let report = bnsweep::report::build(&results)?;
@@ -402,7 +424,10 @@ fn run(
             poll_interval: Duration::from_millis(200),
             ..Policy::default()
         };
-        let access = server::Access::default();
+        let access = server::Access {
+            live: Some(live_listener(SocketAddr::from(([127, 0, 0, 1], 0)), false).await?),
+            ..server::Access::default()
+        };
         server::run_sweep(&sweep, results, resume, listener, policy, access, children).await
     })?;
     Ok(report(&summary, &out))
@@ -435,8 +460,22 @@ fn serve(
     worker_timeout: u64,
     token: Option<String>,
     tls: Option<(PathBuf, PathBuf)>,
+    http: &str,
 ) -> Result<ExitCode, Error> {
     let token = token.filter(|t| !t.is_empty());
+    let http: Option<SocketAddr> = match http {
+        "off" => None,
+        a => Some(a.parse().map_err(|e| {
+            Error::Refused(format!(
+                "--http {a}: {e} (an address like 127.0.0.1:8080, or off)"
+            ))
+        })?),
+    };
+    if let Some(h) = http.filter(|h| !h.ip().is_loopback() && token.is_none()) {
+        return Err(Error::Refused(format!(
+            "--http {h} serves the report to other machines, so it needs a shared token: pass --token SECRET (or set BNSWEEP_TOKEN)"
+        )));
+    }
     let identity = match &tls {
         None => None,
         Some((cert, key)) => Some(server::Access::tls_identity(cert, key)?),
@@ -463,7 +502,15 @@ fn serve(
             worker_timeout: Duration::from_secs(worker_timeout.max(1)),
             ..Policy::default()
         };
-        let access = server::Access { token, tls: identity };
+        let live = match http {
+            Some(a) => Some(live_listener(a, token.is_some()).await?),
+            None => None,
+        };
+        let access = server::Access {
+            token,
+            tls: identity,
+            live,
+        };
         server::run_sweep(&sweep, results, resume, listener, policy, access, Vec::new()).await
     })?;
     Ok(report(&summary, out))

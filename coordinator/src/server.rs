@@ -54,6 +54,8 @@ pub struct Access {
     pub token: Option<String>,
     /// Serve TLS with this certificate and key.
     pub tls: Option<tonic::transport::Identity>,
+    /// Where to serve the live report (HTTP, the same token).
+    pub live: Option<TcpListener>,
 }
 
 impl Access {
@@ -136,6 +138,18 @@ pub async fn run_sweep(
     ))
     .max_decoding_message_size(pb::client::MAX_MESSAGE)
     .max_encoding_message_size(pb::client::MAX_MESSAGE);
+    let (live_tx, live_rx) = tokio::sync::oneshot::channel::<()>();
+    if let Some(listener) = access.live {
+        let (shared, token) = (shared.clone(), access.token.clone());
+        tokio::spawn(async move {
+            let stop = async {
+                let _ = live_rx.await;
+            };
+            if let Err(e) = crate::live::serve(listener, shared, token, stop).await {
+                tracing::warn!("live report: {e}");
+            }
+        });
+    }
     let service =
         tonic::service::interceptor::InterceptedService::new(service, TokenCheck(access.token));
     let mut builder = tonic::transport::Server::builder();
@@ -156,6 +170,7 @@ pub async fn run_sweep(
         tokio::time::sleep(grace).await;
     }
     let _ = stop_tx.send(());
+    let _ = live_tx.send(());
     // A graceful stop waits for open connections to close; a client that keeps one open
     // without using it must not keep the coordinator alive, so the wait is bounded.
     let mut server = server;

@@ -2,6 +2,7 @@
 //! read back by pyarrow, pandas, polars and DuckDB.
 
 mod demo;
+mod live;
 mod protocol;
 mod run_sweep;
 mod serve_and_worker;

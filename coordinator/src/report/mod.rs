@@ -569,10 +569,25 @@ fn histograms(t: &Table, layer: usize, point: &str, k: usize) -> Vec<(String, Ve
 
 /// The page: no scripts, no external files; figures inline.
 pub fn html(r: &Report) -> String {
+    page(r, None)
+}
+
+/// The live page: the sweep's progress on top, reloading itself every `reload`.
+pub fn html_live(r: &Report, progress: &str, reload: std::time::Duration) -> String {
+    page(r, Some((progress, reload)))
+}
+
+fn page(r: &Report, live: Option<(&str, std::time::Duration)>) -> String {
     let mut out = String::new();
+    let refresh = live.map_or(String::new(), |(_, every)| {
+        format!(
+            "<meta http-equiv=\"refresh\" content=\"{}\">",
+            every.as_secs().max(1)
+        )
+    });
     let _ = write!(
         out,
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title><style>\
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">{refresh}<title>{t}</title><style>\
          body{{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}}\
          table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}\
          th{{background:#f4f4f4}}td.l,th.l{{text-align:left}}.fig{{display:inline-block;vertical-align:top;margin:8px;max-width:540px}}\
@@ -580,6 +595,13 @@ pub fn html(r: &Report) -> String {
          .diverged{{color:#b00}}</style></head><body><h1>{t}</h1>",
         t = esc(&r.title)
     );
+    if let Some((progress, _)) = live {
+        let _ = write!(
+            out,
+            "<p class=\"status\" id=\"progress\"><b>Live:</b> {}</p>",
+            esc(progress)
+        );
+    }
     let _ = write!(out, "<div class=\"status\" id=\"status\">");
     for line in &r.status {
         let _ = write!(out, "<p>{}</p>", esc(line));

@@ -149,7 +149,12 @@ impl Chart {
             if v.len() >= 2 {
                 v
             } else {
-                ticks(y0, y1)
+                // Under a decade: round values, placed on the log scale.
+                ticks(10f64.powf(y0), 10f64.powf(y1))
+                    .into_iter()
+                    .filter(|t| *t > 0.0)
+                    .map(f64::log10)
+                    .collect()
             }
         } else {
             ticks(y0, y1)
