@@ -170,6 +170,24 @@ pub fn build(results: &Results) -> Result<Report> {
             .filter(|t| t.info.panel == p && &t.info.variant == v)
             .collect()
     };
+    // One line per variant: its seeds' runs (what `run` takes from a trial's tables, None when
+    // they are not there) averaged, their spread shaded.
+    let add_lines = |chart: &mut Chart, p: &str, run: &dyn Fn(&TrialData) -> Option<Line>| {
+        for v in &variants {
+            let runs: Vec<Line> = in_group(p, v).into_iter().filter_map(run).collect();
+            if runs.is_empty() {
+                continue;
+            }
+            let (points, band) = over_seeds(&runs);
+            chart.series.push(Series {
+                label: v.label(),
+                color: color(v),
+                points,
+                band,
+                dashed: v.noise > 0.0,
+            });
+        }
+    };
 
     // Where the sweep stands.
     let total = results.sweep.trials.len();
@@ -259,24 +277,10 @@ pub fn build(results: &Results) -> Result<Report> {
                 // Twice the loss of a uniform guess over 10 classes: above, a run is lost.
                 chart.y_max = Some(2.0 * 10f64.ln());
             }
-            for v in &variants {
-                let runs: Vec<Vec<(f64, f64)>> = in_group(p, v)
-                    .iter()
-                    .filter_map(|t| t.train.as_ref())
-                    .map(|t| smooth(&xy(t, "step", col, |_| true), window))
-                    .collect();
-                if runs.is_empty() {
-                    continue;
-                }
-                let (line, band) = over_seeds(&runs);
-                chart.series.push(Series {
-                    label: v.label(),
-                    color: color(v),
-                    points: line,
-                    band,
-                    dashed: v.noise > 0.0,
-                });
-            }
+            add_lines(&mut chart, p, &|t| {
+                let train = t.train.as_ref()?;
+                Some(smooth(&xy(train, "step", col, |_| true), window))
+            });
             training.push(Figure {
                 name: slug(&format!("{col}-{p}")),
                 caption: format!(
@@ -291,24 +295,9 @@ pub fn build(results: &Results) -> Result<Report> {
             "training step",
             "test accuracy",
         );
-        for v in &variants {
-            let runs: Vec<Vec<(f64, f64)>> = in_group(p, v)
-                .iter()
-                .filter_map(|t| t.eval.as_ref())
-                .map(|t| xy(t, "step", "test_acc", |_| true))
-                .collect();
-            if runs.is_empty() {
-                continue;
-            }
-            let (line, band) = over_seeds(&runs);
-            chart.series.push(Series {
-                label: v.label(),
-                color: color(v),
-                points: line,
-                band,
-                dashed: v.noise > 0.0,
-            });
-        }
+        add_lines(&mut chart, p, &|t| {
+            Some(xy(t.eval.as_ref()?, "step", "test_acc", |_| true))
+        });
         training.push(Figure {
             name: slug(&format!("test-acc-{p}")),
             caption: format!("Test accuracy{title_p} at each evaluation, mean over seeds."),
@@ -373,24 +362,11 @@ pub fn build(results: &Results) -> Result<Report> {
                 "max over η of ‖Δ∇L‖ / ‖η g‖",
             );
             chart.log_y = true;
-            for v in &variants {
-                let runs: Vec<_> = in_group(p, v)
-                    .iter()
-                    .filter_map(|t| t.landscape.as_ref())
-                    .map(|t| xy(t, "step", "beta_smoothness", |_| true))
-                    .collect();
-                if runs.is_empty() {
-                    continue;
-                }
-                let (line, band) = over_seeds(&runs);
-                chart.series.push(Series {
-                    label: v.label(),
-                    color: color(v),
-                    points: line,
-                    band,
-                    dashed: v.noise > 0.0,
-                });
-            }
+            add_lines(&mut chart, p, &|t| {
+                Some(xy(t.landscape.as_ref()?, "step", "beta_smoothness", |_| {
+                    true
+                }))
+            });
             landscape.push(Figure {
                 name: slug(&format!("beta-{p}")),
                 caption: format!(
@@ -410,27 +386,11 @@ pub fn build(results: &Results) -> Result<Report> {
                         Chart::new(&format!("{what}, {name}{title_p}"), "training step", what);
                     chart.width = 340.0;
                     chart.height = 240.0;
-                    for v in &variants {
-                        let runs: Vec<_> = in_group(p, v)
-                            .iter()
-                            .filter_map(|t| t.layers.as_ref())
-                            .map(|t| {
-                                let l = t.f64s("layer");
-                                xy(t, "step", col, |i| l[i] == Some(layer as f64))
-                            })
-                            .collect();
-                        if runs.is_empty() {
-                            continue;
-                        }
-                        let (line, band) = over_seeds(&runs);
-                        chart.series.push(Series {
-                            label: v.label(),
-                            color: color(v),
-                            points: line,
-                            band,
-                            dashed: v.noise > 0.0,
-                        });
-                    }
+                    add_lines(&mut chart, p, &|t| {
+                        let layers = t.layers.as_ref()?;
+                        let l = layers.f64s("layer");
+                        Some(xy(layers, "step", col, |i| l[i] == Some(layer as f64)))
+                    });
                     ics.push(Figure {
                         name: slug(&format!("{col}-{name}-{p}")),
                         caption: format!("{what} of layer {name}{title_p}: how much the layer's gradient changes when the layers before it are updated (ℓ2: 0 is none; cosine: 1 is none)."),
