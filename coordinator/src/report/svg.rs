@@ -103,26 +103,9 @@ impl Chart {
 
     pub fn render(&self) -> String {
         let (w, h) = (self.width, self.height);
-        let mut out = String::new();
-        let _ = write!(
-            out,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" height="{h}" font-family="sans-serif" font-size="11" role="img"><title>{}</title><rect width="{w}" height="{h}" fill="white"/>"#,
-            esc(&self.title)
-        );
-        let _ = write!(
-            out,
-            r#"<text x="{}" y="16" text-anchor="middle" font-size="13" font-weight="bold">{}</text>"#,
-            w / 2.0,
-            esc(&self.title)
-        );
+        let mut out = begin(&self.title, w, h);
         let Some((x0, x1, y0, y1)) = self.range() else {
-            let _ = write!(
-                out,
-                r##"<text x="{}" y="{}" text-anchor="middle" fill="#666">no data yet</text></svg>"##,
-                w / 2.0,
-                h / 2.0
-            );
-            return out;
+            return no_data(out, w, h);
         };
         let (pw, ph) = (w - LEFT - RIGHT, h - TOP - BOTTOM);
         let sx = |x: f64| LEFT + (x - x0) / (x1 - x0) * pw;
@@ -286,6 +269,26 @@ impl Chart {
     }
 }
 
+/// The start of a figure: the SVG element, a white background and the title.
+fn begin(title: &str, w: f64, h: f64) -> String {
+    format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" height="{h}" font-family="sans-serif" font-size="11" role="img"><title>{t}</title><rect width="{w}" height="{h}" fill="white"/><text x="{}" y="16" text-anchor="middle" font-size="13" font-weight="bold">{t}</text>"#,
+        w / 2.0,
+        t = esc(title)
+    )
+}
+
+/// Ends a figure that has nothing to draw yet, saying so.
+fn no_data(mut out: String, w: f64, h: f64) -> String {
+    let _ = write!(
+        out,
+        r##"<text x="{}" y="{}" text-anchor="middle" fill="#666">no data yet</text></svg>"##,
+        w / 2.0,
+        h / 2.0
+    );
+    out
+}
+
 /// A ridge plot: one filled curve per row (a histogram at one step), stacked from the first
 /// row at the top to the last at the bottom, sharing the x axis.
 pub fn ridge(
@@ -296,26 +299,14 @@ pub fn ridge(
 ) -> String {
     let (w, row_h) = (420.0, 26.0);
     let h = TOP + BOTTOM + row_h * (rows.len().max(1) as f64 + 1.5);
-    let mut out = String::new();
-    let _ = write!(
-        out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" height="{h}" font-family="sans-serif" font-size="11" role="img"><title>{t}</title><rect width="{w}" height="{h}" fill="white"/><text x="{}" y="16" text-anchor="middle" font-size="13" font-weight="bold">{t}</text>"#,
-        w / 2.0,
-        t = esc(title)
-    );
+    let mut out = begin(title, w, h);
     let xs: Vec<f64> = rows.iter().flat_map(|r| r.1.iter().map(|p| p.0)).collect();
     let peak = rows
         .iter()
         .flat_map(|r| r.1.iter().map(|p| p.1))
         .fold(0.0, f64::max);
     if xs.is_empty() || peak <= 0.0 {
-        let _ = write!(
-            out,
-            r##"<text x="{}" y="{}" text-anchor="middle" fill="#666">no data yet</text></svg>"##,
-            w / 2.0,
-            h / 2.0
-        );
-        return out;
+        return no_data(out, w, h);
     }
     let (x0, x1) = (
         xs.iter().copied().fold(f64::INFINITY, f64::min),
