@@ -338,6 +338,64 @@ fn interrupt_a_worker_mid_trial(signal: &str) -> std::process::ExitStatus {
     exited
 }
 
+/// kill -9 of a worker's slot process mid-trial (as the kernel's out-of-memory killer or a
+/// CUDA abort would end it) costs that attempt only: the worker lives on, starts a new slot
+/// process, and the trial completes in its second attempt with its rows exactly once.
+#[test]
+fn a_killed_slot_process_costs_one_attempt_not_the_worker() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let text = "name: slot\nparameters:\n  lr: [0.05]\ntrain:\n  model: {width: 0.125}\n  dataset: {train_size: 512, test_size: 64}\n  batch_size: 64\n  steps: 300\n  eval_every: 100\n";
+    std::fs::write(dir.path().join("slot.yaml"), text).unwrap();
+    let (addr, url) = free_addr();
+    let mut serve = serve_command(dir.path(), "slot.yaml", &addr, "out", &[])
+        .spawn()
+        .unwrap();
+    let mut worker = Command::new(bin("bnsweep-worker"))
+        .args(["--coordinator", &url, "--device", "cpu", "--threads", "1"])
+        .args(["--name", "only"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(worker.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().contains("starting on cpu") {
+            break;
+        }
+    }
+    let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    std::thread::sleep(Duration::from_secs(2));
+    // Children are listed per thread of the parent.
+    let mut children = String::new();
+    for task in std::fs::read_dir(format!("/proc/{}/task", worker.id())).unwrap() {
+        let listed = task.unwrap().path().join("children");
+        children += &std::fs::read_to_string(listed).unwrap_or_default();
+    }
+    let slots: Vec<&str> = children.split_whitespace().collect();
+    assert_eq!(slots.len(), 1, "one slot process: {children:?}");
+    let cmdline = std::fs::read_to_string(format!("/proc/{}/cmdline", slots[0])).unwrap();
+    assert!(cmdline.contains("slot"), "{cmdline:?}");
+    let killed = run(Command::new("kill").args(["-KILL", slots[0]]));
+    assert!(killed.ok(), "{killed:?}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let exited = loop {
+        if let Some(s) = worker.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the worker did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = log.join().unwrap().join("\n");
+    assert!(exited.success(), "{log}");
+    assert!(
+        log.contains("the slot process on cpu") && log.contains("SIGKILL"),
+        "{log}"
+    );
+    assert!(serve.wait().unwrap().success(), "{log}");
+    let attempts = check_one_trial(&dir.path().join("out"), &log);
+    assert_eq!(attempts, "2 w1-only None", "{log}");
+}
+
 /// kill -9 of the coordinator mid-sweep, while a trial runs: started again on the same
 /// directory it resumes; the worker reconnects by itself and its running trial carries on
 /// from the journal under the same attempt; what was finished is neither lost nor run again,

@@ -1,7 +1,7 @@
-//! The worker's side of the protocol: register, poll for trials, run each on a thread of its
-//! own, stream its rows back in numbered batches, and report how it ended.
+//! The worker's side of the protocol: register, poll for trials, run each in one of the
+//! worker's slots (a process of its own, see [`crate::slot`]), stream its rows back in numbered
+//! batches, and report how it ended.
 
-use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,17 +15,16 @@ use tonic::Code;
 use crate::device;
 use crate::error::{Error, Result};
 use crate::simulate::{self, Simulation};
-use crate::trainer::{self, Ending, HostData, Row};
+use crate::slot::{Msg, Slots};
+use crate::trainer::{Ending, Row};
 
 /// Rows a metric batch carries at most, and how long rows wait before they are sent.
 const BATCH_ROWS: usize = 5000;
 const BATCH_WAIT: Duration = Duration::from_millis(1000);
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     pub url: String,
-    pub slots: u32,
-    pub device: Device,
     pub name: String,
     /// How long the coordinator may stay unreachable before the worker gives up.
     pub patience: Duration,
@@ -33,41 +32,43 @@ pub struct Config {
     pub token: Option<String>,
     /// The certificate (PEM) that an `https://` coordinator's must chain to.
     pub tls_ca: Option<std::path::PathBuf>,
-    /// Fake the training (`bnsweep-worker simulate`).
-    pub simulate: Option<Simulation>,
+    /// Where the trials run.
+    pub training: Training,
+}
+
+/// Where a worker's trials run.
+#[derive(Clone)]
+pub enum Training {
+    /// Each in one of the worker's slot processes.
+    Slots(Arc<Slots>),
+    /// Faked on threads of this process, `slots` at once (`bnsweep-worker simulate`).
+    Simulated { sim: Simulation, slots: u32 },
+}
+
+impl Training {
+    fn slots(&self) -> u32 {
+        match self {
+            Training::Slots(s) => s.total() as u32,
+            Training::Simulated { slots, .. } => *slots,
+        }
+    }
+
+    fn devices(&self) -> Vec<String> {
+        match self {
+            Training::Slots(s) => s.devices().into_iter().map(device::name).collect(),
+            Training::Simulated { .. } => vec![device::name(Device::Cpu)],
+        }
+    }
 }
 
 /// What every trial of this worker shares.
 struct Context {
-    device: Device,
-    cache: DataCache,
+    training: Training,
     /// Set on SIGTERM or a cancelled sweep: trials stop and are given back.
     shutdown: Arc<AtomicBool>,
-    /// The pace of simulated steps, when the training is fake.
-    pace: Option<Duration>,
 }
 
 use pb::client::Client;
-
-/// Datasets loaded on the host, shared by the trials that use them.
-#[derive(Default)]
-struct DataCache(Mutex<HashMap<String, Arc<HostData>>>);
-
-impl DataCache {
-    fn get(&self, spec: &pb::DatasetSpec) -> Result<Arc<HostData>> {
-        let key = format!("{spec:?}");
-        if let Some(d) = self.0.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-            return Ok(d.clone());
-        }
-        let data = Arc::new(trainer::load_data(spec)?);
-        let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= 2 {
-            cache.clear();
-        }
-        cache.insert(key, data.clone());
-        Ok(data)
-    }
-}
 
 async fn connect(cfg: &Config) -> Result<Client> {
     let ca = match &cfg.tls_ca {
@@ -107,8 +108,8 @@ async fn register(client: &mut Client, cfg: &Config, previous: &str) -> Result<(
     let resp = client
         .register(pb::RegisterRequest {
             host: cfg.name.clone(),
-            devices: vec![device::name(cfg.device)],
-            slots: cfg.slots,
+            devices: cfg.training.devices(),
+            slots: cfg.training.slots(),
             version: pb::PROTOCOL_VERSION.into(),
             previous_worker_id: previous.to_string(),
         })
@@ -145,10 +146,8 @@ pub async fn run(cfg: Config) -> Result<()> {
     let wake = Arc::new(Notify::new());
     let shutdown = Arc::new(AtomicBool::new(false));
     let ctx = Arc::new(Context {
-        device: cfg.device,
-        cache: DataCache::default(),
+        training: cfg.training.clone(),
         shutdown: shutdown.clone(),
-        pace: cfg.simulate.as_ref().map(|s| s.step),
     });
     {
         let (shutdown, wake) = (shutdown.clone(), wake.clone());
@@ -176,7 +175,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         let request = pb::PollWorkRequest {
             worker_id: me.id(),
             free_slots: if taking {
-                cfg.slots.saturating_sub(busy)
+                cfg.training.slots().saturating_sub(busy)
             } else {
                 0
             },
@@ -198,7 +197,7 @@ pub async fn run(cfg: Config) -> Result<()> {
                 for assignment in resp.trials {
                     running.fetch_add(1, Ordering::SeqCst);
                     me.lease(&assignment, true);
-                    if let Some(sim) = &cfg.simulate {
+                    if let Training::Simulated { sim, .. } = &cfg.training {
                         sim.record_dispatch(asked.elapsed());
                     }
                     let (client, me, ctx) = (client.clone(), me.clone(), ctx.clone());
@@ -270,12 +269,6 @@ impl Identity {
     }
 }
 
-enum Msg {
-    Row(Row),
-    End(Result<Ending>),
-}
-
-/// Runs one trial: training on a thread of its own, rows to the coordinator as they come.
 /// Ctrl-C or SIGTERM.
 async fn stop_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -306,47 +299,55 @@ async fn run_attempt(
     a: &pb::TrialAssignment,
     ctx: Arc<Context>,
 ) {
-    let device = ctx.device;
     let span = tracing::info_span!("trial", trial = %a.trial_id, attempt = a.attempt);
     let _enter = span.enter();
-    tracing::info!("starting on {}", device::name(device));
     let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
-    let spec = a.spec.clone().unwrap_or_default();
     // Set when the coordinator no longer leases this attempt to us: training stops.
-    let abandoned = Arc::new(AtomicBool::new(false));
-    let abandon = abandoned.clone();
-    std::thread::spawn(move || {
-        let rows = tx.clone();
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            let stop = || {
-                if ctx.shutdown.load(Ordering::SeqCst) {
-                    Some("the worker is stopping".to_string())
-                } else if abandoned.load(Ordering::SeqCst) {
-                    Some("the coordinator no longer leases this attempt".to_string())
-                } else {
-                    None
-                }
-            };
-            let emit = |row| {
-                let _ = rows.send(Msg::Row(row));
-            };
-            if let Some(pace) = ctx.pace {
-                return simulate::train(&spec, pace, emit, stop);
+    let abandon = Arc::new(AtomicBool::new(false));
+    let stop = {
+        let (shutdown, abandoned) = (ctx.shutdown.clone(), abandon.clone());
+        move || {
+            if shutdown.load(Ordering::SeqCst) {
+                Some("the worker is stopping".to_string())
+            } else if abandoned.load(Ordering::SeqCst) {
+                Some("the coordinator no longer leases this attempt".to_string())
+            } else {
+                None
             }
-            let dataset = spec.dataset.clone().unwrap_or_default();
-            let data = ctx.cache.get(&dataset)?;
-            trainer::train_with(&spec, data, device, emit, stop, |_| {})
-        }))
-        .unwrap_or_else(|panic| {
-            let text = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(Error::Crashed(text))
-        });
-        let _ = tx.send(Msg::End(result));
-    });
+        }
+    };
+    let device = match &ctx.training {
+        Training::Slots(slots) => match slots.take() {
+            Some(mut slot) => {
+                let device = slot.device;
+                let (slots, a) = (slots.clone(), a.clone());
+                tokio::spawn(async move {
+                    slots.train(&mut slot, &a, stop, &tx).await;
+                    slots.put(slot);
+                });
+                device
+            }
+            None => {
+                let _ = tx.send(Msg::End(Err(Error::Crashed("no free slot".into()))));
+                Device::Cpu
+            }
+        },
+        Training::Simulated { sim, .. } => {
+            let (spec, pace) = (a.spec.clone().unwrap_or_default(), sim.step);
+            std::thread::spawn(move || {
+                let emit = |row| {
+                    let _ = tx.send(Msg::Row(row));
+                };
+                let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    simulate::train(&spec, pace, emit, stop)
+                }))
+                .unwrap_or_else(|_| Err(Error::Crashed("the simulation panicked".into())));
+                let _ = tx.send(Msg::End(result));
+            });
+            Device::Cpu
+        }
+    };
+    tracing::info!("starting on {}", device::name(device));
 
     let mut batch = pb::MetricsBatch {
         worker_id: worker_id.to_string(),
@@ -370,7 +371,7 @@ async fn run_attempt(
                 None
             }
             Ok(Some(Msg::End(result))) => Some(result),
-            Ok(None) => Some(Err(Error::Crashed("trainer thread vanished".into()))),
+            Ok(None) => Some(Err(Error::Crashed("the trainer vanished".into()))),
             Err(_) => None,
         };
         let rows = batch.train.len()

@@ -16,9 +16,12 @@ pub enum Error {
     /// The worker is stopping (SIGTERM) or lost the trial's lease: the trial is given back.
     #[error("stopped before the end: {0}")]
     Stopped(String),
-    /// The trainer thread panicked.
+    /// The trainer panicked, or its slot process died (killed, aborted).
     #[error("trainer crashed: {0}")]
     Crashed(String),
+    /// The attempt failed in its slot process; the slot said why and whether to retry.
+    #[error("{message}")]
+    InSlot { message: String, retryable: bool },
     #[error("device: {0}")]
     Device(String),
     #[error(
@@ -50,7 +53,11 @@ impl From<tonic::Status> for Error {
 impl Error {
     /// True when the failure is the infrastructure's, not the trial's own.
     pub fn retryable(&self) -> bool {
-        !matches!(self, Error::Data { .. } | Error::Unsupported(_))
+        match self {
+            Error::Data { .. } | Error::Unsupported(_) => false,
+            Error::InSlot { retryable, .. } => *retryable,
+            _ => true,
+        }
     }
 }
 

@@ -5,7 +5,10 @@ pub mod agent;
 pub mod bench;
 pub mod device;
 pub mod error;
+pub mod mps;
+pub mod placement;
 pub mod simulate;
+pub mod slot;
 pub mod trainer;
 
 pub use error::{Error, Result};

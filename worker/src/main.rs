@@ -1,11 +1,15 @@
 //! `bnsweep-worker`: trains the trials a bnsweep coordinator hands out.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 
-use bnsweep_worker::{agent, bench, device};
+use bnsweep_worker::agent::{self, Training};
+use bnsweep_worker::placement::{self, MpsMode, SlotCount};
+use bnsweep_worker::slot::{self, Slots};
+use bnsweep_worker::{bench, device};
 
 #[derive(Parser)]
 #[command(
@@ -14,8 +18,12 @@ use bnsweep_worker::{agent, bench, device};
     about = "Trains the trials of a bnsweep coordinator (libtorch, CPU or CUDA)",
     long_about = "Connects to a coordinator started with `bnsweep serve` (or by `bnsweep run`), \
                   pulls trials, trains them and streams every metric back. Exits when the sweep \
-                  is done.\n\nOn a GPU machine, put PyTorch's lib directory on LD_LIBRARY_PATH: \
-                  the worker loads libtorch_cuda.so from there and trains on the GPU."
+                  is done.\n\nEach trial trains in a process of its own (a slot), so that a crash or \
+                  a CUDA error costs that trial only; --slots sets how many run at once on each \
+                  device.\n\nOn a GPU machine, put PyTorch's lib directory on LD_LIBRARY_PATH: \
+                  the worker loads libtorch_cuda.so from there and trains on every GPU (or \
+                  --gpus). Several slots share a GPU best under CUDA MPS, which the worker \
+                  starts for itself when it can (--mps)."
 )]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
@@ -23,14 +31,24 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     link: Link,
-    /// Trials this worker trains at once.
-    #[arg(long, default_value_t = 1)]
-    slots: u32,
-    /// Device: cpu, cuda or cuda:N. Default: CUDA when libtorch_cuda.so loads and a GPU is
+    /// Trials trained at once on each device, each in a process of its own: a number, or
+    /// `auto`: 1 on the CPU; on a GPU 4 under MPS and 2 without, as many as its free memory
+    /// holds at 3 GiB a trial. More slots give more trials per hour, each trial slower.
+    #[arg(long, default_value = "auto", value_name = "N|auto")]
+    slots: SlotCount,
+    /// Device: cpu, cuda or cuda:N. Default: every GPU when libtorch_cuda.so loads and one is
     /// present, else the CPU.
     #[arg(long)]
     device: Option<String>,
-    /// CPU threads for libtorch's operators. Default: every core.
+    /// The GPUs to train on, e.g. `0,1`, or `all` (instead of --device).
+    #[arg(long, value_name = "LIST|all")]
+    gpus: Option<String>,
+    /// Share each GPU between its slots through a private CUDA MPS daemon (started and stopped
+    /// by the worker). auto: when several slots share a GPU and the daemon can be started,
+    /// else the slots time-slice and the log says why; on: refuse to run without it.
+    #[arg(long, value_enum, default_value_t = MpsMode::Auto)]
+    mps: MpsMode,
+    /// CPU threads for libtorch's operators in each slot. Default: the cores / the slots.
     #[arg(long)]
     threads: Option<u32>,
     /// This worker's name in the results (default: the host name).
@@ -57,16 +75,14 @@ struct Link {
 }
 
 impl Link {
-    fn config(self, name: String, slots: u32, device: tch::Device) -> agent::Config {
+    fn config(self, name: String, training: Training) -> agent::Config {
         agent::Config {
             url: self.coordinator.expect("required by clap"),
-            slots,
-            device,
             name,
             patience: Duration::from_secs(self.patience.max(1)),
             token: self.token.filter(|t| !t.is_empty()),
             tls_ca: self.tls_ca,
-            simulate: None,
+            training,
         }
     }
 }
@@ -93,6 +109,15 @@ enum Command {
         #[arg(long)]
         device: Option<String>,
         /// CPU threads for libtorch's operators. Default: every core.
+        #[arg(long)]
+        threads: Option<u32>,
+    },
+    /// One slot of a worker (started by the worker, not by hand): trains the attempts the
+    /// worker writes to its stdin, one at a time, and writes their rows to its stdout.
+    #[command(hide = true)]
+    Slot {
+        #[arg(long)]
+        device: String,
         #[arg(long)]
         threads: Option<u32>,
     },
@@ -131,31 +156,71 @@ fn main() -> ExitCode {
         };
     }
     if let Some(Command::Simulate { link, args, slots }) = &cli.command {
-        let cfg = link
-            .clone()
-            .config("sim".into(), (*slots).max(1), tch::Device::Cpu);
+        let training = Training::Simulated {
+            sim: bnsweep_worker::simulate::Simulation::new(args),
+            slots: (*slots).max(1),
+        };
+        let cfg = link.clone().config("sim".into(), training);
         return serve_until_done(bnsweep_worker::simulate::run(args, cfg));
     }
-    if cli.slots == 0 {
-        eprintln!("error: --slots must be at least 1");
-        return ExitCode::from(2);
+    if let Some(Command::Slot { device, threads }) = &cli.command {
+        let device = match device::choose(Some(device)) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("error: slot: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        configure_torch(*threads, device);
+        return match slot::serve(device) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: slot: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
-    let device = match device::choose(cli.device.as_deref()) {
-        Ok(d) => d,
+    let placement = match placement::resolve(&placement::Request {
+        device: cli.device.as_deref(),
+        gpus: cli.gpus.as_deref(),
+        slots: cli.slots,
+        mps: cli.mps,
+        threads: cli.threads,
+    }) {
+        Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
-    configure_torch(cli.threads, device);
+    let program = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: cannot find this program to start its slots: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let launch = slot::Launch {
+        program,
+        threads: placement.threads,
+        env: placement.mps.as_ref().map(|m| m.env()).unwrap_or_default(),
+    };
+    let slots = Arc::new(Slots::new(&placement.devices, placement.per_device, launch));
     let name = cli.name.unwrap_or_else(|| {
         hostname::get()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "worker".into())
     });
-    tracing::info!(device = %device::name(device), slots = cli.slots, "bnsweep-worker {}", env!("CARGO_PKG_VERSION"));
-    let cfg = cli.link.config(name, cli.slots, device);
-    serve_until_done(agent::run(cfg))
+    tracing::info!(
+        "bnsweep-worker {}: {}",
+        env!("CARGO_PKG_VERSION"),
+        placement.describe()
+    );
+    let cfg = cli.link.config(name, Training::Slots(slots));
+    let code = serve_until_done(agent::run(cfg));
+    // The slots are gone with the runtime; the MPS daemon, if any, is stopped after them.
+    drop(placement);
+    code
 }
 
 /// Runs the agent (or the simulated agents) to the end, on a small runtime.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bnsweep_proto as pb;
 
-use crate::agent::{self, Config};
+use crate::agent::{self, Config, Training};
 use crate::error::{Error, Result};
 use crate::trainer::{Ending, Row};
 
@@ -32,6 +32,13 @@ pub struct Simulation {
 }
 
 impl Simulation {
+    pub fn new(args: &SimulateArgs) -> Simulation {
+        Simulation {
+            step: Duration::from_secs_f64(args.step_ms.max(0.0) / 1000.0),
+            dispatch: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
     pub fn record_dispatch(&self, took: Duration) {
         self.dispatch
             .lock()
@@ -91,16 +98,16 @@ pub fn train(
 /// Runs `args.agents` simulated workers against the coordinator of `base` until the sweep is
 /// done; prints one JSON line: agents, trials started, dispatch latency percentiles, wall time.
 pub async fn run(args: &SimulateArgs, base: Config) -> Result<()> {
-    let sim = Simulation {
-        step: Duration::from_secs_f64(args.step_ms.max(0.0) / 1000.0),
-        dispatch: Arc::new(Mutex::new(Vec::new())),
+    let Training::Simulated { sim, .. } = base.training.clone() else {
+        return Err(Error::Device(
+            "simulate: given a worker that trains for real".into(),
+        ));
     };
     let start = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..args.agents {
         let cfg = Config {
             name: format!("{}-{i}", base.name),
-            simulate: Some(sim.clone()),
             ..base.clone()
         };
         tasks.push(tokio::spawn(agent::run(cfg)));
