@@ -765,6 +765,8 @@ pub fn spec(t: &Trial, measure: Option<pb::MeasureSpec>) -> pb::TrialSpec {
             for_steps: c.divergence.for_steps,
         }),
         measure,
+        precision: c.precision.clone(),
+        channels_last: c.channels_last,
     }
 }
 

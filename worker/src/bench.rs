@@ -39,6 +39,12 @@ pub struct BenchArgs {
     /// this many steps; 0 measures nothing.
     #[arg(long, default_value_t = 0)]
     pub measure_every: u64,
+    /// fp32, bf16 or fp16 (autocast) for the training steps.
+    #[arg(long, default_value = "fp32")]
+    pub precision: String,
+    /// Train in the channels-last memory layout.
+    #[arg(long)]
+    pub channels_last: bool,
 }
 
 /// Trains one synthetic trial and prints a JSON line with the images per second of the timed
@@ -84,6 +90,8 @@ pub fn run(args: &BenchArgs, device: Device) -> Result<()> {
             range_lo: -6.0,
             range_hi: 6.0,
         }),
+        precision: args.precision.clone(),
+        channels_last: args.channels_last,
     };
     let data = Arc::new(trainer::load_data(
         spec.dataset.as_ref().expect("set above"),
@@ -102,12 +110,14 @@ pub fn run(args: &BenchArgs, device: Device) -> Result<()> {
     };
     let images = (args.steps * u64::from(args.batch)) as f64;
     println!(
-        "{{\"impl\": \"bnsweep-tch\", \"device\": \"{}\", \"batch\": {}, \"width\": {}, \"bn\": {}, \"measure_every\": {}, \"steps\": {}, \"seconds\": {:.3}, \"img_per_s\": {:.1}}}",
+        "{{\"impl\": \"bnsweep-tch\", \"device\": \"{}\", \"batch\": {}, \"width\": {}, \"bn\": {}, \"measure_every\": {}, \"precision\": \"{}\", \"channels_last\": {}, \"steps\": {}, \"seconds\": {:.3}, \"img_per_s\": {:.1}}}",
         crate::device::name(device),
         args.batch,
         args.width,
         args.bn,
         args.measure_every,
+        args.precision,
+        args.channels_last,
         args.steps,
         secs,
         images / secs

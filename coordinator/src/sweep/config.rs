@@ -134,11 +134,25 @@ pub const FIELDS: &[Field] = &[
         path: "divergence.for_steps",
         kind: Kind::Int,
     },
+    Field {
+        path: "precision",
+        kind: Kind::Str,
+    },
+    Field {
+        path: "channels_last",
+        kind: Kind::Bool,
+    },
 ];
+
+/// Fields added after the first release, with their defaults: at its default such a field is
+/// left out of a trial's id, so that the ids of sweeps started before it stay the same (and
+/// their results directories resume).
+const LATER_FIELDS: &[(&str, &str)] = &[("precision", "fp32"), ("channels_last", "false")];
 
 pub const MODELS: &[&str] = &["vgg8", "vgg10", "vgg11", "vgg13", "vgg16", "vgg19", "mlp"];
 pub const DATASETS: &[&str] = &["cifar10", "synthetic"];
 pub const OPTIMIZERS: &[&str] = &["sgd", "adam"];
+pub const PRECISIONS: &[&str] = &["fp32", "bf16", "fp16"];
 
 /// Layers with weights (convs and linear maps) of a model: what activation layer indices
 /// count.
@@ -351,6 +365,9 @@ pub struct TrialConfig {
     pub steps: u64,
     pub eval_every: u64,
     pub divergence: DivergenceConfig,
+    /// How training steps compute: fp32 (exact), bf16 or fp16 (autocast).
+    pub precision: String,
+    pub channels_last: bool,
 }
 
 /// Number of images in the CIFAR-10 training and test sets.
@@ -456,6 +473,8 @@ impl TrialConfig {
             _ => 100.0,
         };
         let for_steps = r.int("divergence.for_steps", 20, 1, i64::MAX);
+        let precision = r.choice("precision", "fp32", PRECISIONS, "precision");
+        let channels_last = r.bool("channels_last", false);
         if nesterov && momentum == 0.0 {
             r.fail(
                 "optimizer.nesterov",
@@ -499,6 +518,8 @@ impl TrialConfig {
                 loss_above,
                 for_steps: for_steps as u64,
             },
+            precision,
+            channels_last,
         })
     }
 
@@ -530,6 +551,8 @@ impl TrialConfig {
             "optimizer.eps" => Float(self.optimizer.eps),
             "divergence.loss_above" => Float(self.divergence.loss_above),
             "divergence.for_steps" => Int(self.divergence.for_steps as i64),
+            "precision" => Str(self.precision.clone()),
+            "channels_last" => Bool(self.channels_last),
             other => unreachable!("no training field `{other}`"),
         }
     }
@@ -538,7 +561,11 @@ impl TrialConfig {
     pub fn canonical(&self) -> String {
         let mut out = format!("seed={}", self.seed);
         for f in FIELDS {
-            let _ = match self.get(f.path) {
+            let value = self.get(f.path);
+            if LATER_FIELDS.contains(&(f.path, value.to_string().as_str())) {
+                continue;
+            }
+            let _ = match value {
                 // `{:?}` writes the shortest text that reads back as the same f64.
                 ParamValue::Float(v) => write!(out, ";{}={v:?}", f.path),
                 v => write!(out, ";{}={v}", f.path),

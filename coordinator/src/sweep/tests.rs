@@ -81,6 +81,36 @@ fn trial_ids_come_from_the_configuration_alone() {
 }
 
 #[test]
+fn fast_kernels_are_opt_in_and_leave_earlier_ids_alone() {
+    let plain = parse(GRID).unwrap();
+    let c = &plain.trials[0].config;
+    assert_eq!((c.precision.as_str(), c.channels_last), ("fp32", false));
+    // Fields added later are not hashed at their defaults: ids of older sweeps stay.
+    let text = c.canonical();
+    assert!(
+        !text.contains("precision") && !text.contains("channels_last"),
+        "{text}"
+    );
+    let explicit = parse(&GRID.replace("steps: 10", "steps: 10\n  precision: fp32")).unwrap();
+    assert_eq!(explicit.trials[0].id, plain.trials[0].id);
+    let fast = parse(&GRID.replace(
+        "steps: 10",
+        "steps: 10\n  precision: bf16\n  channels_last: true",
+    ))
+    .unwrap();
+    let f = &fast.trials[0].config;
+    assert_eq!((f.precision.as_str(), f.channels_last), ("bf16", true));
+    assert_ne!(fast.trials[0].id, plain.trials[0].id);
+    assert!(f
+        .canonical()
+        .ends_with(";precision=bf16;channels_last=true"));
+    assert_eq!(
+        errors("name: x\ntrain: {lr: 0.1, precision: fp8}\n"),
+        ["s.yaml:2:29: train.precision: unknown precision `fp8` (known: fp32, bf16, fp16)"]
+    );
+}
+
+#[test]
 fn random_sampling_is_reproducible_from_its_seed() {
     let text = "\
 name: r

@@ -1,6 +1,7 @@
 //! Training one trial: the loop of bn-experiments.md's protocol, reporting a row per step
 //! and one per evaluation.
 
+pub mod amp;
 pub mod data;
 pub mod measure;
 pub mod measured;
@@ -19,6 +20,7 @@ use tch::nn::OptimizerConfig;
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
+use amp::{LossScale, Precision};
 use data::{DeviceSplit, HostSplit, Normalizer};
 use measured::{Measurer, Plan};
 use model::{Arch, Model, StepNoise};
@@ -140,8 +142,13 @@ pub fn train_with(
         hidden: &model_spec.hidden,
         bn: spec.bn,
     };
+    let precision = Precision::parse(&spec.precision)?;
     let model = Model::new(&arch, spec.seed, device)
         .ok_or_else(|| Error::Unsupported(format!("model `{}`", model_spec.name)))?;
+    if spec.channels_last {
+        amp::weights_channels_last(&model.vs);
+    }
+    let mut loss_scale = (precision == Precision::Fp16).then(LossScale::new);
     let mut opt = match opt_spec.name.as_str() {
         "sgd" => nn::Sgd {
             momentum: opt_spec.momentum,
@@ -196,7 +203,10 @@ pub fn train_with(
         if augment {
             images = data::augment(&images, spec.seed, step);
         }
-        let x = norm.apply(&images);
+        let mut x = norm.apply(&images);
+        if spec.channels_last {
+            x = amp::channels_last(&x);
+        }
         let y = train_set.labels.index_select(0, &idx);
         let noise = StepNoise {
             level: spec.noise,
@@ -213,13 +223,37 @@ pub fn train_with(
         let capture = measuring
             .is_some_and(|m| m.plan.activations)
             .then_some(&mut captures);
-        let logits = model.net.forward(&x, true, noise, capture);
-        let loss = logits.cross_entropy_for_logits(&y);
+        // A measured step trains in fp32, like the measurements around it.
+        let lowered = if measuring.is_some() {
+            Precision::Fp32
+        } else {
+            precision
+        };
+        let (logits, loss) = amp::autocast(device, lowered, || {
+            let logits = model.net.forward(&x, true, noise, capture);
+            let loss = logits.cross_entropy_for_logits(&y).to_kind(Kind::Float);
+            (logits, loss)
+        });
         opt.zero_grad();
-        loss.backward();
-        match measuring {
-            None => opt.step(),
-            Some(m) => {
+        match (measuring, loss_scale.as_mut()) {
+            (None, None) => {
+                loss.backward();
+                opt.step();
+            }
+            (None, Some(scale)) => {
+                (&loss * scale.scale).backward();
+                let grads: Vec<Tensor> = model
+                    .vs
+                    .trainable_variables()
+                    .iter()
+                    .map(Tensor::grad)
+                    .collect();
+                if scale.unscale(&grads) {
+                    opt.step();
+                }
+            }
+            (Some(m), _) => {
+                loss.backward();
                 let loss_at = || {
                     model
                         .net
@@ -231,7 +265,7 @@ pub fn train_with(
                 }
             }
         }
-        let acc = logits.accuracy_for_logits(&y);
+        let acc = logits.accuracy_for_logits(&y).to_kind(Kind::Float);
         let row = pb::TrainRow {
             step,
             epoch: epoch as u32,
@@ -351,6 +385,8 @@ mod tests {
             eval_every: 10,
             divergence: None,
             measure: None,
+            precision: String::new(),
+            channels_last: false,
         }
     }
 
@@ -552,6 +588,52 @@ mod tests {
             .collect();
         assert_eq!(evals, vec![10, 20, 30]);
         assert_eq!(losses(&a).len(), 30);
+    }
+
+    #[test]
+    fn fast_kernels_train_close_to_fp32_and_measure_as_before() {
+        tch::set_num_threads(1);
+        let base = spec(0.05, true, 0.0, false);
+        let exact = losses(&run(&base).1);
+        let laid = pb::TrialSpec {
+            channels_last: true,
+            ..base.clone()
+        };
+        // The same arithmetic in another order: equal at first, drifting apart by rounding.
+        let relaid = losses(&run(&laid).1);
+        assert_eq!(relaid.len(), exact.len());
+        for (i, (a, b)) in exact.iter().zip(&relaid).enumerate() {
+            let tolerance = if i < 10 { 1e-5 } else { 0.1 };
+            assert!((a - b).abs() <= tolerance * a, "step {}: {a} vs {b}", i + 1);
+        }
+        for precision in ["bf16", "fp16"] {
+            let s = pb::TrialSpec {
+                precision: precision.into(),
+                channels_last: true,
+                measure: Some(everything(10)),
+                ..base.clone()
+            };
+            let (ending, rows) = run(&s);
+            assert_eq!(ending, Ending::Completed, "{precision}");
+            let l = losses(&rows);
+            assert_eq!(l.len(), exact.len());
+            assert!(l.iter().all(|v| v.is_finite()), "{precision}: {l:?}");
+            assert!(
+                (l[0] - exact[0]).abs() < 0.02 * exact[0],
+                "{precision}: {l:?}"
+            );
+            let (first, last) = (l[..5].iter().sum::<f64>(), l[25..].iter().sum::<f64>());
+            assert!(last < first, "{precision}: the loss goes down: {l:?}");
+            let layers = rows.iter().filter(|r| matches!(r, Row::Layer(_))).count();
+            assert_eq!(layers, 3 * 11, "{precision}: measured as in fp32");
+        }
+        let bad = pb::TrialSpec {
+            precision: "fp8".into(),
+            ..base
+        };
+        let data = Arc::new(load_data(bad.dataset.as_ref().unwrap()).unwrap());
+        let err = train(&bad, data, Device::Cpu, |_| {}).unwrap_err();
+        assert!(!err.retryable() && err.to_string().contains("fp8"), "{err}");
     }
 
     #[test]
