@@ -1,20 +1,60 @@
 #!/usr/bin/env bash
 # The GPU benchmarks in one go, for a machine with an NVIDIA GPU and PyTorch 2.11 in Python
-# (the H100/H200 machines): no cargo needed there. Build here first (`cargo build --release`),
-# then carry target/release/bnsweep-worker and this repository over and run:
+# (the H100/H200 machines), which has no cargo. Prepare here with bench/gpu-pack.sh (stripped
+# binaries and the CIFAR-10 archive in bench-gpu-pack/), carry that folder with the repository,
+# and run there:
 #
-#   bench/gpu.sh [OUT_DIR]        # writes throughput.md, measure_cost.md and logs to OUT_DIR
+#   bench/gpu.sh OUT_DIR
 #
+# Stages, most important first, each written to OUT_DIR as it ends so that a run cut short
+# still returns what it finished; a stage is skipped when less than its expected time is left
+# of BUDGET_S (default 540 seconds):
+#   sweep_throughput.md  trials per GPU-hour: 1 slot, K slots with and without MPS, bf16 +
+#                        channels_last, PyTorch eager one trial at a time   (~5 min)
+#   precision.md         final accuracy in fp32, bf16, fp16                 (~1.5 min)
+#   throughput.md        one trial's img/s against PyTorch eager            (~1 min)
+#   measure_cost.md      the cost of measuring                              (~1 min)
 # The worker is the CPU-libtorch build; pointing LD_LIBRARY_PATH at PyTorch's own libraries
 # gives it CUDA (README, "Workers on a GPU machine").
-set -euo pipefail
+set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-bench-gpu}"
 mkdir -p "$out"
+out="$(cd "$out" && pwd)"
+budget="${BUDGET_S:-540}"
+began=$(date +%s)
+pack=bench-gpu-pack
 export LD_LIBRARY_PATH="$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__) + "/lib")')"
-export PYTHON=python3 WORKER="${WORKER:-target/release/bnsweep-worker}"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt" 2>&1 || true
+export PYTHON=python3
+if [[ -x "$pack/bnsweep-worker" ]]; then
+  export WORKER="$pack/bnsweep-worker" BNSWEEP="$pack/bnsweep"
+else
+  export WORKER="${WORKER:-target/release/bnsweep-worker}" BNSWEEP="${BNSWEEP:-target/release/bnsweep}"
+fi
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; python3 -c 'import torch; print(torch.__version__)'; } > "$out/gpu.txt" 2>&1
+cifar="$out/data/cifar-10-batches-bin"
+if [[ ! -f "$cifar/test_batch.bin" ]]; then
+  python3 "$pack/cifar10_jpeg_to_bin.py" "$out/data" > "$out/cifar.log" 2>&1 || echo "CIFAR-10 conversion failed: $out/cifar.log" >&2
+fi
 "$WORKER" bench --device cuda --steps 50 > "$out/smoke.json" 2> "$out/smoke.log"
-bench/throughput.sh --device cuda > "$out/throughput.md" 2> "$out/throughput.log"
-bench/measure_cost.sh --device cuda > "$out/measure_cost.md" 2> "$out/measure_cost.log"
-cat "$out/gpu.txt" "$out/throughput.md" "$out/measure_cost.md"
+cat "$out/gpu.txt" "$out/smoke.json"
+
+stage() { # name expected_seconds command...
+  local name="$1" need="$2"; shift 2
+  local left=$((budget - ($(date +%s) - began)))
+  if (( left < need )); then
+    echo "skipped $name: ${left}s left of ${budget}s, it needs ~${need}s" | tee "$out/$name.md" >&2
+    return
+  fi
+  local t0=$(date +%s)
+  timeout "$left" "$@" > "$out/$name.md" 2> "$out/$name.log"
+  echo "$name: exit $?, $(( $(date +%s) - t0 )) s" >&2
+  cat "$out/$name.md"
+}
+stage sweep_throughput 300 env OUT="$out/sweep" bench/sweep_throughput.sh "$cifar" --device cuda
+stage precision 90 env OUT="$out/precision/precision" bench/precision.sh "$cifar" --device cuda
+stage throughput 60 bench/throughput.sh --device cuda
+stage measure_cost 60 bench/measure_cost.sh --device cuda
+# Logs of the slots and the MPS daemon, for a failed stage.
+find "$out/sweep" -name '*.log' -newer "$out/gpu.txt" -size -1M -exec cp {} "$out/" \; 2>/dev/null || true
+rm -rf "$out/data" "$out/precision/precision/train" "$out/precision/precision/eval" "$out/sweep"/run-*/{train,eval,layers,landscape,activations}

@@ -12,7 +12,9 @@ use crate::error::{Error, Result};
 pub struct LocalWorkers {
     pub count: u32,
     pub device: Option<String>,
-    /// CPU threads per worker for libtorch.
+    /// Trials each worker trains at once.
+    pub slots: u32,
+    /// CPU threads per trial for libtorch.
     pub threads: u32,
     pub binary: PathBuf,
 }
@@ -47,7 +49,7 @@ pub fn spawn(spec: &LocalWorkers, coordinator_url: &str, logs: &Path) -> Result<
             cmd.arg("--coordinator")
                 .arg(coordinator_url)
                 .arg("--slots")
-                .arg("1")
+                .arg(spec.slots.to_string())
                 .arg("--threads")
                 .arg(spec.threads.to_string())
                 .arg("--name")

@@ -50,6 +50,9 @@ enum Command {
         /// The page to write. Default: DIR/report.html (figures in DIR/report_figures/).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Also print the final test accuracy table as Markdown on stdout.
+        #[arg(long)]
+        markdown: bool,
     },
     /// Check a sweep file and print its trials; runs nothing.
     ///
@@ -69,13 +72,19 @@ enum Command {
         /// name>-2, -3, ... when another sweep of that name holds it.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Number of local worker processes, each running one trial at a time.
+        /// Number of local worker processes.
         #[arg(long, default_value_t = 2)]
         workers: u32,
+        /// Trials each worker trains at once, each in a process of its own (bnsweep-worker
+        /// --slots). On a GPU, `--workers 1 --slots 4` shares it between four trials under
+        /// MPS (see README, "Several trials per GPU").
+        #[arg(long, default_value_t = 1)]
+        slots: u32,
         /// Device for every worker: cpu, cuda or cuda:N. Default: CUDA when available.
         #[arg(long)]
         device: Option<String>,
-        /// CPU threads per worker for libtorch. Default: the machine's cores / workers.
+        /// CPU threads per trial for libtorch. Default: the machine's cores / (workers x
+        /// slots).
         #[arg(long)]
         threads: Option<u32>,
     },
@@ -125,16 +134,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate { file } => validate(&file),
-        Command::Report { dir, out } => report_cmd(&dir, out),
+        Command::Report { dir, out, markdown } => report_cmd(&dir, out, markdown),
         Command::Status { remote } => status(&remote),
         Command::Cancel { remote } => cancel(&remote),
         Command::Run {
             file,
             out,
             workers,
+            slots,
             device,
             threads,
-        } => run(&file, out, workers, device, threads),
+        } => run(&file, out, workers, slots, device, threads),
         Command::Serve {
             file,
             listen,
@@ -329,7 +339,7 @@ async fn live_listener(addr: SocketAddr, token: bool) -> Result<tokio::net::TcpL
     Ok(listener)
 }
 
-fn report_cmd(dir: &Path, out: Option<PathBuf>) -> Result<ExitCode, Error> {
+fn report_cmd(dir: &Path, out: Option<PathBuf>, markdown: bool) -> Result<ExitCode, Error> {
     let results = bnsweep::report::data::Results::open(dir)?;
     let report = bnsweep::report::build(&results)?;
     let out = out.unwrap_or_else(|| dir.join("report.html"));
@@ -338,11 +348,17 @@ fn report_cmd(dir: &Path, out: Option<PathBuf>) -> Result<ExitCode, Error> {
         eprintln!("bnsweep: {line}");
     }
     let n: usize = report.sections.iter().map(|s| s.figures.len()).sum();
-    println!(
+    let written = format!(
         "report: {} ({n} figures, also in {})",
         out.display(),
         figures.display()
     );
+    if markdown {
+        eprintln!("{written}");
+        print!("{}", bnsweep::report::accuracy_markdown(&report));
+    } else {
+        println!("{written}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -380,6 +396,7 @@ fn run(
     file: &Path,
     out: Option<PathBuf>,
     workers: u32,
+    slots: u32,
     device: Option<String>,
     threads: Option<u32>,
 ) -> Result<ExitCode, Error> {
@@ -392,8 +409,10 @@ fn run(
             missing.join("; ")
         )));
     }
-    if workers == 0 {
-        return Err(Error::Refused("--workers must be at least 1".into()));
+    if workers == 0 || slots == 0 {
+        return Err(Error::Refused(
+            "--workers and --slots must be at least 1".into(),
+        ));
     }
     let out = out.unwrap_or_else(|| default_out(&sweep));
     let cores = std::thread::available_parallelism()
@@ -402,7 +421,8 @@ fn run(
     let spec = LocalWorkers {
         count: workers.min(sweep.trials.len().max(1) as u32),
         device,
-        threads: threads.unwrap_or((cores / workers).max(1)),
+        slots,
+        threads: threads.unwrap_or((cores / (workers * slots)).max(1)),
         binary: local::find_worker_binary(),
     };
     let (results, resume) = ResultsDir::open(&out, &sweep)?;

@@ -49,6 +49,38 @@ pub struct AccuracyRow {
     pub failed: usize,
 }
 
+impl AccuracyRow {
+    /// "mean ± sd", the mean alone for one seed, a dash for none.
+    fn accuracy(&self) -> String {
+        match (self.mean, self.sd) {
+            (Some(m), Some(sd)) => format!("{m:.4} ± {sd:.4}"),
+            (Some(m), None) => format!("{m:.4}"),
+            _ => "—".into(),
+        }
+    }
+}
+
+/// The final test accuracy table as Markdown (`bnsweep report --markdown`).
+pub fn accuracy_markdown(r: &Report) -> String {
+    let mut out = String::from(
+        "| parameters | variant | test accuracy (mean ± sd over seeds) | seeds finished | diverged | failed |\n|---|---|---|---|---|---|\n",
+    );
+    for row in &r.table {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} of {} | {} | {} |",
+            row.panel.replace('|', "/"),
+            row.variant,
+            row.accuracy(),
+            row.finished,
+            row.seeds,
+            row.diverged,
+            row.failed
+        );
+    }
+    out
+}
+
 /// The tables of one trial that the figures use.
 struct TrialData {
     info: TrialInfo,
@@ -568,11 +600,7 @@ fn page(r: &Report, live: Option<(&str, std::time::Duration)>) -> String {
     }
     out.push_str("</div><h2>Final test accuracy</h2><table id=\"accuracy\"><tr><th class=\"l\">parameters</th><th class=\"l\">variant</th><th>test accuracy (mean ± sd over seeds)</th><th>seeds finished</th><th>diverged</th><th>failed</th></tr>");
     for row in &r.table {
-        let acc = match (row.mean, row.sd) {
-            (Some(m), Some(sd)) => format!("{:.4} ± {:.4}", m, sd),
-            (Some(m), None) => format!("{m:.4}"),
-            _ => "—".into(),
-        };
+        let acc = row.accuracy();
         let _ = write!(
             out,
             "<tr><td class=\"l\">{}</td><td class=\"l\">{}</td><td data-mean=\"{}\">{acc}</td><td>{} of {}</td><td{}>{}</td><td>{}</td></tr>",
@@ -623,6 +651,37 @@ pub fn write(r: &Report, out: &Path) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_accuracy_table_prints_as_markdown() {
+        let row = |panel: &str, mean, sd, diverged| AccuracyRow {
+            panel: panel.into(),
+            variant: "BN".into(),
+            mean,
+            sd,
+            seeds: 2,
+            finished: 2,
+            diverged,
+            failed: 0,
+        };
+        let r = Report {
+            title: String::new(),
+            status: Vec::new(),
+            table: vec![
+                row("precision=bf16", Some(0.5), Some(0.01), 0),
+                row("a|b", None, None, 2),
+            ],
+            sections: Vec::new(),
+        };
+        let md = accuracy_markdown(&r);
+        let lines: Vec<&str> = md.lines().collect();
+        assert_eq!(lines.len(), 4, "{md}");
+        assert_eq!(
+            lines[2],
+            "| precision=bf16 | BN | 0.5000 ± 0.0100 | 2 of 2 | 0 | 0 |"
+        );
+        assert_eq!(lines[3], "| a/b | BN | — | 2 of 2 | 2 | 0 |");
+    }
 
     #[test]
     fn seeds_are_averaged_with_their_spread_and_nan_only_where_all_diverged() {
