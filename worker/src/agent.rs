@@ -317,21 +317,16 @@ async fn run_attempt(
         }
     };
     let device = match &ctx.training {
-        Training::Slots(slots) => match slots.take() {
-            Some(mut slot) => {
-                let device = slot.device;
-                let (slots, a) = (slots.clone(), a.clone());
-                tokio::spawn(async move {
-                    slots.train(&mut slot, &a, stop, &tx).await;
-                    slots.put(slot);
-                });
-                device
-            }
-            None => {
-                let _ = tx.send(Msg::End(Err(Error::Crashed("no free slot".into()))));
-                Device::Cpu
-            }
-        },
+        Training::Slots(slots) => {
+            let mut slot = slots.take().await;
+            let device = slot.device;
+            let (slots, a) = (slots.clone(), a.clone());
+            tokio::spawn(async move {
+                slots.train(&mut slot, &a, stop, &tx).await;
+                slots.put(slot);
+            });
+            device
+        }
         Training::Simulated { sim, .. } => {
             let (spec, pace) = (a.spec.clone().unwrap_or_default(), sim.step);
             std::thread::spawn(move || {

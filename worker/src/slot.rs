@@ -269,6 +269,8 @@ pub struct Launch {
 pub struct Slots {
     launch: Launch,
     free: Mutex<VecDeque<Slot>>,
+    /// Signalled when a slot is put back.
+    freed: tokio::sync::Notify,
     total: usize,
 }
 
@@ -298,6 +300,7 @@ impl Slots {
             launch,
             total: free.len(),
             free: Mutex::new(free),
+            freed: tokio::sync::Notify::new(),
         }
     }
 
@@ -316,12 +319,22 @@ impl Slots {
         out
     }
 
-    /// A free slot. The worker never runs more attempts than it has slots.
-    pub fn take(&self) -> Option<Slot> {
-        self.free
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop_front()
+    /// A free slot, once there is one. The worker never holds more attempts than it has
+    /// slots, but an attempt it has let go of (its lease lost) may still be stopping in its
+    /// slot when the next one arrives: that one waits for the slot.
+    pub async fn take(&self) -> Slot {
+        loop {
+            let freed = self.freed.notified();
+            if let Some(slot) = self
+                .free
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front()
+            {
+                return slot;
+            }
+            freed.await;
+        }
     }
 
     pub fn put(&self, slot: Slot) {
@@ -329,6 +342,7 @@ impl Slots {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push_back(slot);
+        self.freed.notify_one();
     }
 
     /// Trains `a` in `slot`, sending its rows and then its end to `tx`; `stop` is asked every
