@@ -272,57 +272,14 @@ fn a_stopped_worker_hands_its_trial_back() {
 /// Runs a one-trial sweep, sends `signal` to the worker training it, lets a second worker
 /// finish the sweep, checks the results, and returns how the first worker exited.
 fn interrupt_a_worker_mid_trial(signal: &str) -> std::process::ExitStatus {
-    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
-    let text = "name: kill\nparameters:\n  lr: [0.05]\ntrain:\n  model: {width: 0.125}\n  dataset: {train_size: 512, test_size: 64}\n  batch_size: 64\n  steps: 300\n  eval_every: 100\n";
-    std::fs::write(dir.path().join("kill.yaml"), text).unwrap();
     let (addr, url) = free_addr();
-    let mut serve = serve_command(
-        dir.path(),
-        "kill.yaml",
-        &addr,
-        "out",
-        &["--worker-timeout", "2"],
-    )
-    .spawn()
-    .unwrap();
-    let mut first = Command::new(bin("bnsweep-worker"))
-        .args([
-            "--coordinator",
-            &url,
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-            "--name",
-            "first",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait until it trains and has sent some rows, then interrupt it.
-    let log = BufReader::new(first.stderr.take().unwrap());
-    let mut lines = log.lines();
-    for line in lines.by_ref() {
-        if line.unwrap().contains("starting on cpu") {
-            break;
-        }
-    }
-    std::thread::spawn(move || lines.for_each(drop));
+    let mut serve = serve_one_trial(dir.path(), &addr, &["--worker-timeout", "2"]);
+    let (mut first, _log) = start_training_worker(&url, "first");
     std::thread::sleep(Duration::from_secs(2));
     let sent = run(Command::new("kill").args([&format!("-{signal}"), &first.id().to_string()]));
     assert!(sent.ok(), "{sent:?}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let exited = loop {
-        if let Some(s) = first.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the worker did not stop on SIG{signal}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let exited = wait_within(&mut first, 30, &format!("stop on SIG{signal}"));
     let rescuer = run(Command::new(bin("bnsweep-worker")).args([
         "--coordinator",
         &url,
@@ -343,27 +300,10 @@ fn interrupt_a_worker_mid_trial(signal: &str) -> std::process::ExitStatus {
 /// process, and the trial completes in its second attempt with its rows exactly once.
 #[test]
 fn a_killed_slot_process_costs_one_attempt_not_the_worker() {
-    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
-    let text = "name: slot\nparameters:\n  lr: [0.05]\ntrain:\n  model: {width: 0.125}\n  dataset: {train_size: 512, test_size: 64}\n  batch_size: 64\n  steps: 300\n  eval_every: 100\n";
-    std::fs::write(dir.path().join("slot.yaml"), text).unwrap();
     let (addr, url) = free_addr();
-    let mut serve = serve_command(dir.path(), "slot.yaml", &addr, "out", &[])
-        .spawn()
-        .unwrap();
-    let mut worker = Command::new(bin("bnsweep-worker"))
-        .args(["--coordinator", &url, "--device", "cpu", "--threads", "1"])
-        .args(["--name", "only"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(worker.stderr.take().unwrap()).lines();
-    for line in lines.by_ref() {
-        if line.unwrap().contains("starting on cpu") {
-            break;
-        }
-    }
-    let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    let mut serve = serve_one_trial(dir.path(), &addr, &[]);
+    let (mut worker, log) = start_training_worker(&url, "only");
     std::thread::sleep(Duration::from_secs(2));
     // Children are listed per thread of the parent.
     let mut children = String::new();
@@ -377,14 +317,7 @@ fn a_killed_slot_process_costs_one_attempt_not_the_worker() {
     assert!(cmdline.contains("slot"), "{cmdline:?}");
     let killed = run(Command::new("kill").args(["-KILL", slots[0]]));
     assert!(killed.ok(), "{killed:?}");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let exited = loop {
-        if let Some(s) = worker.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "the worker did not finish");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let exited = wait_within(&mut worker, 120, "finish the sweep");
     let log = log.join().unwrap().join("\n");
     assert!(exited.success(), "{log}");
     assert!(
@@ -518,42 +451,11 @@ fn a_long_network_cut_loses_the_lease_but_no_row_is_doubled() {
 /// Runs a one-trial sweep through a [`Proxy`], cuts the worker's connection for `cut` in the
 /// middle of the trial, checks the results and returns the trial's "attempts worker".
 fn cut_the_network_mid_trial(cut: Duration, worker_timeout: &str) -> String {
-    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
-    let text = "name: cut\nparameters:\n  lr: [0.05]\ntrain:\n  model: {width: 0.125}\n  dataset: {train_size: 512, test_size: 64}\n  batch_size: 64\n  steps: 300\n  eval_every: 100\n";
-    std::fs::write(dir.path().join("cut.yaml"), text).unwrap();
     let (addr, _) = free_addr();
-    let mut serve = serve_command(
-        dir.path(),
-        "cut.yaml",
-        &addr,
-        "out",
-        &["--worker-timeout", worker_timeout],
-    )
-    .spawn()
-    .unwrap();
+    let mut serve = serve_one_trial(dir.path(), &addr, &["--worker-timeout", worker_timeout]);
     let proxy = bnsweep_e2e::Proxy::start(&addr);
-    let mut worker = Command::new(bin("bnsweep-worker"))
-        .args([
-            "--coordinator",
-            &proxy.url(),
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-            "--name",
-            "flaky",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(worker.stderr.take().unwrap()).lines();
-    for line in lines.by_ref() {
-        if line.unwrap().contains("starting on cpu") {
-            break;
-        }
-    }
-    let log = std::thread::spawn(move || lines.map_while(|l| l.ok()).collect::<Vec<_>>());
+    let (mut worker, log) = start_training_worker(&proxy.url(), "flaky");
     std::thread::sleep(Duration::from_millis(1500));
     proxy.cut();
     std::thread::sleep(cut);
@@ -563,6 +465,52 @@ fn cut_the_network_mid_trial(cut: Duration, worker_timeout: &str) -> String {
     assert!(exited.success(), "{log}");
     assert!(serve.wait().unwrap().success(), "{log}");
     check_one_trial(&dir.path().join("out"), &log)
+}
+
+/// The sweep of the fault tests: one trial of 300 steps of a narrow vgg8 (seconds on a core).
+const ONE_TRIAL: &str = "name: one\nparameters:\n  lr: [0.05]\ntrain:\n  model: {width: 0.125}\n  dataset: {train_size: 512, test_size: 64}\n  batch_size: 64\n  steps: 300\n  eval_every: 100\n";
+
+/// Serves [`ONE_TRIAL`] from `dir` at `addr` into `dir/out`.
+fn serve_one_trial(dir: &std::path::Path, addr: &str, extra: &[&str]) -> std::process::Child {
+    std::fs::write(dir.join("one.yaml"), ONE_TRIAL).unwrap();
+    serve_command(dir, "one.yaml", addr, "out", extra)
+        .spawn()
+        .unwrap()
+}
+
+/// Starts a one-thread CPU worker named `name` and returns it once it has started training,
+/// with a thread collecting the rest of its log.
+fn start_training_worker(
+    url: &str,
+    name: &str,
+) -> (std::process::Child, std::thread::JoinHandle<Vec<String>>) {
+    use std::io::{BufRead, BufReader};
+    let mut worker = Command::new(bin("bnsweep-worker"))
+        .args(["--coordinator", url, "--device", "cpu", "--threads", "1"])
+        .args(["--name", name])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(worker.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().contains("starting on cpu") {
+            break;
+        }
+    }
+    let log = std::thread::spawn(move || lines.map_while(Result::ok).collect());
+    (worker, log)
+}
+
+/// Waits for `child` to exit, failing the test after `secs` seconds (saying it did not `what`).
+fn wait_within(child: &mut std::process::Child, secs: u64, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "the worker did not {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Checks the results of a one-trial sweep of 300 steps (rows exactly once) and returns the
