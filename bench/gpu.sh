@@ -16,27 +16,32 @@
 #   measure_cost.md      the cost of measuring                              (~1 min)
 # The worker is the CPU-libtorch build; pointing LD_LIBRARY_PATH at PyTorch's own libraries
 # gives it CUDA (README, "Workers on a GPU machine").
+#
+# Dry run of the whole script on a CPU (short trials, same steps):
+#   DEVICE=cpu STEPS=50 PYTHON=~/.cache/bnsweep/bench-venv/bin/python bench/gpu.sh /tmp/dry
+# (PYTHON: a Python with torch 2.11 and Pillow; default python3.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-bench-gpu}"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 budget="${BUDGET_S:-540}"
+device="${DEVICE:-cuda}"
+export PYTHON="${PYTHON:-python3}"
 began=$(date +%s)
 pack=bench-gpu-pack
-export LD_LIBRARY_PATH="$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__) + "/lib")')"
-export PYTHON=python3
+export LD_LIBRARY_PATH="$("$PYTHON" -c 'import torch, os; print(os.path.dirname(torch.__file__) + "/lib")')"
 if [[ -x "$pack/bnsweep-worker" ]]; then
   export WORKER="$pack/bnsweep-worker" BNSWEEP="$pack/bnsweep"
 else
   export WORKER="${WORKER:-target/release/bnsweep-worker}" BNSWEEP="${BNSWEEP:-target/release/bnsweep}"
 fi
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; python3 -c 'import torch; print(torch.__version__)'; } > "$out/gpu.txt" 2>&1
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; "$PYTHON" -c 'import torch; print(torch.__version__)'; } > "$out/gpu.txt" 2>&1
 cifar="$out/data/cifar-10-batches-bin"
 if [[ ! -f "$cifar/test_batch.bin" ]]; then
-  python3 "$pack/cifar10_jpeg_to_bin.py" "$out/data" > "$out/cifar.log" 2>&1 || echo "CIFAR-10 conversion failed: $out/cifar.log" >&2
+  "$PYTHON" "$pack/cifar10_jpeg_to_bin.py" "$out/data" > "$out/cifar.log" 2>&1 || echo "CIFAR-10 conversion failed: $out/cifar.log" >&2
 fi
-"$WORKER" bench --device cuda --steps 50 > "$out/smoke.json" 2> "$out/smoke.log"
+"$WORKER" bench --device "$device" --steps 50 > "$out/smoke.json" 2> "$out/smoke.log"
 cat "$out/gpu.txt" "$out/smoke.json"
 
 stage() { # name expected_seconds command...
@@ -51,10 +56,10 @@ stage() { # name expected_seconds command...
   echo "$name: exit $?, $(( $(date +%s) - t0 )) s" >&2
   cat "$out/$name.md"
 }
-stage sweep_throughput 300 env OUT="$out/sweep" bench/sweep_throughput.sh "$cifar" --device cuda
-stage precision 90 env OUT="$out/precision/precision" bench/precision.sh "$cifar" --device cuda
-stage throughput 60 bench/throughput.sh --device cuda
-stage measure_cost 60 bench/measure_cost.sh --device cuda
+stage sweep_throughput 300 env OUT="$out/sweep" bench/sweep_throughput.sh "$cifar" --device "$device"
+stage precision 90 env OUT="$out/precision/precision" bench/precision.sh "$cifar" --device "$device"
+stage throughput 60 bench/throughput.sh --device "$device"
+stage measure_cost 60 bench/measure_cost.sh --device "$device"
 # Logs of the slots and the MPS daemon, for a failed stage.
 find "$out/sweep" -name '*.log' -newer "$out/gpu.txt" -size -1M -exec cp {} "$out/" \; 2>/dev/null || true
 rm -rf "$out/data" "$out/precision/precision/train" "$out/precision/precision/eval" "$out/sweep"/run-*/{train,eval,layers,landscape,activations}

@@ -8,7 +8,7 @@
 #   bench/precision.sh CIFAR_DIR                   # CPU: vgg8 width 0.125, 1500 steps
 #   bench/precision.sh CIFAR_DIR --device cuda     # GPU: vgg8 width 1.0, 3000 steps
 #
-# CIFAR_DIR is the cifar-10-batches-bin directory. Environment: BNSWEEP (default
+# CIFAR_DIR is the cifar-10-batches-bin directory. Environment: STEPS, BNSWEEP (default
 # target/release/bnsweep), WORKER (default: beside it), OUT (results directory, default a
 # temporary one).
 set -euo pipefail
@@ -20,10 +20,10 @@ bnsweep="${BNSWEEP:-target/release/bnsweep}"
 export BNSWEEP_WORKER_BIN="${WORKER:-$(dirname "$bnsweep")/bnsweep-worker}"
 out="${OUT:-$(mktemp -d)/precision}"
 if [[ "$device" == cpu ]]; then
-  width=0.125 steps=1500 precisions="[fp32, bf16]" layouts="[false]"
+  width=0.125 steps="${STEPS:-1500}" precisions="[fp32, bf16]" layouts="[false]"
   workers=(--workers 2 --threads 1)
 else
-  width=1.0 steps=3000 precisions="[fp32, bf16, fp16]" layouts="[false]"
+  width=1.0 steps="${STEPS:-3000}" precisions="[fp32, bf16, fp16]" layouts="[false]"
   workers=(--workers 1 --slots 4)
 fi
 sweep="$(dirname "$out")/precision.yaml"

@@ -142,7 +142,7 @@ pub fn serve(device: Device) -> Result<()> {
     }
     // SAFETY: `frames_fd` is a fresh descriptor owned by nothing else.
     let out: std::fs::File = unsafe { std::os::fd::FromRawFd::from_raw_fd(frames_fd) };
-    let out = Arc::new(Mutex::new(io::BufWriter::new(out)));
+    let mut out = io::BufWriter::new(out);
 
     let stop: Arc<Mutex<Option<String>>> = Arc::default();
     let (starts, started) = std::sync::mpsc::channel::<pb::TrialAssignment>();
@@ -179,8 +179,7 @@ pub fn serve(device: Device) -> Result<()> {
     // its end: a stop read before a start belongs to the previous attempt.
     for a in started {
         *stop.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        let send = |event: Event| {
-            let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
+        let mut send = |event: Event| {
             let bytes = frame(&pb::SlotEvent { event: Some(event) });
             if out.write_all(&bytes).and_then(|()| out.flush()).is_err() {
                 *stop.lock().unwrap_or_else(|e| e.into_inner()) = Some("the worker is gone".into());
