@@ -55,7 +55,7 @@ impl Training {
 
     fn devices(&self) -> Vec<String> {
         match self {
-            Training::Slots(s) => s.devices().into_iter().map(device::name).collect(),
+            Training::Slots(s) => s.devices().iter().map(|&d| device::name(d)).collect(),
             Training::Simulated { .. } => vec![device::name(Device::Cpu)],
         }
     }

@@ -271,6 +271,7 @@ pub struct Slots {
     /// Signalled when a slot is put back.
     freed: tokio::sync::Notify,
     total: usize,
+    devices: Vec<Device>,
 }
 
 /// One slot: where it trains, and its process while it lives.
@@ -300,6 +301,7 @@ impl Slots {
             total: free.len(),
             free: Mutex::new(free),
             freed: tokio::sync::Notify::new(),
+            devices: devices.to_vec(),
         }
     }
 
@@ -307,15 +309,9 @@ impl Slots {
         self.total
     }
 
-    /// The devices the slots train on, each once.
-    pub fn devices(&self) -> Vec<Device> {
-        let mut out = Vec::new();
-        for slot in self.free.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            if !out.contains(&slot.device) {
-                out.push(slot.device);
-            }
-        }
-        out
+    /// The devices the slots train on.
+    pub fn devices(&self) -> &[Device] {
+        &self.devices
     }
 
     /// A free slot, once there is one. The worker never holds more attempts than it has
