@@ -126,6 +126,15 @@ pub fn serve_command(dir: &Path, file: &str, addr: &str, out: &str, extra: &[&st
     cmd
 }
 
+/// `bnsweep-worker --coordinator URL --device cpu EXTRA...`: a CPU worker of the test's
+/// coordinator (the caller adds what else it needs: a name, threads, env, pipes).
+pub fn worker_command(url: &str, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(bin("bnsweep-worker"));
+    cmd.args(["--coordinator", url, "--device", "cpu"])
+        .args(extra);
+    cmd
+}
+
 /// A TCP proxy between workers and a coordinator whose connections a test can cut (closing
 /// every open one and refusing new ones) and restore, as a flaky network would.
 pub struct Proxy {

@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bnsweep_e2e::{bin, bnsweep, chromium, free_addr, python, run, serve_command};
+use bnsweep_e2e::{bnsweep, chromium, free_addr, python, run, serve_command, worker_command};
 
 /// The page behind the token renders its figures, and its progress line moves on as trials end.
 #[test]
@@ -23,17 +23,7 @@ fn the_live_page_renders_its_figures_and_follows_the_sweep() {
     )
     .spawn()
     .unwrap();
-    let mut worker = Command::new(bin("bnsweep-worker"))
-        .args([
-            "--coordinator",
-            &url,
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-            "--token",
-            "tok",
-        ])
+    let mut worker = worker_command(&url, &["--threads", "1", "--token", "tok"])
         .stderr(Stdio::null())
         .spawn()
         .unwrap();

@@ -1,9 +1,7 @@
 //! The coordinator answers malformed, stale and oversized messages with the documented codes,
 //! keeps serving, and reports where the sweep stands (`bnsweep status`).
 
-use std::process::Command;
-
-use bnsweep_e2e::{bin, bnsweep, check_results, free_addr, run, serve_command};
+use bnsweep_e2e::{bnsweep, check_results, free_addr, run, serve_command, worker_command};
 use bnsweep_proto as pb;
 use pb::coordinator_client::CoordinatorClient;
 use tonic::Code;
@@ -139,8 +137,7 @@ fn bad_requests_are_refused_and_the_coordinator_keeps_serving() {
     assert!(status.stdout.contains("0/2 trials done"), "{status:?}");
     assert!(status.stdout.contains("w1-probe"), "{status:?}");
 
-    let worker =
-        run(Command::new(bin("bnsweep-worker")).args(["--coordinator", &url, "--device", "cpu"]));
+    let worker = run(&mut worker_command(&url, &[]));
     assert!(worker.ok(), "{worker:?}");
     assert!(serve.wait().unwrap().success());
     let checked = check_results(
@@ -161,8 +158,7 @@ fn a_cancelled_sweep_stops_cleanly_and_resumes() {
     let mut serve = serve_command(dir.path(), "cancel.yaml", &addr, "out", &[])
         .spawn()
         .unwrap();
-    let mut worker = Command::new(bin("bnsweep-worker"))
-        .args(["--coordinator", &url, "--device", "cpu", "--threads", "1"])
+    let mut worker = worker_command(&url, &["--threads", "1"])
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -203,8 +199,7 @@ fn a_cancelled_sweep_stops_cleanly_and_resumes() {
     let mut again = serve_command(dir.path(), "cancel.yaml", &addr, "out", &[])
         .spawn()
         .unwrap();
-    let worker =
-        run(Command::new(bin("bnsweep-worker")).args(["--coordinator", &url, "--device", "cpu"]));
+    let worker = run(&mut worker_command(&url, &[]));
     assert!(worker.ok(), "{worker:?}");
     assert!(again.wait().unwrap().success());
     let checked = check_results(

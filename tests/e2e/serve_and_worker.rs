@@ -3,7 +3,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bnsweep_e2e::{bin, check_results, free_addr, run, serve_command};
+use bnsweep_e2e::{bin, check_results, free_addr, run, serve_command, worker_command};
 
 /// A worker lacking the dataset fails the trial at once, without retries, naming the path.
 #[test]
@@ -17,16 +17,7 @@ fn a_worker_without_the_data_fails_the_trial_naming_the_path() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let worker = run(Command::new(bin("bnsweep-worker"))
-        .args([
-            "--coordinator",
-            &url,
-            "--device",
-            "cpu",
-            "--name",
-            "remote-box",
-        ])
-        .current_dir(dir.path()));
+    let worker = run(worker_command(&url, &["--name", "remote-box"]).current_dir(dir.path()));
     assert!(worker.ok(), "{worker:?}");
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
@@ -52,14 +43,7 @@ fn a_worker_without_the_data_fails_the_trial_naming_the_path() {
 #[test]
 fn a_worker_without_a_coordinator_gives_up_with_a_clear_error() {
     let (_, url) = free_addr();
-    let ran = run(Command::new(bin("bnsweep-worker")).args([
-        "--coordinator",
-        &url,
-        "--device",
-        "cpu",
-        "--patience",
-        "1",
-    ]));
+    let ran = run(&mut worker_command(&url, &["--patience", "1"]));
     assert_eq!(ran.code, Some(1), "{ran:?}");
     assert!(
         ran.stderr
@@ -155,9 +139,8 @@ fn the_shared_token_is_required_and_enforced() {
         .spawn()
         .unwrap();
     for (token, what) in [(None, "no token"), (Some("wrong"), "a wrong token")] {
-        let mut cmd = Command::new(bin("bnsweep-worker"));
-        cmd.args(["--coordinator", &url, "--device", "cpu"])
-            .env_remove("BNSWEEP_TOKEN");
+        let mut cmd = worker_command(&url, &[]);
+        cmd.env_remove("BNSWEEP_TOKEN");
         if let Some(t) = token {
             cmd.args(["--token", t]);
         }
@@ -170,9 +153,7 @@ fn the_shared_token_is_required_and_enforced() {
             "{what}: {refused:?}"
         );
     }
-    let worker = run(Command::new(bin("bnsweep-worker"))
-        .args(["--coordinator", &url, "--device", "cpu"])
-        .env("BNSWEEP_TOKEN", "s3cret"));
+    let worker = run(worker_command(&url, &[]).env("BNSWEEP_TOKEN", "s3cret"));
     assert!(worker.ok(), "{worker:?}");
     assert!(serve.wait().unwrap().success());
     let checked = check_results(
@@ -218,9 +199,7 @@ fn tls_with_a_self_signed_certificate() {
     .spawn()
     .unwrap();
     let url = format!("https://localhost:{}", addr.rsplit(':').next().unwrap());
-    let untrusting = run(Command::new(bin("bnsweep-worker"))
-        .args(["--coordinator", &url, "--device", "cpu", "--patience", "2"])
-        .env_remove("BNSWEEP_TLS_CA"));
+    let untrusting = run(worker_command(&url, &["--patience", "2"]).env_remove("BNSWEEP_TLS_CA"));
     assert_eq!(untrusting.code, Some(1), "{untrusting:?}");
     assert!(
         untrusting.stderr.contains("cannot reach the coordinator"),
@@ -236,14 +215,10 @@ fn tls_with_a_self_signed_certificate() {
     ]));
     assert!(status.ok(), "{status:?}");
     assert!(status.stdout.contains("sweep `tls`"), "{status:?}");
-    let worker = run(Command::new(bin("bnsweep-worker")).args([
-        "--coordinator",
+    let worker = run(&mut worker_command(
         &url,
-        "--device",
-        "cpu",
-        "--tls-ca",
-        ca.to_str().unwrap(),
-    ]));
+        &["--tls-ca", ca.to_str().unwrap()],
+    ));
     assert!(worker.ok(), "{worker:?}");
     assert!(serve.wait().unwrap().success());
     let checked = check_results(
@@ -280,14 +255,7 @@ fn interrupt_a_worker_mid_trial(signal: &str) -> std::process::ExitStatus {
     let sent = run(Command::new("kill").args([&format!("-{signal}"), &first.id().to_string()]));
     assert!(sent.ok(), "{sent:?}");
     let exited = wait_within(&mut first, 30, &format!("stop on SIG{signal}"));
-    let rescuer = run(Command::new(bin("bnsweep-worker")).args([
-        "--coordinator",
-        &url,
-        "--device",
-        "cpu",
-        "--name",
-        "rescuer",
-    ]));
+    let rescuer = run(&mut worker_command(&url, &["--name", "rescuer"]));
     assert!(rescuer.ok(), "{rescuer:?}");
     assert!(serve.wait().unwrap().success());
     let attempts = check_one_trial(&dir.path().join("out"), "");
@@ -346,8 +314,7 @@ fn a_killed_coordinator_resumes_without_losing_or_rerunning_trials() {
             .unwrap()
     };
     let mut first = serve();
-    let mut worker = Command::new(bin("bnsweep-worker"))
-        .args(["--coordinator", &url, "--device", "cpu", "--threads", "1"])
+    let mut worker = worker_command(&url, &["--threads", "1"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -485,9 +452,7 @@ fn start_training_worker(
     name: &str,
 ) -> (std::process::Child, std::thread::JoinHandle<Vec<String>>) {
     use std::io::{BufRead, BufReader};
-    let mut worker = Command::new(bin("bnsweep-worker"))
-        .args(["--coordinator", url, "--device", "cpu", "--threads", "1"])
-        .args(["--name", name])
+    let mut worker = worker_command(url, &["--threads", "1", "--name", name])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
