@@ -105,6 +105,20 @@ impl From<Row> for Event {
     }
 }
 
+/// The worker's side of the same conversion: a row, or how the attempt ended.
+impl From<Event> for Msg {
+    fn from(event: Event) -> Msg {
+        Msg::Row(match event {
+            Event::Train(r) => Row::Train(r),
+            Event::Eval(r) => Row::Eval(r),
+            Event::Layer(r) => Row::Layer(r),
+            Event::Landscape(r) => Row::Landscape(r),
+            Event::Activation(r) => Row::Activation(r),
+            Event::End(end) => return Msg::End(result_of(end)),
+        })
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The slot process.
 
@@ -393,19 +407,12 @@ impl Slots {
         loop {
             tokio::select! {
                 event = p.events.recv() => match event {
-                    Some(Ok(pb::SlotEvent { event: Some(Event::End(end)) })) => {
-                        return Ok(result_of(end));
-                    }
-                    Some(Ok(pb::SlotEvent { event: Some(event) })) => {
-                        let _ = tx.send(Msg::Row(match event {
-                            Event::Train(r) => Row::Train(r),
-                            Event::Eval(r) => Row::Eval(r),
-                            Event::Layer(r) => Row::Layer(r),
-                            Event::Landscape(r) => Row::Landscape(r),
-                            Event::Activation(r) => Row::Activation(r),
-                            Event::End(_) => unreachable!("matched above"),
-                        }));
-                    }
+                    Some(Ok(pb::SlotEvent { event: Some(event) })) => match Msg::from(event) {
+                        Msg::End(result) => return Ok(result),
+                        row => {
+                            let _ = tx.send(row);
+                        }
+                    },
                     Some(Ok(pb::SlotEvent { event: None })) => {}
                     Some(Err(e)) => return Err(e),
                     None => {
