@@ -42,11 +42,27 @@ pub fn python() -> PathBuf {
     ))
 }
 
-/// The CIFAR-10 binary directory made from shared/data, when this machine has it.
-pub fn cifar_dir() -> Option<PathBuf> {
-    std::env::var_os("BNSWEEP_CIFAR_DIR")
-        .map(PathBuf::from)
-        .filter(|p| p.join("test_batch.bin").is_file())
+/// The CIFAR-10 binary directory named by `BNSWEEP_CIFAR_DIR` (`scripts/test` makes one from
+/// the real data when the machine has it); otherwise a stand-in in the same binary layout,
+/// written under `scratch` by `tests/cifar_fixture.py`, so that the reader and the trainer
+/// run on real-format files on every machine. The second value says which it is.
+pub fn cifar_dir(scratch: &Path) -> (PathBuf, &'static str) {
+    if let Some(dir) = std::env::var_os("BNSWEEP_CIFAR_DIR").map(PathBuf::from) {
+        assert!(
+            dir.join("test_batch.bin").is_file(),
+            "BNSWEEP_CIFAR_DIR={} holds no test_batch.bin",
+            dir.display()
+        );
+        return (dir, "CIFAR-10");
+    }
+    let out = Command::new(python())
+        .arg(repo_root().join("tests/cifar_fixture.py"))
+        .arg(scratch)
+        .output()
+        .expect("run tests/cifar_fixture.py");
+    assert!(out.status.success(), "{:?}", Ran::from(out));
+    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    (dir, "a stand-in written by tests/cifar_fixture.py")
 }
 
 /// What a finished command printed.

@@ -104,12 +104,10 @@ fn a_sweep_runs_on_two_workers_into_parquet_that_every_reader_opens() {
 }
 
 #[test]
-fn cifar10_files_from_shared_data_train() {
-    let Some(cifar) = cifar_dir() else {
-        eprintln!("skipped: BNSWEEP_CIFAR_DIR is not set (scripts/test sets it when ../shared/data exists)");
-        return;
-    };
+fn cifar10_files_in_the_official_layout_train() {
     let dir = tempfile::tempdir().unwrap();
+    let (cifar, which) = cifar_dir(dir.path());
+    eprintln!("training on {which}: {}", cifar.display());
     let text = format!(
         "name: cifar\nparameters:\n  lr: [0.05]\ntrain:\n  model: {{name: vgg8, width: 0.125}}\n  \
          dataset: {{name: cifar10, path: {}, train_size: 2048, test_size: 500}}\n  batch_size: 64\n  \

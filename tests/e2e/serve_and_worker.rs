@@ -52,8 +52,9 @@ fn a_worker_without_a_coordinator_gives_up_with_a_clear_error() {
     );
 }
 
-/// A worker training two trials at once in one process gives exactly the loss curves that
-/// `bnsweep run` with two single-slot worker processes gives.
+/// A worker training two trials at once (two slot processes) gives exactly the loss curves
+/// that `bnsweep run` with two single-slot workers gives: bit for bit, since both sides train
+/// on the CPU of this machine with one thread, the same binary and the same kernels.
 #[test]
 fn a_two_slot_worker_reproduces_the_curves_of_separate_processes() {
     let dir = tempfile::tempdir().unwrap();
@@ -81,6 +82,8 @@ train:
             "2",
             "--threads",
             "1",
+            "--device",
+            "cpu",
             "--out",
             "a",
         ],
@@ -93,7 +96,16 @@ train:
         .unwrap();
     let worker = run(Command::new(bin("bnsweep-worker"))
         .current_dir(dir.path())
-        .args(["--coordinator", &url, "--slots", "2", "--threads", "1"]));
+        .args([
+            "--coordinator",
+            &url,
+            "--slots",
+            "2",
+            "--threads",
+            "1",
+            "--device",
+            "cpu",
+        ]));
     assert!(worker.ok(), "{worker:?}");
     assert!(serve.wait().unwrap().success());
     let a = dir.path().join("a");
