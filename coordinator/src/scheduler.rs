@@ -739,6 +739,8 @@ pub fn spec(t: &Trial, measure: Option<pb::MeasureSpec>) -> pb::TrialSpec {
             name: c.model.name.clone(),
             width: c.model.width,
             hidden: c.model.hidden.clone(),
+            init: c.model.init.clone(),
+            bn_momentum: c.model.bn_momentum,
         }),
         dataset: Some(pb::DatasetSpec {
             name: c.dataset.name.clone(),

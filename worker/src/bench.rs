@@ -60,6 +60,7 @@ pub fn run(args: &BenchArgs, device: Device) -> Result<()> {
             name: "vgg8".into(),
             width: args.width,
             hidden: Vec::new(),
+            ..Default::default()
         }),
         dataset: Some(pb::DatasetSpec {
             name: "synthetic".into(),

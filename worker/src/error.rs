@@ -24,6 +24,13 @@ pub enum Error {
     InSlot { message: String, retryable: bool },
     #[error("device: {0}")]
     Device(String),
+    /// A file this program writes (`bnsweep-worker trace`).
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "cannot reach the coordinator at {url}: {}",
         bnsweep_proto::error_chain(source)

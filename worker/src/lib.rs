@@ -9,6 +9,7 @@ pub mod mps;
 pub mod placement;
 pub mod simulate;
 pub mod slot;
+pub mod trace;
 pub mod trainer;
 
 pub use error::{Error, Result};

@@ -112,6 +112,12 @@ enum Command {
         #[arg(long)]
         threads: Option<u32>,
     },
+    /// Train one short trial on the CPU and write its settings, initial weights, batch order
+    /// and rows, for the cross-check against the PyTorch reference (scripts/crosscheck).
+    Trace {
+        #[command(flatten)]
+        args: bnsweep_worker::trace::TraceArgs,
+    },
     /// One slot of a worker (started by the worker, not by hand): trains the attempts the
     /// worker writes to its stdin, one at a time, and writes their rows to its stdout.
     #[command(hide = true)]
@@ -148,6 +154,16 @@ fn main() -> ExitCode {
         };
         configure_torch(*threads, device);
         return match bench::run(args, device) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(Command::Trace { args }) = &cli.command {
+        configure_torch(Some(args.threads), tch::Device::Cpu);
+        return match bnsweep_worker::trace::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");

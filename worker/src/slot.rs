@@ -216,7 +216,7 @@ fn train_one(
     std::panic::catch_unwind(AssertUnwindSafe(|| {
         let data = cache.get(&spec.dataset.clone().unwrap_or_default())?;
         let stop = || stop.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        trainer::train_with(&spec, data, device, emit, stop, |_| {})
+        trainer::train_with(&spec, data, device, emit, &mut trainer::StopWhen(stop))
     }))
     .unwrap_or_else(|panic| {
         let text = panic

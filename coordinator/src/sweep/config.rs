@@ -75,6 +75,14 @@ pub const FIELDS: &[Field] = &[
         kind: Kind::IntList,
     },
     Field {
+        path: "model.init",
+        kind: Kind::Str,
+    },
+    Field {
+        path: "model.bn_momentum",
+        kind: Kind::Float,
+    },
+    Field {
         path: "dataset.name",
         kind: Kind::Str,
     },
@@ -153,6 +161,15 @@ pub const MODELS: &[&str] = &["vgg8", "vgg10", "vgg11", "vgg13", "vgg16", "vgg19
 pub const DATASETS: &[&str] = &["cifar10", "synthetic"];
 pub const OPTIMIZERS: &[&str] = &["sgd", "adam"];
 pub const PRECISIONS: &[&str] = &["fp32", "bf16", "fp16"];
+/// Initial weight schemes (docs/training.md).
+pub const INITS: &[&str] = &[
+    "pytorch",
+    "glorot_uniform",
+    "glorot_normal",
+    "kaiming_uniform",
+    "kaiming_normal",
+    "lecun_normal",
+];
 
 /// Layers with weights (convs and linear maps) of a model: what activation layer indices
 /// count.
@@ -320,6 +337,10 @@ pub struct ModelConfig {
     pub width: f64,
     /// mlp: hidden layer sizes.
     pub hidden: Vec<i64>,
+    /// How the initial weights are drawn (one of [`INITS`]).
+    pub init: String,
+    /// BatchNorm's running-statistics momentum, PyTorch's convention.
+    pub bn_momentum: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -401,6 +422,13 @@ impl TrialConfig {
                 "hidden layer sizes must be in [1, 1000000]".into(),
             );
         }
+        let init = r.choice("model.init", "pytorch", INITS, "initialisation");
+        let bn_momentum = r.float(
+            "model.bn_momentum",
+            Some(0.1),
+            |v| v > 0.0 && v <= 1.0,
+            "BatchNorm momentum must be in (0, 1] (PyTorch's convention: flax's 0.99 is 0.01)",
+        );
         let dataset_name = r.choice("dataset.name", "synthetic", DATASETS, "dataset");
         let synthetic = dataset_name == "synthetic";
         let (train_default, test_default, train_max, test_max) = if synthetic {
@@ -493,6 +521,8 @@ impl TrialConfig {
                 name: model_name,
                 width,
                 hidden,
+                init,
+                bn_momentum,
             },
             dataset: DatasetConfig {
                 name: dataset_name,
@@ -536,6 +566,8 @@ impl TrialConfig {
             "model.name" => Str(self.model.name.clone()),
             "model.width" => Float(self.model.width),
             "model.hidden" => IntList(self.model.hidden.clone()),
+            "model.init" => Str(self.model.init.clone()),
+            "model.bn_momentum" => Float(self.model.bn_momentum),
             "dataset.name" => Str(self.dataset.name.clone()),
             "dataset.path" => Str(self.dataset.path.clone()),
             "dataset.augment" => Bool(self.dataset.augment),

@@ -111,6 +111,46 @@ fn fast_kernels_are_opt_in_and_leave_earlier_ids_alone() {
 }
 
 #[test]
+fn the_initialisation_is_part_of_every_id() {
+    let plain = parse(GRID).unwrap();
+    let c = &plain.trials[0].config;
+    assert_eq!(
+        (c.model.init.as_str(), c.model.bn_momentum),
+        ("pytorch", 0.1)
+    );
+    // Hashed even at their defaults: they came with a change of what every trial trains,
+    // so a directory of the earlier initialisation is not resumed as if it were this one.
+    let text = c.canonical();
+    assert!(
+        text.contains(";model.hidden=[256, 128, 64];model.init=pytorch;model.bn_momentum=0.1;"),
+        "{text}"
+    );
+    // Pinned: ids must not change by accident, or existing results directories stop resuming.
+    assert_eq!(plain.trials[0].id, "t04bcaf4fe8a4");
+    let explicit = parse(&GRID.replace(
+        "steps: 10",
+        "steps: 10\n  model: {init: pytorch, bn_momentum: 0.1}",
+    ))
+    .unwrap();
+    assert_eq!(explicit.trials[0].id, plain.trials[0].id);
+    let swept = parse(&GRID.replace(
+        "  bn: [true, false]",
+        "  bn: [true, false]\n  model.init: [pytorch, lecun_normal]",
+    ))
+    .unwrap();
+    assert_eq!(swept.trials.len(), 32);
+    assert_eq!(swept.trials[4].config.model.init, "lecun_normal");
+    assert_ne!(swept.trials[4].id, swept.trials[0].id);
+    assert_eq!(
+        errors("name: x\ntrain:\n  lr: 0.1\n  model: {init: xavier, bn_momentum: 1.5}\n"),
+        [
+            "s.yaml:4:17: train.model.init: unknown initialisation `xavier` (known: pytorch, glorot_uniform, glorot_normal, kaiming_uniform, kaiming_normal, lecun_normal)",
+            "s.yaml:4:38: train.model.bn_momentum: BatchNorm momentum must be in (0, 1] (PyTorch's convention: flax's 0.99 is 0.01), got 1.5",
+        ]
+    );
+}
+
+#[test]
 fn random_sampling_is_reproducible_from_its_seed() {
     let text = "\
 name: r
@@ -210,7 +250,7 @@ fn messages_name_file_line_column_and_field() {
     );
     assert_eq!(
         errors("name: x\ntrain:\n  lr: 0.1\n  model: {depth: 3}\n"),
-        ["s.yaml:4:11: train.model.depth: unknown key `depth` (expected one of: name, width, hidden)"]
+        ["s.yaml:4:11: train.model.depth: unknown key `depth` (expected one of: name, width, hidden, init, bn_momentum)"]
     );
     assert_eq!(
         errors("name: x\nmethod: bayes\ntrain: {lr: 0.1}\n"),

@@ -68,6 +68,8 @@ pub struct WeightLayer {
     pub name: String,
     /// The weight matrix or kernel.
     pub weight: Tensor,
+    /// The bias, where the layer has one (none before a BatchNorm).
+    pub bias: Option<Tensor>,
     /// Every parameter of the layer: weight, bias, BatchNorm scale and shift.
     pub params: Vec<Tensor>,
 }
@@ -102,6 +104,81 @@ pub struct Arch<'a> {
     /// Hidden layer sizes of `mlp` (before the width multiplier).
     pub hidden: &'a [i64],
     pub bn: bool,
+    pub init: Init,
+    /// BatchNorm's running-statistics momentum, PyTorch's convention.
+    pub bn_momentum: f64,
+}
+
+/// How the initial weights of convs and linear layers are drawn (docs/training.md).
+/// BatchNorm always starts at scale 1 and shift 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Init {
+    /// `nn.Conv2d` / `nn.Linear.reset_parameters` of PyTorch 2.x: weights and biases
+    /// U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    PyTorch,
+    GlorotUniform,
+    GlorotNormal,
+    /// He et al. with the ReLU gain, over fan_in (tch's own default for convs).
+    KaimingUniform,
+    KaimingNormal,
+    /// flax's default: a normal truncated at two deviations, of variance 1/fan_in.
+    LecunNormal,
+}
+
+/// erf(sqrt 2): the normal distribution's mass within two standard deviations, as 2P - 1.
+const ERF_SQRT2: f64 = 0.954_499_736_103_641_6;
+/// The standard deviation of a standard normal truncated to [-2, 2].
+const TRUNCATED_STD: f64 = 0.879_625_661_034_239_8;
+
+impl Init {
+    /// The trial spec's text (empty is `pytorch`); `None` for an unknown scheme.
+    pub fn parse(text: &str) -> Option<Init> {
+        Some(match text {
+            "" | "pytorch" => Init::PyTorch,
+            "glorot_uniform" => Init::GlorotUniform,
+            "glorot_normal" => Init::GlorotNormal,
+            "kaiming_uniform" => Init::KaimingUniform,
+            "kaiming_normal" => Init::KaimingNormal,
+            "lecun_normal" => Init::LecunNormal,
+            _ => return None,
+        })
+    }
+
+    /// A weight of `shape` (`[out, in]` or `[out, in, kh, kw]`), drawn on the CPU from
+    /// libtorch's current generator.
+    pub fn weight(self, shape: &[i64]) -> Tensor {
+        let receptive: i64 = shape[2..].iter().product();
+        let (fan_in, fan_out) = ((shape[1] * receptive) as f64, (shape[0] * receptive) as f64);
+        let mut w = Tensor::empty(shape, (Kind::Float, Device::Cpu));
+        let uniform = |w: &mut Tensor, bound: f64| w.uniform_(-bound, bound);
+        match self {
+            Init::PyTorch => uniform(&mut w, 1.0 / fan_in.sqrt()),
+            Init::GlorotUniform => uniform(&mut w, (6.0 / (fan_in + fan_out)).sqrt()),
+            Init::GlorotNormal => w.normal_(0.0, (2.0 / (fan_in + fan_out)).sqrt()),
+            Init::KaimingUniform => uniform(&mut w, (6.0 / fan_in).sqrt()),
+            Init::KaimingNormal => w.normal_(0.0, (2.0 / fan_in).sqrt()),
+            Init::LecunNormal => {
+                // Inverse CDF of a uniform draw over the normal's central two deviations.
+                let sd = (1.0 / fan_in).sqrt() / TRUNCATED_STD;
+                let z = uniform(&mut w, ERF_SQRT2).erfinv() * std::f64::consts::SQRT_2;
+                z.clamp(-2.0, 2.0) * sd
+            }
+        }
+    }
+
+    /// The bias of a layer whose weight has `shape`, drawn like [`Init::weight`].
+    pub fn bias(self, shape: &[i64]) -> Tensor {
+        let receptive: i64 = shape[2..].iter().product();
+        let fan_in = (shape[1] * receptive) as f64;
+        let mut b = Tensor::zeros([shape[0]], (Kind::Float, Device::Cpu));
+        match self {
+            Init::PyTorch => {
+                let bound = 1.0 / fan_in.sqrt();
+                b.uniform_(-bound, bound)
+            }
+            _ => b,
+        }
+    }
 }
 
 impl Net {
@@ -119,7 +196,13 @@ impl Net {
             layers: Vec::new(),
             names: Vec::new(),
         };
-        let bn_cfg = Default::default;
+        // Weights are drawn afterwards by `Model::new`; BatchNorm starts at scale 1, shift 0.
+        let bn_cfg = || nn::BatchNormConfig {
+            momentum: arch.bn_momentum,
+            ws_init: nn::Init::Const(1.0),
+            bs_init: nn::Init::Const(0.0),
+            ..Default::default()
+        };
         let mut channels = 3;
         for entry in stack {
             match entry {
@@ -130,6 +213,8 @@ impl Net {
                     let cfg = nn::ConvConfig {
                         padding: 1,
                         bias: !arch.bn,
+                        ws_init: nn::Init::Const(0.0),
+                        bs_init: nn::Init::Const(0.0),
                         ..Default::default()
                     };
                     let conv = nn::conv2d(vs / format!("conv{i}"), channels, out, 3, cfg);
@@ -156,7 +241,8 @@ impl Net {
             });
             let cfg = nn::LinearConfig {
                 bias: !(normed && arch.bn),
-                ..Default::default()
+                ws_init: nn::Init::Const(0.0),
+                bs_init: Some(nn::Init::Const(0.0)),
             };
             let lin = nn::linear(vs / name.as_str(), inputs, outputs, cfg);
             net.layers.push(Layer::Dense {
@@ -210,6 +296,7 @@ impl Net {
             out.push(WeightLayer {
                 name: self.names[out.len()].clone(),
                 weight: weight.shallow_clone(),
+                bias: opt(bias),
                 params,
             });
         }
@@ -304,13 +391,28 @@ pub struct Model {
 }
 
 impl Model {
-    /// Builds a model with initial weights drawn from the trial's seed.
+    /// Builds a model with initial weights drawn from the trial's seed: each layer's weight
+    /// and bias from a key of their own (the seed, the layer's index, which of the two), on
+    /// the CPU, then moved to `device`. So the same seed gives the same weights on every
+    /// device, and BatchNorm on or off changes no weight the two nets share.
     pub fn new(arch: &Arch, seed: u64, device: Device) -> Option<Model> {
-        rng::seeded(seed, Stream::Init as u64, 0, || {
-            let vs = nn::VarStore::new(device);
-            let net = Net::new(&vs.root(), arch)?;
-            Some(Model { vs, net })
-        })
+        let vs = nn::VarStore::new(device);
+        let net = Net::new(&vs.root(), arch)?;
+        tch::no_grad(|| {
+            for (i, layer) in net.weight_layers().iter_mut().enumerate() {
+                let shape = layer.weight.size();
+                let key = 2 * i as u64;
+                let w = rng::seeded(seed, Stream::Init as u64, key, || arch.init.weight(&shape));
+                layer.weight.copy_(&w);
+                if let Some(bias) = layer.bias.as_mut() {
+                    let b = rng::seeded(seed, Stream::Init as u64, key + 1, || {
+                        arch.init.bias(&shape)
+                    });
+                    bias.copy_(&b);
+                }
+            }
+        });
+        Some(Model { vs, net })
     }
 }
 
@@ -330,6 +432,8 @@ mod tests {
             width: 0.125,
             hidden: &[256, 128, 64],
             bn,
+            init: Init::PyTorch,
+            bn_momentum: 0.1,
         }
     }
 
@@ -386,6 +490,159 @@ mod tests {
         let w = "conv0.weight";
         assert!(va[w].equal(&vb[w]));
         assert!(!va[w].equal(&vc[w]));
+    }
+
+    fn vars(m: &Model) -> std::collections::HashMap<String, Tensor> {
+        m.vs.variables()
+    }
+
+    fn stat(t: &Tensor) -> (f64, f64, f64) {
+        let t = t.to_kind(Kind::Double);
+        (
+            t.mean(Kind::Double).double_value(&[]),
+            t.std(true).double_value(&[]),
+            t.abs().max().double_value(&[]),
+        )
+    }
+
+    #[test]
+    fn every_init_scheme_draws_the_spread_of_its_formula() {
+        // conv7 of vgg8 at width 1: a 512x512x3x3 kernel (2.4 million draws, so the sample
+        // standard deviation is within 0.1 % of the true one), fan_in = fan_out = 4608.
+        let fan = 4608.0f64;
+        let uniform_sd = |bound: f64| bound / 3f64.sqrt();
+        let cases = [
+            (
+                "pytorch",
+                uniform_sd(1.0 / fan.sqrt()),
+                Some(1.0 / fan.sqrt()),
+            ),
+            (
+                "glorot_uniform",
+                uniform_sd((6.0 / (2.0 * fan)).sqrt()),
+                Some((6.0 / (2.0 * fan)).sqrt()),
+            ),
+            ("glorot_normal", (2.0 / (2.0 * fan)).sqrt(), None),
+            (
+                "kaiming_uniform",
+                uniform_sd((6.0 / fan).sqrt()),
+                Some((6.0 / fan).sqrt()),
+            ),
+            ("kaiming_normal", (2.0 / fan).sqrt(), None),
+            // Truncated at two deviations of sqrt(1/fan)/0.8796: variance 1/fan.
+            (
+                "lecun_normal",
+                (1.0 / fan).sqrt(),
+                Some(2.0 * (1.0 / fan).sqrt() / TRUNCATED_STD),
+            ),
+        ];
+        for (name, sd, bound) in cases {
+            let init = Init::parse(name).unwrap();
+            let a = Arch {
+                width: 1.0,
+                init,
+                ..arch("vgg8", false)
+            };
+            let v = vars(&Model::new(&a, 0, Device::Cpu).unwrap());
+            let w = &v["conv7.weight"];
+            assert_eq!(w.size(), vec![512, 512, 3, 3]);
+            let (mean, got, max) = stat(w);
+            assert!((got / sd - 1.0).abs() < 0.01, "{name}: sd {got} vs {sd}");
+            assert!(mean.abs() < 0.01 * sd, "{name}: mean {mean}");
+            match bound {
+                // Uniform draws reach their bound; truncated ones stop at it.
+                Some(b) if name != "lecun_normal" => {
+                    assert!(max <= b && max > 0.999 * b, "{name}: max {max} vs {b}")
+                }
+                Some(b) => assert!(max <= b * (1.0 + 1e-6) && max > 0.99 * b, "{name}: {max}"),
+                // A normal's 2.4 million draws reach beyond 4.5 deviations.
+                None => assert!(max > 4.5 * sd, "{name}: max {max}"),
+            }
+            let (_, bias_sd, bias_max) = stat(&v["conv7.bias"]);
+            if init == Init::PyTorch {
+                // 512 draws of U(-b, b): the sample deviation within 15 %.
+                let b = 1.0 / fan.sqrt();
+                assert!(bias_max <= b && (bias_sd / uniform_sd(b) - 1.0).abs() < 0.15);
+            } else {
+                assert_eq!((bias_sd, bias_max), (0.0, 0.0), "{name}: biases start at 0");
+            }
+            // Linear layers: fc0 maps 512 -> 512 at width 1.
+            let (_, fc_sd, _) = stat(&v["fc0.weight"]);
+            let fc_expected = sd * (fan / 512.0).sqrt();
+            assert!(
+                (fc_sd / fc_expected - 1.0).abs() < 0.03,
+                "{name}: fc0 sd {fc_sd}"
+            );
+        }
+        assert!(Init::parse("xavier").is_none());
+    }
+
+    #[test]
+    fn batchnorm_starts_at_scale_one_and_keeps_pytorch_momentum() {
+        let a = Arch {
+            bn_momentum: 0.3,
+            ..arch("mlp", true)
+        };
+        let m = Model::new(&a, 0, Device::Cpu).unwrap();
+        let v = vars(&m);
+        for (name, t) in &v {
+            let (lo, hi) = (t.min().double_value(&[]), t.max().double_value(&[]));
+            let expected = match name.rsplit('.').next().unwrap() {
+                "weight" | "running_var" if name.starts_with("bn_") => 1.0,
+                "bias" | "running_mean" if name.starts_with("bn_") => 0.0,
+                _ => continue,
+            };
+            assert_eq!((lo, hi), (expected, expected), "{name}");
+        }
+        // One training pass: running_mean = (1 - 0.3) x 0 + 0.3 x the batch mean.
+        let x = rng::seeded(0, 9, 0, || {
+            Tensor::randn([16, 3, 32, 32], (Kind::Float, Device::Cpu))
+        });
+        let mut caps = Vec::new();
+        let _ = m.net.forward(&x, true, None, Some(&mut caps));
+        let batch_mean = caps[0].pre.mean_dim(0, false, Kind::Float);
+        let running = &vars(&m)["bn_fc0.running_mean"];
+        assert!(running.allclose(&(batch_mean * 0.3), 1e-5, 1e-6, false));
+    }
+
+    #[test]
+    fn batchnorm_on_and_off_start_from_the_same_weights() {
+        for name in ["vgg8", "mlp"] {
+            let on = vars(&Model::new(&arch(name, true), 11, Device::Cpu).unwrap());
+            let off = vars(&Model::new(&arch(name, false), 11, Device::Cpu).unwrap());
+            let mut shared = 0;
+            for (key, t) in &off {
+                if let Some(u) = on.get(key) {
+                    assert!(t.equal(u), "{name}: {key} differs with BatchNorm on");
+                    shared += 1;
+                } else {
+                    // Only the biases a BatchNorm replaces are missing.
+                    assert!(key.ends_with(".bias"), "{name}: {key}");
+                }
+            }
+            let layers = if name == "mlp" { 4 } else { 11 };
+            assert!(shared >= layers, "{name}: {shared} shared tensors");
+            // And another seed, other weights.
+            let other = vars(&Model::new(&arch(name, false), 12, Device::Cpu).unwrap());
+            assert!(!other["fc0.weight"].equal(&off["fc0.weight"]));
+        }
+    }
+
+    #[test]
+    fn a_gpu_starts_from_the_cpu_weights() {
+        if !tch::Cuda::is_available() {
+            // The draws are made on the CPU whatever the device (Model::new), so the CPU
+            // build has nothing to compare; this runs where libtorch sees a GPU.
+            eprintln!("no CUDA device: only the CPU side is checked");
+            let a = Model::new(&arch("vgg8", true), 3, Device::Cpu).unwrap();
+            assert_eq!(a.vs.device(), Device::Cpu);
+            return;
+        }
+        let cpu = vars(&Model::new(&arch("vgg8", false), 3, Device::Cpu).unwrap());
+        let gpu = vars(&Model::new(&arch("vgg8", false), 3, Device::Cuda(0)).unwrap());
+        for (key, t) in &cpu {
+            assert!(t.equal(&gpu[key].to_device(Device::Cpu)), "{key}");
+        }
     }
 
     #[test]
