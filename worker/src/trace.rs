@@ -1,7 +1,9 @@
 //! `bnsweep-worker trace`: trains one trial on the CPU and writes what an independent
-//! implementation needs to train it again and compare: the trial's settings, its initial
-//! weights, the batch order it used, and every row it produced (docs/training.md, "Checking
-//! it against PyTorch"; `tests/reference/` reads it).
+//! implementation needs to train it again and compare: the trial's settings (trial.json), its
+//! initial weights (init.safetensors), the batch order it used (order.safetensors), every row
+//! it produced (rows.jsonl) and, when it ran to its end, its final weights and BatchNorm
+//! statistics (final.safetensors). docs/training.md, "Checking it against PyTorch";
+//! `tests/reference/` reads it.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -16,7 +18,8 @@ use crate::trainer::{self, Row, Watch};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct TraceArgs {
-    /// Directory to write trial.json, init.safetensors, order.safetensors and rows.jsonl to.
+    /// Directory to write trial.json, init.safetensors, order.safetensors, rows.jsonl and
+    /// final.safetensors to.
     #[arg(long)]
     pub out: PathBuf,
     /// The CIFAR-10 binary directory (data_batch_1.bin ... test_batch.bin).
@@ -194,27 +197,37 @@ impl TraceArgs {
     }
 }
 
-/// Keeps the initial weights and the batch order.
+/// Keeps the initial and final weights (BatchNorm's running statistics included) and the
+/// batch order.
 #[derive(Default)]
 struct Recorder {
     init: Vec<(String, Tensor)>,
+    last: Vec<(String, Tensor)>,
     order: Vec<Tensor>,
+}
+
+fn copy_of(model: &Model) -> Vec<(String, Tensor)> {
+    let mut vars: Vec<(String, Tensor)> = model
+        .vs
+        .variables()
+        .into_iter()
+        .map(|(name, t)| (name, t.detach().to_device(Device::Cpu).copy()))
+        .collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
 }
 
 impl Watch for Recorder {
     fn start(&mut self, model: &Model) {
-        let mut vars: Vec<(String, Tensor)> = model
-            .vs
-            .variables()
-            .into_iter()
-            .map(|(name, t)| (name, t.detach().copy()))
-            .collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        self.init = vars;
+        self.init = copy_of(model);
     }
 
     fn batch(&mut self, _step: u64, indices: &Tensor) {
         self.order.push(indices.to_device(Device::Cpu));
+    }
+
+    fn end(&mut self, model: &Model) {
+        self.last = copy_of(model);
     }
 }
 
@@ -244,8 +257,15 @@ pub fn run(args: &TraceArgs) -> Result<()> {
     };
     write("trial.json", &args.json())?;
     write("rows.jsonl", &rows)?;
-    let init: Vec<(&str, &Tensor)> = recorder.init.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    Tensor::write_safetensors(&init, out.join("init.safetensors"))?;
+    let named = |vars: &[(String, Tensor)]| -> Vec<(String, Tensor)> {
+        vars.iter()
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect()
+    };
+    Tensor::write_safetensors(&named(&recorder.init), out.join("init.safetensors"))?;
+    if !recorder.last.is_empty() {
+        Tensor::write_safetensors(&named(&recorder.last), out.join("final.safetensors"))?;
+    }
     let order = Tensor::stack(&recorder.order, 0);
     Tensor::write_safetensors(&[("order", &order)], out.join("order.safetensors"))?;
     println!("{} ({ending:?})", out.display());
