@@ -8,24 +8,29 @@
 #   bench/accuracy.sh CIFAR_DIR [OUT]     # OUT: default results/bench-accuracy
 #
 # Environment: STEPS (1500), WIDTH (0.25), SEEDS ("0 1"), JOBS (parallel runs: the cores),
-# PYTHON (a python with torch 2.11; default scripts/setup-torch.sh).
-# On 2 CPU cores the defaults take about an hour.
+# TORCH_PYTHON (a python with torch 2.11; default: scripts/setup-torch.sh's).
+# On 2 CPU cores the defaults take two hours or more.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+if [[ $# -lt 1 || ! -d "$1" ]]; then
+  echo "usage: bench/accuracy.sh CIFAR_DIR [OUT]   (CIFAR-10's binary directory)" >&2
+  exit 2
+fi
 cifar="$(cd "$1" && pwd)"
-out="${2:-results/bench-accuracy}"
+out="$(mkdir -p "${2:-results/bench-accuracy}" && cd "${2:-results/bench-accuracy}" && pwd)"
+cd "$(dirname "$0")/.."
 steps="${STEPS:-1500}"
 width="${WIDTH:-0.25}"
 seeds="${SEEDS:-0 1}"
-jobs="${JOBS:-$(nproc)}"
-python="${PYTHON:-$(scripts/setup-torch.sh)}"
+parallel="${JOBS:-$(nproc)}"
+python="${TORCH_PYTHON:-$(scripts/setup-torch.sh)}"
 readers="$(scripts/setup-python.sh)"
 source scripts/env.sh
 cargo build --release --bins --quiet
 mkdir -p "$out"
 configs=("0.1 true 0" "0.5 true 0" "0.1 false 0" "0.5 false 0" "0.1 true 1")
 
-# bnsweep: two sweeps (BN x lr, then noisy BN), `jobs` workers of one thread each.
+# bnsweep: two sweeps (BN x lr, then noisy BN), `parallel` workers of one thread each. A trial
+# diverges only on a non-finite loss, as in the PyTorch script.
 seed_list="[$(echo "$seeds" | sed 's/ /, /g')]"
 sweep() {  # NAME PARAMETERS
   cat > "$out/$1.yaml" <<EOF
@@ -41,26 +46,30 @@ train:
   steps: $steps
   eval_every: $steps
   optimizer: {name: sgd, momentum: 0.0}
+  divergence: {loss_above: .inf}
 EOF
   echo "bench: bnsweep, $out/$1" >&2
-  target/release/bnsweep run "$out/$1.yaml" --out "$out/$1" --workers "$jobs" --threads 1 >&2 ||
-    true
+  target/release/bnsweep run "$out/$1.yaml" --out "$out/$1" --workers "$parallel" --threads 1 >&2
 }
 sweep plain $'  lr: [0.1, 0.5]\n  bn: [true, false]'
 sweep noisy $'  lr: [0.1]\n  bn: [true]\n  noise: [1.0]'
 
-# PyTorch: the same configurations, `jobs` at a time.
+# PyTorch: the same configurations, `parallel` at a time; every run must succeed.
 echo "bench: PyTorch, $out/pytorch.jsonl" >&2
 : > "$out/pytorch.jsonl"
+pids=()
 for cfg in "${configs[@]}"; do
   read -r lr bn noise <<< "$cfg"
   for seed in $seeds; do
-    while (( $(jobs -rp | wc -l) >= jobs )); do wait -n; done
+    while (( $(jobs -rp | wc -l) >= parallel )); do sleep 1; done
     "$python" bench/accuracy_pytorch.py --cifar "$cifar" --lr "$lr" --bn "$bn" --noise "$noise" \
       --seed "$seed" --width "$width" --steps "$steps" >> "$out/pytorch.jsonl" &
+    pids+=($!)
   done
 done
-wait
+for pid in "${pids[@]}"; do
+  wait "$pid" || { echo "bench: a PyTorch run failed" >&2; exit 1; }
+done
 
 "$readers" - "$out" "${configs[@]}" <<'PY'
 import json, statistics, sys

@@ -8,6 +8,7 @@ became non-finite. bench/accuracy.sh runs it next to bnsweep.
 """
 import argparse
 import json
+import math
 import os
 
 import torch
@@ -18,7 +19,7 @@ VGG8 = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
 
 
 def scaled(c, width):
-    return max(1, round(c * width))
+    return max(1, math.floor(c * width + 0.5))  # halves away from zero, as docs/training.md
 
 
 class Noise(nn.Module):

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Writes, once, CIFAR-10 in its official binary layout from the JPEG mirror in shared/data.
+# Writes, once, CIFAR-10 in its official binary layout from a JPEG mirror
+# (cifar10-jpeg.tar.gz and its converter, cifar10_jpeg_to_bin.py, in SHARED_DATA_DIR).
 #   scripts/setup-cifar.sh SHARED_DATA_DIR   # prints the cifar-10-batches-bin directory
 set -euo pipefail
 src="$(cd "$1" && pwd)"

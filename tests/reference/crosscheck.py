@@ -105,7 +105,7 @@ SPREAD_K = 4            # the worker is one more correct rounding: its distance 
 LOSS_RTOL = [  # (last step of the range, relative tolerance of the training loss)
     (1, 2e-5),     # step 1: same weights, only op-order rounding (seen: <= 2e-7)
     (10, 2e-4),    # rounding carried through up to 9 updates (seen: <= 2e-7 before the
-    (20, 1e-3),    # horizon); the brief's 1e-4..1e-3, kept since the worker may round
+    (20, 1e-3),    # horizon); 1e-4..1e-3 as planned, kept since the worker may round
     (10**9, 3e-3),  # more differently than the variants; wrong definitions seen: > 1e-2
 ]
 ACC_ATOL_IMAGES = 1     # train acc: one image of the batch may flip on a near-tie of logits

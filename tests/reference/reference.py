@@ -134,9 +134,9 @@ VGG_LAYOUTS["vgg10"] = VGG_LAYOUTS["vgg13"]
 
 
 def scaled(c, width):
-    # "width multiplies every layer's channels or units (at least 1 each)"; the rounding
-    # rule is not documented (exact for the widths the cross-check uses).
-    return max(1, int(round(c * width)))
+    # training.md: max(1, round(c x w)), halves away from zero (Python's round would take
+    # them to even)
+    return max(1, math.floor(c * width + 0.5))
 
 
 def build_spec(trial):
@@ -361,8 +361,7 @@ def act_stats(x, sample, perturb=()):
     if "quantiles_unsampled" in perturb:
         xs = flat
     else:
-        # the brief's reading: every floor(n / sample)-th element, all of them (this gives
-        # up to 2 x sample - 1 elements, not "at most sample" as measurements.md says)
+        # measurements.md: positions 0, k, 2k, ... with k = max(1, floor(n / sample))
         stride = max(1, n // sample)
         xs = flat[::stride]
     q = torch.quantile(xs, torch.tensor(QUANTILES, dtype=xs.dtype), interpolation="linear")
@@ -381,7 +380,7 @@ def histogram(x, bins, lo, hi):
     idx = torch.floor((inside - lo) / (hi - lo) * bins).long().clamp_(0, bins - 1)
     counts = torch.bincount(idx, minlength=bins).tolist()
     w = (hi - lo) / bins
-    out = [(-1, -math.inf, lo, under)]  # edges of the outer bins: not in the docs
+    out = [(-1, -math.inf, lo, under)]  # the outer bins' edges, as measurements.md gives them
     out += [(b, lo + b * w, lo + (b + 1) * w, counts[b]) for b in range(bins)]
     out.append((bins, hi, math.inf, over))
     return out

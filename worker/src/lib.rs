@@ -1,5 +1,5 @@
 //! bnsweep's worker: a gRPC agent that pulls trials from the coordinator and trains them with
-//! libtorch (through tch), measuring what bn-experiments.md defines.
+//! libtorch (through tch), measuring what docs/measurements.md defines.
 
 pub mod agent;
 pub mod bench;

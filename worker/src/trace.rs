@@ -66,7 +66,7 @@ pub struct TraceArgs {
     pub eps: f64,
     #[arg(long, default_value_t = 32)]
     pub batch: u32,
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub steps: u64,
     /// Take every measurement every this many steps; 0 measures nothing.
     #[arg(long, default_value_t = 10)]

@@ -1,4 +1,4 @@
-//! The measurements of bn-experiments.md ("Measurements"), taken on the training batch of a
+//! The measurements of docs/measurements.md, taken on the training batch of a
 //! measured step, in training mode, with that step's noise:
 //!
 //! - gradient ICS per layer (Santurkar et al., Definition 2.1): `ics`;

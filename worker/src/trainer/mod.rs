@@ -1,4 +1,4 @@
-//! Training one trial: the loop of bn-experiments.md's protocol, reporting a row per step
+//! Training one trial: the loop of docs/training.md, reporting a row per step
 //! and one per evaluation.
 
 pub mod amp;

@@ -1,6 +1,6 @@
-//! The networks, for 32x32 RGB inputs and 10 classes: VGGs (bn-experiments.md's `vgg8` and
+//! The networks, for 32x32 RGB inputs and 10 classes: VGGs (docs/training.md's `vgg8` and
 //! the standard configurations) and an MLP, with BatchNorm on or off and the noise of
-//! bn-experiments.md injected where BatchNorm sits (after it when it is on).
+//! docs/training.md injected where BatchNorm sits (after it when it is on).
 //!
 //! Nothing here assumes a single trial per model: layers hold no global state, and the noise
 //! is passed in per forward pass.
@@ -16,7 +16,7 @@ const C128: Option<i64> = Some(128);
 const C256: Option<i64> = Some(256);
 const C512: Option<i64> = Some(512);
 const M: Option<i64> = None;
-/// `vgg8` of bn-experiments.md (8 convs; the conv stack of VGG-11, configuration A).
+/// `vgg8` of docs/sweep-file.md (8 convs; the conv stack of VGG-11, configuration A).
 const VGG8: &[Option<i64>] = &[C64, M, C128, M, C256, C256, M, C512, C512, M, C512, C512, M];
 /// 10 convs: configuration B (VGG-13), the ten-conv VGG of the blog study.
 const VGG13: &[Option<i64>] = &[
@@ -125,6 +125,12 @@ pub enum Init {
     LecunNormal,
 }
 
+/// fan_in and fan_out of a weight `[out, in, kh, kw]` (or `[out, in]`).
+fn fans(shape: &[i64]) -> (f64, f64) {
+    let receptive: i64 = shape[2..].iter().product();
+    ((shape[1] * receptive) as f64, (shape[0] * receptive) as f64)
+}
+
 /// erf(sqrt 2): the normal distribution's mass within two standard deviations, as 2P - 1.
 const ERF_SQRT2: f64 = 0.954_499_736_103_641_6;
 /// The standard deviation of a standard normal truncated to [-2, 2].
@@ -147,8 +153,7 @@ impl Init {
     /// A weight of `shape` (`[out, in]` or `[out, in, kh, kw]`), drawn on the CPU from
     /// libtorch's current generator.
     pub fn weight(self, shape: &[i64]) -> Tensor {
-        let receptive: i64 = shape[2..].iter().product();
-        let (fan_in, fan_out) = ((shape[1] * receptive) as f64, (shape[0] * receptive) as f64);
+        let (fan_in, fan_out) = fans(shape);
         let mut w = Tensor::empty(shape, (Kind::Float, Device::Cpu));
         let uniform = |w: &mut Tensor, bound: f64| w.uniform_(-bound, bound);
         match self {
@@ -168,8 +173,7 @@ impl Init {
 
     /// The bias of a layer whose weight has `shape`, drawn like [`Init::weight`].
     pub fn bias(self, shape: &[i64]) -> Tensor {
-        let receptive: i64 = shape[2..].iter().product();
-        let fan_in = (shape[1] * receptive) as f64;
+        let (fan_in, _) = fans(shape);
         let mut b = Tensor::zeros([shape[0]], (Kind::Float, Device::Cpu));
         match self {
             Init::PyTorch => {
@@ -361,7 +365,7 @@ impl Net {
     }
 }
 
-/// `s * z + m` with the draws of bn-experiments.md at level v (v = 1 is the paper's setting):
+/// `s * z + m` with the draws of docs/training.md at level v (v = 1 is the paper's setting):
 /// per layer and step mu ~ U(-v/2, v/2), sigma ~ U(1, 1 + v/4); per element
 /// m ~ U(mu - v/10, mu + v/10), s ~ N(sigma, (v/10)^2).
 pub fn add_noise(z: &Tensor, n: StepNoise, layer: u64) -> Tensor {
