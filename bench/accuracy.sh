@@ -49,7 +49,7 @@ train:
   divergence: {loss_above: .inf}
 EOF
   echo "bench: bnsweep, $out/$1" >&2
-  target/release/bnsweep run "$out/$1.yaml" --out "$out/$1" --workers "$parallel" --threads 1 >&2
+  "${CARGO_TARGET_DIR:-target}/release/bnsweep" run "$out/$1.yaml" --out "$out/$1" --workers "$parallel" --threads 1 >&2
 }
 sweep plain $'  lr: [0.1, 0.5]\n  bn: [true, false]'
 sweep noisy $'  lr: [0.1]\n  bn: [true]\n  noise: [1.0]'
