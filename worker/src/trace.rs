@@ -207,14 +207,11 @@ struct Recorder {
 }
 
 fn copy_of(model: &Model) -> Vec<(String, Tensor)> {
-    let mut vars: Vec<(String, Tensor)> = model
-        .vs
-        .variables()
+    model
+        .variables_by_name()
         .into_iter()
         .map(|(name, t)| (name, t.detach().to_device(Device::Cpu).copy()))
-        .collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    vars
+        .collect()
 }
 
 impl Watch for Recorder {

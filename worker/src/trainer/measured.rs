@@ -81,9 +81,8 @@ impl Measurer {
         } else {
             Vec::new()
         };
-        let mut vars: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let buffers = vars
+        let buffers = model
+            .variables_by_name()
             .into_iter()
             .filter(|(n, _)| n.contains("running_"))
             .map(|(_, t)| t)

@@ -449,8 +449,7 @@ mod tests {
         struct Final(Vec<(String, Tensor)>);
         impl Watch for Final {
             fn end(&mut self, m: &Model) {
-                self.0 = m.vs.variables().into_iter().collect();
-                self.0.sort_by(|a, b| a.0.cmp(&b.0));
+                self.0 = m.variables_by_name();
             }
         }
         let mut rows = Vec::new();

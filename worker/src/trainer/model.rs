@@ -420,6 +420,16 @@ impl Model {
     }
 }
 
+impl Model {
+    /// Every variable (weights, BatchNorm parameters and running statistics) by name, in
+    /// name order: handles to the live tensors.
+    pub fn variables_by_name(&self) -> Vec<(String, Tensor)> {
+        let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars
+    }
+}
+
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Model({} tensors)", self.vs.variables().len())
