@@ -143,6 +143,11 @@ if a.measure_every:
         land = pq.read_table(f"{d}/landscape/{tid}.parquet").to_pydict()
         check(len(land["step"]) == len(steps) * a.etas, f"landscape/{tid}: {len(land['step'])} rows")
         for i in range(len(land["step"])):
+            if land["nonfinite_probes"][i] > 0:
+                # a probe that blew up: its step's summaries are NaN or infinite (measurements.md)
+                check(not all(math.isfinite(land[c][i]) for c in ("loss_max", "gradpred_max", "beta_smoothness")),
+                      f"landscape/{tid}: row {i} has non-finite probes but finite summaries")
+                continue
             check(land["loss_min"][i] <= land["loss"][i] <= land["loss_max"][i] and land["beta"][i] <= land["beta_smoothness"][i],
                   f"landscape/{tid}: row {i} outside its step's summary")
         etas = sorted(set(land["eta"]))

@@ -213,7 +213,7 @@ class Checker:
 # ----------------------------------------------------------------------------- comparison
 LAYER_FIELDS = ("ics_l2", "ics_cos", "grad_norm", "weight_dist", "weight_dist_rel")
 LAND_FIELDS = ("eta", "loss", "grad_dist", "beta", "loss_min", "loss_max", "gradpred_min",
-               "gradpred_max", "beta_smoothness")
+               "gradpred_max", "beta_smoothness", "nonfinite_probes")
 
 
 def flatten(rows):
@@ -348,6 +348,9 @@ def compare_rows(ck, wrows, rrows, trial, spread, horizon=math.inf, grad_rtol=ME
                 else:
                     ck.num("act_mean" if key[4] == "mean" else "act_quantiles", a, b, MEAS_RTOL,
                            STAT_FLOOR * sd, where, sp)
+        elif kind == "landscape" and key[3] == "nonfinite_probes":
+            if a != b:
+                ck.fail("land_nonfinite", f"{where}: worker {a} reference {b}")
         elif kind == "landscape":
             f = key[3]
             q = {"eta": "eta", "loss": "land_loss", "loss_min": "land_loss",

@@ -56,9 +56,22 @@ def splitmix64(z):
     return z ^ (z >> 31)
 
 
+def draw_key(seed, stream, t):
+    """key = h(h(h(seed) xor stream) xor t)."""
+    return splitmix64(splitmix64(splitmix64(seed & MASK64) ^ stream) ^ t)
+
+
 def noise_key(seed, k, t):
-    """key = h(h(h(seed) xor (1000 + k)) xor t) for the k-th noisy layer at (1-based) step t."""
-    return splitmix64(splitmix64(splitmix64(seed & MASK64) ^ (1000 + k)) ^ t)
+    """The key of the k-th noisy layer at (1-based) step t: stream 1000 + k."""
+    return draw_key(seed, 1000 + k, t)
+
+
+def sample_positions(n, sample, key):
+    """measurements.md: every position when n <= sample; otherwise h(key xor j) mod n for
+    j = 0 .. sample - 1 (with replacement), key = draw_key(seed, 2000 + layer, step)."""
+    if n <= max(1, sample):
+        return None
+    return [splitmix64(key ^ j) % n for j in range(max(1, sample))]
 
 
 def draw_noise(seed, k, t, shape, v, swap_order=False):
@@ -353,17 +366,16 @@ def norm(ts):
     return math.sqrt(sum(float(t.double().pow(2).sum()) for t in ts))
 
 
-def act_stats(x, sample, perturb=()):
-    """mean, unbiased std over all elements; 7 quantiles (linear interpolation) of every
-    floor(n / sample)-th element from index 0 (stride at least 1)."""
+def act_stats(x, sample, key, perturb=()):
+    """mean, unbiased std over all elements; 7 quantiles (linear interpolation) of the
+    elements at sample_positions(n, sample, key)."""
     flat = x.reshape(-1)
     n = flat.numel()
-    if "quantiles_unsampled" in perturb:
+    positions = sample_positions(n, sample, key)
+    if "quantiles_unsampled" in perturb or positions is None:
         xs = flat
     else:
-        # measurements.md: positions 0, k, 2k, ... with k = max(1, floor(n / sample))
-        stride = max(1, n // sample)
-        xs = flat[::stride]
+        xs = flat[torch.tensor(positions, dtype=torch.long, device=flat.device)]
     q = torch.quantile(xs, torch.tensor(QUANTILES, dtype=xs.dtype), interpolation="linear")
     return {"mean": float(flat.mean()), "std": float(flat.std()),
             "quantiles": [float(v) for v in q]}
@@ -537,12 +549,19 @@ def _run_trace(trace_dir, cifar_dir, perturb, dtype, eval_steps, threads):
                 out.append({"kind": "landscape", "step": t, "eta": eta, "loss": l.item(),
                             "grad_dist": gd, "beta": gd / (eta * gnorm)})
             if out:
+                # measurements.md: a NaN probe makes the step's summaries NaN
+                def ext(f, key):
+                    vs = [r[key] for r in out]
+                    return math.nan if any(math.isnan(v) for v in vs) else f(vs)
                 summary = {
-                    "loss_min": min(r["loss"] for r in out),
-                    "loss_max": max(r["loss"] for r in out),
-                    "gradpred_min": min(r["grad_dist"] for r in out),
-                    "gradpred_max": max(r["grad_dist"] for r in out),
-                    "beta_smoothness": max(r["beta"] for r in out),
+                    "loss_min": ext(min, "loss"),
+                    "loss_max": ext(max, "loss"),
+                    "gradpred_min": ext(min, "grad_dist"),
+                    "gradpred_max": ext(max, "grad_dist"),
+                    "beta_smoothness": ext(max, "beta"),
+                    "nonfinite_probes": sum(
+                        not all(math.isfinite(r[k]) for k in ("loss", "grad_dist", "beta"))
+                        for r in out),
                 }
                 for r in out:
                     r.update(summary)
@@ -582,8 +601,10 @@ def _run_trace(trace_dir, cifar_dir, perturb, dtype, eval_steps, threads):
                              "ics_l2": ics_l2, "ics_cos": ics_cos, "grad_norm": gn,
                              "weight_dist": wd,
                              "weight_dist_rel": wd / w0n if w0n > 0 else None,
-                             "pre": act_stats(rec["pre"], sample, perturb),
-                             "post": act_stats(rec["post"], sample, perturb)})
+                             "pre": act_stats(rec["pre"], sample, draw_key(seed, 2000 + i, t),
+                                              perturb),
+                             "post": act_stats(rec["post"], sample, draw_key(seed, 2000 + i, t),
+                                               perturb)})
             rows.extend(land_rows)
             for i, L in enumerate(spec):
                 for point in ("pre", "post"):

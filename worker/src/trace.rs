@@ -335,7 +335,8 @@ fn write_row(out: &mut String, row: &Row) {
             out,
             "{{\"kind\": \"landscape\", \"step\": {}, \"eta\": {}, \"loss\": {}, \
              \"grad_dist\": {}, \"beta\": {}, \"loss_min\": {}, \"loss_max\": {}, \
-             \"gradpred_min\": {}, \"gradpred_max\": {}, \"beta_smoothness\": {}}}",
+             \"gradpred_min\": {}, \"gradpred_max\": {}, \"beta_smoothness\": {}, \
+             \"nonfinite_probes\": {}}}",
             r.step,
             num(r.eta),
             num(r.loss),
@@ -345,7 +346,8 @@ fn write_row(out: &mut String, row: &Row) {
             num(r.loss_max),
             num(r.gradpred_min),
             num(r.gradpred_max),
-            num(r.beta_smoothness)
+            num(r.beta_smoothness),
+            r.nonfinite_probes
         ),
         Row::Activation(r) => writeln!(
             out,

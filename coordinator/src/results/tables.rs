@@ -360,6 +360,12 @@ pub fn landscape_batch(
                 false,
                 f64s(rows, |r| r.beta_smoothness),
             ),
+            (
+                "nonfinite_probes",
+                DataType::Int64,
+                false,
+                i64s(rows, |r| i64::from(r.nonfinite_probes)),
+            ),
         ],
     )
 }

@@ -12,6 +12,8 @@
 
 use tch::{Kind, Tensor};
 
+use super::rng;
+
 /// Quantiles reported for activations, in [0, 1].
 pub const QUANTILES: [f64; 7] = [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99];
 
@@ -156,14 +158,31 @@ pub fn ics(
     out
 }
 
+/// The flat positions whose elements give a layer's activation quantiles at one measured
+/// step: every position when there are at most `sample` elements; otherwise `sample`
+/// positions drawn with replacement, p_j = h(key xor j) mod n for j = 0 .. sample - 1, with h
+/// SplitMix64's finaliser and `key` the draw's key (docs/measurements.md). Drawn on the host
+/// from the key alone, so the same trial picks the same positions on every run and device,
+/// and no position is favoured by the tensor's shape.
+pub fn sample_positions(n: i64, sample: i64, key: u64) -> Option<Vec<i64>> {
+    let n_u = u64::try_from(n).ok().filter(|&n| n > 0)?;
+    (n > sample.max(1)).then(|| {
+        (0..sample.max(1) as u64)
+            .map(|j| (rng::mix(key ^ j) % n_u) as i64)
+            .collect()
+    })
+}
+
 /// Mean, standard deviation and quantiles of a tensor's elements, as one double tensor of
-/// 2 + 7 values (read back with the step's other values). The quantiles come from at most
-/// `sample` elements taken at an even stride.
-pub fn activation_stats(x: &Tensor, sample: i64) -> Tensor {
+/// 2 + 7 values (read back with the step's other values). Mean and deviation are over every
+/// element; the quantiles over the elements at [`sample_positions`] (`sample`, `key`).
+pub fn activation_stats(x: &Tensor, sample: i64, key: u64) -> Tensor {
     let flat = x.detach().flatten(0, -1).to_kind(Kind::Double);
     let n = flat.size()[0];
-    let stride = (n / sample.max(1)).max(1);
-    let picked = flat.slice(0, 0, n, stride);
+    let picked = match sample_positions(n, sample, key) {
+        Some(p) => flat.index_select(0, &Tensor::from_slice(&p).to_device(flat.device())),
+        None => flat.shallow_clone(),
+    };
     let q = Tensor::from_slice(&QUANTILES).to_device(flat.device());
     let quantiles = picked.quantile(&q, None, false, "linear");
     Tensor::cat(
@@ -301,10 +320,45 @@ mod tests {
         );
     }
 
+    /// Conv activations whose value is the element's spatial position (0 .. 63 on an 8x8
+    /// map): with n = 32768 and `sample` 256 an even stride of n / 256 = 2 x H x W would read
+    /// position (0, 0) alone, and every quantile would be 0.
+    #[test]
+    fn quantiles_sample_every_spatial_position() {
+        let (b, c, h, w) = (32, 16, 8, 8);
+        let x = Tensor::arange(h * w, F64)
+            .view([1, 1, h, w])
+            .expand([b, c, h, w], false);
+        let stats: Vec<f64> = Vec::try_from(activation_stats(&x, 256, 11)).unwrap();
+        for (q, v) in QUANTILES.iter().zip(&stats[2..]) {
+            // 256 draws from 64 equally likely values: the median's standard error is ~2.
+            assert!((v - 63.0 * q).abs() < 8.0, "q{q}: {v} ({stats:?})");
+        }
+        let n = b * c * h * w;
+        let p = sample_positions(n, 256, 11).unwrap();
+        assert_eq!(p.len(), 256);
+        assert!(p.iter().all(|&i| (0..n).contains(&i)));
+        assert_eq!(
+            Some(&p),
+            sample_positions(n, 256, 11).as_ref(),
+            "same key, same sample"
+        );
+        assert_ne!(
+            Some(&p),
+            sample_positions(n, 256, 12).as_ref(),
+            "another key, another"
+        );
+        assert_eq!(
+            sample_positions(256, 256, 11),
+            None,
+            "n <= sample: every element"
+        );
+    }
+
     #[test]
     fn statistics_and_histograms_count_every_element() {
         let x = Tensor::arange(1000, F64) / 100.0 - 5.0; // -5.00 .. 4.99
-        let stats: Vec<f64> = Vec::try_from(activation_stats(&x, 1000)).unwrap();
+        let stats: Vec<f64> = Vec::try_from(activation_stats(&x, 1000, 7)).unwrap();
         assert!((stats[0] - (-0.005)).abs() < 1e-9, "{stats:?}");
         assert!((stats[5] - (-0.005)).abs() < 1e-2, "median {stats:?}");
         let h: Vec<f64> = Vec::try_from(histogram(&x, 4, -2.0, 2.0)).unwrap();

@@ -7,11 +7,14 @@ use tch::{nn, Kind, Tensor};
 
 use super::measure::{self, QUANTILES};
 use super::model::{Capture, Model};
+use super::rng::{self, Stream};
 use super::Row;
 
 /// What to measure, resolved for one trial.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// The trial's seed: the activation sample's positions are drawn from it.
+    pub seed: u64,
     pub every: u64,
     pub ics: bool,
     /// Absolute step sizes; empty: no landscape.
@@ -27,10 +30,11 @@ pub struct Plan {
 
 impl Plan {
     /// From the wire form; `None` when nothing is measured.
-    pub fn new(spec: Option<&pb::MeasureSpec>, lr: f64) -> Option<Plan> {
+    pub fn new(spec: Option<&pb::MeasureSpec>, lr: f64, seed: u64) -> Option<Plan> {
         let m = spec?;
         let scale = if m.eta_relative_to_lr { lr } else { 1.0 };
         let plan = Plan {
+            seed,
             every: m.every,
             ics: m.ics,
             etas: if m.landscape {
@@ -143,20 +147,18 @@ impl Measurer {
         if points.is_empty() {
             return;
         }
-        let fold = |f: fn(&measure::LandscapePoint) -> f64, min: bool| {
-            points.iter().map(f).fold(
-                if min {
-                    f64::INFINITY
-                } else {
-                    f64::NEG_INFINITY
-                },
-                |a, b| if min { a.min(b) } else { a.max(b) },
-            )
-        };
-        let (loss_min, loss_max) = (fold(|p| p.loss, true), fold(|p| p.loss, false));
-        let (gradpred_min, gradpred_max) =
-            (fold(|p| p.grad_dist, true), fold(|p| p.grad_dist, false));
-        let beta_smoothness = fold(|p| p.beta, false);
+        let summary =
+            |f: fn(&measure::LandscapePoint) -> f64, min: bool| extremum(points.iter().map(f), min);
+        let (loss_min, loss_max) = (summary(|p| p.loss, true), summary(|p| p.loss, false));
+        let (gradpred_min, gradpred_max) = (
+            summary(|p| p.grad_dist, true),
+            summary(|p| p.grad_dist, false),
+        );
+        let beta_smoothness = summary(|p| p.beta, false);
+        let nonfinite_probes = points
+            .iter()
+            .filter(|p| ![p.loss, p.grad_dist, p.beta].iter().all(|v| v.is_finite()))
+            .count() as u32;
         for p in points {
             rows.push(Row::Landscape(pb::LandscapeRow {
                 step,
@@ -169,6 +171,7 @@ impl Measurer {
                 gradpred_min,
                 gradpred_max,
                 beta_smoothness,
+                nonfinite_probes,
             }));
         }
     }
@@ -207,8 +210,10 @@ impl Measurer {
                         .iter()
                         .find(|c| c.layer == i)
                         .expect("every layer is captured");
-                    parts.push(measure::activation_stats(&c.pre, self.plan.sample));
-                    parts.push(measure::activation_stats(&c.post, self.plan.sample));
+                    // One sample of positions per layer and step, the same for both points.
+                    let key = rng::key(self.plan.seed, Stream::Sample as u64 + i as u64, step);
+                    parts.push(measure::activation_stats(&c.pre, self.plan.sample, key));
+                    parts.push(measure::activation_stats(&c.post, self.plan.sample, key));
                     parts.push(measure::histogram(
                         &c.pre,
                         bins,
@@ -239,7 +244,8 @@ impl Measurer {
             let grad_norm = take(1)[0];
             let (weight_dist, weight_dist_rel) = if self.plan.weights {
                 let v = take(2);
-                (Some(v[0]), Some(v[1]))
+                // Undefined (null) for a weight that started at zero.
+                (Some(v[0]), Some(v[1]).filter(|r| r.is_finite()))
             } else {
                 (None, None)
             };
@@ -289,5 +295,47 @@ impl Measurer {
                 post,
             }));
         }
+    }
+}
+
+/// The minimum (or maximum) of a step's probe values, non-finite values included: NaN when
+/// any value is NaN (a probe that blew up is not skipped), +-infinity as they compare; NaN for
+/// no values.
+fn extremum(values: impl Iterator<Item = f64>, min: bool) -> f64 {
+    let mut out: Option<f64> = None;
+    for v in values {
+        out = Some(match out {
+            _ if v.is_nan() => return f64::NAN,
+            None => v,
+            Some(a) if min => a.min(v),
+            Some(a) => a.max(v),
+        });
+    }
+    out.unwrap_or(f64::NAN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::extremum;
+
+    #[test]
+    fn summaries_keep_a_probe_that_blew_up() {
+        let finite = [2.0, -1.0, 5.0];
+        assert_eq!(extremum(finite.into_iter(), true), -1.0);
+        assert_eq!(extremum(finite.into_iter(), false), 5.0);
+        // f64::max would answer 5 and f64::min -1 here, hiding the blow-up.
+        for min in [true, false] {
+            assert!(extremum([2.0, f64::NAN, 5.0].into_iter(), min).is_nan());
+            assert!(extremum([f64::NAN, f64::NAN].into_iter(), min).is_nan());
+            assert!(extremum(std::iter::empty(), min).is_nan());
+        }
+        assert_eq!(
+            extremum([2.0, f64::INFINITY].into_iter(), false),
+            f64::INFINITY
+        );
+        assert_eq!(
+            extremum([2.0, f64::NEG_INFINITY].into_iter(), true),
+            f64::NEG_INFINITY
+        );
     }
 }

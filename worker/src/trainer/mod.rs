@@ -201,8 +201,8 @@ pub fn train_with(
         .build(&model.vs, spec.lr)?,
         other => return Err(Error::Unsupported(format!("optimizer `{other}`"))),
     };
-    let measurer =
-        Plan::new(spec.measure.as_ref(), spec.lr).map(|plan| Measurer::new(plan, &model));
+    let measurer = Plan::new(spec.measure.as_ref(), spec.lr, spec.seed)
+        .map(|plan| Measurer::new(plan, &model));
     let mut divergence = Divergence::new(spec.divergence.as_ref());
 
     let (mean, std) = data::channel_stats(&data.train);
@@ -287,6 +287,11 @@ pub fn train_with(
                 if scale.unscale(&grads) {
                     opt.step();
                 }
+            }
+            // A step whose own loss is not finite is not measured: the trial diverges here.
+            (Some(_), _) if !loss.double_value(&[]).is_finite() => {
+                loss.backward();
+                opt.step();
             }
             (Some(m), _) => {
                 loss.backward();
@@ -702,5 +707,42 @@ mod tests {
         assert!(!l.is_empty() && l.len() < 200, "{} rows", l.len());
         assert!(!l.last().unwrap().is_finite());
         assert!(l[..l.len() - 1].iter().all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn a_step_whose_own_loss_is_not_finite_is_not_measured() {
+        let s = pb::TrialSpec {
+            steps: 200,
+            eval_every: 1000,
+            measure: Some(everything(1)),
+            ..spec(1e6, false, 0.0, false)
+        };
+        let (ending, rows) = run(&s);
+        assert_eq!(ending, Ending::Diverged);
+        let last = rows
+            .iter()
+            .filter_map(|r| match r {
+                Row::Train(t) => Some(t.step),
+                _ => None,
+            })
+            .max()
+            .unwrap();
+        let measured: Vec<u64> = rows
+            .iter()
+            .filter_map(|r| match r {
+                Row::Layer(l) => Some(l.step),
+                Row::Landscape(l) => Some(l.step),
+                Row::Activation(a) => Some(a.step),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            measured.contains(&(last - 1)),
+            "the step before is measured"
+        );
+        assert!(
+            !measured.contains(&last),
+            "step {last} diverged and was measured"
+        );
     }
 }

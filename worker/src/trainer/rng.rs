@@ -16,6 +16,9 @@ pub enum Stream {
     Augment = 2,
     /// Noise of layer `n` is stream `Noise as u64 + n`.
     Noise = 1000,
+    /// The activation sample of layer `i` is stream `Sample as u64 + i` (drawn on the host
+    /// from the key, not from libtorch's generator).
+    Sample = 2000,
 }
 
 /// SplitMix64's finaliser: a well-mixed 64-bit value from a key.
