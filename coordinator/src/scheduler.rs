@@ -735,6 +735,10 @@ pub fn spec(t: &Trial, measure: Option<pb::MeasureSpec>) -> pb::TrialSpec {
         lr: c.lr,
         bn: c.bn,
         noise: c.noise,
+        noise_draws: c.noise_options.draws.clone(),
+        noise_moments: c.noise_options.moments.clone(),
+        noise_spread: c.noise_options.spread.clone(),
+        noise_head: c.noise_options.head,
         model: Some(pb::ModelSpec {
             name: c.model.name.clone(),
             width: c.model.width,

@@ -45,10 +45,10 @@ train:
 broken.yaml:4:13: parameters.lr[1]: learning rate must be > 0, got -0.5
 broken.yaml:5:16: parameters.noise[1]: noise level must be >= 0, got -1
 broken.yaml:6:14: parameters.bn[1]: expected true or false, got a string
-broken.yaml:7:3: parameters.colour: unknown parameter `colour` (sweepable: lr, bn, noise, batch_size, steps, eval_every, model.name, model.width, model.init, model.bn_momentum, dataset.name, dataset.path, dataset.augment, dataset.train_size, dataset.test_size, dataset.seed, optimizer.name, optimizer.momentum, optimizer.weight_decay, optimizer.nesterov, optimizer.beta1, optimizer.beta2, optimizer.eps, divergence.loss_above, divergence.for_steps, precision, channels_last)
+broken.yaml:7:3: parameters.colour: unknown parameter `colour` (sweepable: lr, bn, noise, noise_draws, noise_moments, noise_spread, noise_head, batch_size, steps, eval_every, model.name, model.width, model.init, model.bn_momentum, dataset.name, dataset.path, dataset.augment, dataset.train_size, dataset.test_size, dataset.seed, optimizer.name, optimizer.momentum, optimizer.weight_decay, optimizer.nesterov, optimizer.beta1, optimizer.beta2, optimizer.eps, divergence.loss_above, divergence.for_steps, precision, channels_last)
 broken.yaml:9:17: train.model.name: unknown model `vgg99` (known: vgg8, vgg10, vgg11, vgg13, vgg16, vgg19, mlp)
 broken.yaml:10:15: train.batch_size: expected an integer, got a number
-broken.yaml:11:3: train.optimiser: unknown key `optimiser` (expected one of: lr, bn, noise, batch_size, steps, eval_every, model, dataset, optimizer, divergence, precision, channels_last)
+broken.yaml:11:3: train.optimiser: unknown key `optimiser` (expected one of: lr, bn, noise, noise_draws, noise_moments, noise_spread, noise_head, batch_size, steps, eval_every, model, dataset, optimizer, divergence, precision, channels_last)
 7 problem(s) in broken.yaml; nothing was run
 ";
     assert_eq!(ran.stderr, expected);

@@ -34,8 +34,9 @@ COMMON = dict(train_size=512, test_size=100, width=0.125, init="pytorch", bn_mom
               batch=32, steps=30, measure_every=5,  # some before the horizon (below)
               eta=[0.5, 1, 2], bins=8, sample=256,
               range=[-3, 3], threads=1, model="vgg8", hidden=None, noise=0.0,
-              optimizer="sgd", momentum=0.9, nesterov=False, weight_decay=0.0, beta1=0.9,
-              beta2=0.999, eps=1e-8)
+              noise_draws="element", noise_moments="layer", noise_spread="std",
+              noise_head=False, optimizer="sgd", momentum=0.9, nesterov=False,
+              weight_decay=0.0, beta1=0.9, beta2=0.999, eps=1e-8)
 
 CONFIGS = [  # BatchNorm VGGs get small learning rates: their horizon (below) comes later
     dict(name="a-bn-sgd", bn=True, lr=0.005, seed=1),
@@ -49,6 +50,9 @@ CONFIGS = [  # BatchNorm VGGs get small learning rates: their horizon (below) co
          weight_decay=5e-4, seed=5),
     dict(name="f-mlp-bn-noise", model="mlp", width=1.0, hidden=[64, 32], bn=True, noise=0.5,
          lr=0.05, nesterov=True, seed=6),
+    # every noise option away from its default, without BatchNorm (noise after the conv)
+    dict(name="g-nobn-noise-options", bn=False, noise=0.5, noise_draws="channel",
+         noise_moments="channel", noise_spread="variance", noise_head=True, lr=0.02, seed=7),
 ]
 CONFIGS = [dict(COMMON, **c) for c in CONFIGS]
 BY_NAME = {c["name"]: c for c in CONFIGS}
@@ -62,6 +66,7 @@ SELF_TEST = [  # mostly on the MLP (BatchNorm and noise, well-conditioned), conv
     ("quantiles_unsampled", "f-mlp-bn-noise"), ("weight_dist_prev", "f-mlp-bn-noise"),
     ("noise_off", "c-noisybn"), ("relu_before_bn", "c-noisybn"),
     ("post_after_pool", "c-noisybn"), ("no_conv_bias", "b-nobn-sgd"),
+    ("noise_options_ignored", "g-nobn-noise-options"),
     ("adamw", "e-nobn-adam-wd"),
 ]
 
@@ -446,6 +451,8 @@ def worker_args(cfg, out, cifar):
          "--test-size", cfg["test_size"], "--model", cfg["model"], "--width", cfg["width"]]
     if cfg["hidden"]:
         a += ["--hidden", ",".join(str(h) for h in cfg["hidden"])]
+    a += ["--noise-draws", cfg["noise_draws"], "--noise-moments", cfg["noise_moments"],
+          "--noise-spread", cfg["noise_spread"]] + (["--noise-head"] if cfg["noise_head"] else [])
     a += ["--bn", "true" if cfg["bn"] else "false", "--noise", cfg["noise"],
           "--init", cfg["init"], "--bn-momentum", cfg["bn_momentum"], "--seed", cfg["seed"],
           "--lr", cfg["lr"], "--optimizer", cfg["optimizer"], "--momentum", cfg["momentum"]]
@@ -461,7 +468,9 @@ def worker_args(cfg, out, cifar):
 
 def trial_json(cfg, cifar):
     return {"model": cfg["model"], "width": cfg["width"], "hidden": cfg["hidden"] or [],
-            "bn": cfg["bn"], "noise": cfg["noise"], "init": cfg["init"],
+            "bn": cfg["bn"], "noise": cfg["noise"], "noise_draws": cfg["noise_draws"],
+            "noise_moments": cfg["noise_moments"], "noise_spread": cfg["noise_spread"],
+            "noise_head": cfg["noise_head"], "init": cfg["init"],
             "bn_momentum": cfg["bn_momentum"], "seed": cfg["seed"], "lr": cfg["lr"],
             "optimizer": {k: cfg[k if k != "name" else "optimizer"] for k in
                           ("name", "momentum", "nesterov", "weight_decay", "beta1", "beta2",

@@ -33,6 +33,7 @@ BN_EPS = 1e-5
 PERTURBATIONS = {
     "noise_off": "noise not applied",
     "noise_draw_order": "randn drawn before rand",
+    "noise_options_ignored": "noise drawn per element and layer, whatever the options",
     "relu_before_bn": "block order conv, ReLU, BN",
     "no_conv_bias": "convs without bias when BatchNorm is off",
     "bn_momentum": "BatchNorm running statistics with momentum 0.2",
@@ -74,20 +75,32 @@ def sample_positions(n, sample, key):
     return [splitmix64(key ^ j) % n for j in range(max(1, sample))]
 
 
-def draw_noise(seed, k, t, shape, v, swap_order=False):
-    """(s, m) of the k-th noisy layer at step t: the output is s * z + m."""
+def draw_noise(seed, k, t, shape, v, swap_order=False, options=None):
+    """(s, m) of the k-th noisy layer at step t: the output is s * z + m. options
+    (training.md): draws "element" or "channel", moments "layer" or "channel", spread "std"
+    or "variance"; channels are dimension 1."""
+    o = {"draws": "element", "moments": "layer", "spread": "std", **(options or {})}
+    c = shape[1]
+    bshape = [1] * len(shape)
+    bshape[1] = c
     torch.manual_seed(noise_key(seed, k, t) >> 1)
-    u = torch.rand(2)
+    u = torch.rand(2, c) if o["moments"] == "channel" else torch.rand(2)
+    dshape = (c,) if o["draws"] == "channel" else shape
     if swap_order:
-        n = torch.randn(shape)
-        r = torch.rand(shape)
+        n = torch.randn(dshape)
+        r = torch.rand(dshape)
     else:
-        r = torch.rand(shape)
-        n = torch.randn(shape)
+        r = torch.rand(dshape)
+        n = torch.randn(dshape)
     mu = (u[0] - 0.5) * v
     sigma = 1 + u[1] * v / 4
+    if o["moments"] == "channel":
+        mu, sigma = mu.reshape(bshape), sigma.reshape(bshape)
+    if o["draws"] == "channel":
+        r, n = r.reshape(bshape), n.reshape(bshape)
+    spread = math.sqrt(v / 10) if o["spread"] == "variance" else v / 10
     m = mu + (2 * r - 1) * v / 10
-    s = sigma + n * v / 10
+    s = sigma + n * spread
     return s, m
 
 
@@ -176,8 +189,10 @@ def build_spec(trial):
         fin = cin * side * side
         hid = scaled(512, width)
         for j, (fo, relu) in enumerate([(hid, True), (hid, True), (10, False)]):
+            # training.md: the head's hidden layers are noisy only with noise_head
             layers.append(dict(name=f"fc{j}", kind="fc", cin=fin, cout=fo, bias=True,
-                               bn=False, noisy=False, relu=relu, pool=False, flatten=(j == 0)))
+                               bn=False, noisy=noisy and relu and bool(trial.get("noise_head")),
+                               relu=relu, pool=False, flatten=(j == 0)))
             fin = fo
     elif name == "mlp":
         fin = 3 * 32 * 32
@@ -220,15 +235,17 @@ class Noise:
     """The noise of one step: drawn once per noisy layer (lazily, when its shape is known)
     and reused by every pass of that step."""
 
-    def __init__(self, seed, t, v, dtype, swap_order=False, off=False):
+    def __init__(self, seed, t, v, dtype, swap_order=False, off=False, options=None):
         self.seed, self.t, self.v, self.dtype = seed, t, v, dtype
         self.swap, self.off, self.cache = swap_order, off, {}
+        self.options = options
 
     def apply(self, k, z):
         if self.off:
             return z
         if k not in self.cache:
-            s, m = draw_noise(self.seed, k, self.t, tuple(z.shape), self.v, self.swap)
+            s, m = draw_noise(self.seed, k, self.t, tuple(z.shape), self.v, self.swap,
+                              self.options)
             self.cache[k] = (s.to(self.dtype), m.to(self.dtype))
         s, m = self.cache[k]
         return s * z + m
@@ -498,6 +515,9 @@ def _run_trace(trace_dir, cifar_dir, perturb, dtype, eval_steps, threads):
     sample = int(meas.get("sample", 0) or 0)
     rng_lo, rng_hi = (float(r) for r in meas.get("range", [-3, 3]))
     steps = int(trial["steps"])
+    noise_options = ({} if "noise_options_ignored" in perturb else
+                     {k: trial[f"noise_{k}"] for k in ("draws", "moments", "spread")
+                      if f"noise_{k}" in trial})
     if tuple(order.shape) != (steps, int(trial["batch_size"])):
         raise ValueError(f"order is {tuple(order.shape)}, expected "
                          f"({steps}, {trial['batch_size']})")
@@ -511,7 +531,7 @@ def _run_trace(trace_dir, cifar_dir, perturb, dtype, eval_steps, threads):
         idx = order[t - 1].long()
         x, y = xtr[idx], ytr[idx]
         noise = Noise(seed, t, v, dtype, swap_order="noise_draw_order" in perturb,
-                      off="noise_off" in perturb or v <= 0)
+                      off="noise_off" in perturb or v <= 0, options=noise_options)
         measured = every > 0 and t % every == 0
         record = {} if measured else None
 

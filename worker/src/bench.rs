@@ -93,6 +93,7 @@ pub fn run(args: &BenchArgs, device: Device) -> Result<()> {
         }),
         precision: args.precision.clone(),
         channels_last: args.channels_last,
+        ..Default::default()
     };
     let data = Arc::new(trainer::load_data(
         spec.dataset.as_ref().expect("set above"),

@@ -116,7 +116,7 @@ enum Command {
     /// and rows, for the cross-check against the PyTorch reference (scripts/crosscheck).
     Trace {
         #[command(flatten)]
-        args: bnsweep_worker::trace::TraceArgs,
+        args: Box<bnsweep_worker::trace::TraceArgs>,
     },
     /// One slot of a worker (started by the worker, not by hand): trains the attempts the
     /// worker writes to its stdin, one at a time, and writes their rows to its stdout.

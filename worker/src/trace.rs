@@ -41,6 +41,17 @@ pub struct TraceArgs {
     pub bn: bool,
     #[arg(long, default_value_t = 0.0)]
     pub noise: f64,
+    /// element or channel (docs/training.md, "The noise").
+    #[arg(long, default_value = "element")]
+    pub noise_draws: String,
+    /// layer or channel.
+    #[arg(long, default_value = "layer")]
+    pub noise_moments: String,
+    /// std or variance.
+    #[arg(long, default_value = "std")]
+    pub noise_spread: String,
+    #[arg(long)]
+    pub noise_head: bool,
     #[arg(long, default_value = "pytorch")]
     pub init: String,
     #[arg(long, default_value_t = 0.1)]
@@ -103,6 +114,10 @@ impl TraceArgs {
             lr: self.lr,
             bn: self.bn,
             noise: self.noise,
+            noise_draws: self.noise_draws.clone(),
+            noise_moments: self.noise_moments.clone(),
+            noise_spread: self.noise_spread.clone(),
+            noise_head: self.noise_head,
             model: Some(pb::ModelSpec {
                 name: self.model.clone(),
                 width: self.width,
@@ -156,7 +171,8 @@ impl TraceArgs {
         let hidden: Vec<String> = self.hidden.iter().map(i64::to_string).collect();
         format!(
             "{{\"model\": \"{}\", \"width\": {}, \"hidden\": [{}], \"bn\": {}, \"noise\": {}, \
-             \"init\": \"{}\", \"bn_momentum\": {}, \"seed\": {}, \"lr\": {}, \
+             \"noise_draws\": \"{}\", \"noise_moments\": \"{}\", \"noise_spread\": \"{}\", \
+             \"noise_head\": {}, \"init\": \"{}\", \"bn_momentum\": {}, \"seed\": {}, \"lr\": {}, \
              \"optimizer\": {{\"name\": \"{}\", \"momentum\": {}, \"nesterov\": {}, \
              \"weight_decay\": {}, \"beta1\": {}, \"beta2\": {}, \"eps\": {}}}, \
              \"batch_size\": {}, \"steps\": {}, \"measure\": {{\"every\": {}, \"eta\": [{}], \
@@ -167,6 +183,10 @@ impl TraceArgs {
             hidden.join(", "),
             self.bn,
             num(self.noise),
+            self.noise_draws,
+            self.noise_moments,
+            self.noise_spread,
+            self.noise_head,
             self.init,
             num(self.bn_momentum),
             self.seed,

@@ -51,6 +51,22 @@ pub const FIELDS: &[Field] = &[
         kind: Kind::Float,
     },
     Field {
+        path: "noise_draws",
+        kind: Kind::Str,
+    },
+    Field {
+        path: "noise_moments",
+        kind: Kind::Str,
+    },
+    Field {
+        path: "noise_spread",
+        kind: Kind::Str,
+    },
+    Field {
+        path: "noise_head",
+        kind: Kind::Bool,
+    },
+    Field {
         path: "batch_size",
         kind: Kind::Int,
     },
@@ -155,12 +171,23 @@ pub const FIELDS: &[Field] = &[
 /// Fields added after the first release, with their defaults: at its default such a field is
 /// left out of a trial's id, so that the ids of sweeps started before it stay the same (and
 /// their results directories resume).
-const LATER_FIELDS: &[(&str, &str)] = &[("precision", "fp32"), ("channels_last", "false")];
+const LATER_FIELDS: &[(&str, &str)] = &[
+    ("precision", "fp32"),
+    ("channels_last", "false"),
+    ("noise_draws", "element"),
+    ("noise_moments", "layer"),
+    ("noise_spread", "std"),
+    ("noise_head", "false"),
+];
 
 pub const MODELS: &[&str] = &["vgg8", "vgg10", "vgg11", "vgg13", "vgg16", "vgg19", "mlp"];
 pub const DATASETS: &[&str] = &["cifar10", "synthetic"];
 pub const OPTIMIZERS: &[&str] = &["sgd", "adam"];
 pub const PRECISIONS: &[&str] = &["fp32", "bf16", "fp16"];
+/// The noise options (docs/training.md, "The noise"): the first of each is the default.
+pub const NOISE_DRAWS: &[&str] = &["element", "channel"];
+pub const NOISE_MOMENTS: &[&str] = &["layer", "channel"];
+pub const NOISE_SPREADS: &[&str] = &["std", "variance"];
 /// Initial weight schemes (docs/training.md).
 pub const INITS: &[&str] = &[
     "pytorch",
@@ -365,6 +392,19 @@ pub struct OptimizerConfig {
     pub eps: f64,
 }
 
+/// Where the noise definitions leave a choice (docs/training.md, "The noise").
+#[derive(Debug, Clone, PartialEq)]
+pub struct NoiseOptions {
+    /// `element`: m and s drawn per element; `channel`: one per channel (or feature).
+    pub draws: String,
+    /// `layer`: mu_t and sigma_t once per layer and step; `channel`: once per channel.
+    pub moments: String,
+    /// `std`: s ~ N(sigma_t, (0.1 v)^2); `variance`: s ~ N(sigma_t, 0.1 v).
+    pub spread: String,
+    /// Noise in a VGG head's hidden linear layers too (before their ReLU).
+    pub head: bool,
+}
+
 /// When a finite loss counts as diverged: above `loss_above` for `for_steps` steps running.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DivergenceConfig {
@@ -379,6 +419,7 @@ pub struct TrialConfig {
     pub lr: f64,
     pub bn: bool,
     pub noise: f64,
+    pub noise_options: NoiseOptions,
     pub model: ModelConfig,
     pub dataset: DatasetConfig,
     pub optimizer: OptimizerConfig,
@@ -405,6 +446,22 @@ impl TrialConfig {
         let lr = r.float("lr", None, |v| v > 0.0, "learning rate must be > 0");
         let noise = r.float("noise", Some(0.0), |v| v >= 0.0, "noise level must be >= 0");
         let bn = r.bool("bn", true);
+        let noise_options = NoiseOptions {
+            draws: r.choice("noise_draws", NOISE_DRAWS[0], NOISE_DRAWS, "noise draw"),
+            moments: r.choice(
+                "noise_moments",
+                NOISE_MOMENTS[0],
+                NOISE_MOMENTS,
+                "noise moment",
+            ),
+            spread: r.choice(
+                "noise_spread",
+                NOISE_SPREADS[0],
+                NOISE_SPREADS,
+                "noise spread",
+            ),
+            head: r.bool("noise_head", false),
+        };
         let model_name = r.choice("model.name", "vgg8", MODELS, "model");
         let width = r.float(
             "model.width",
@@ -517,6 +574,7 @@ impl TrialConfig {
             lr,
             bn,
             noise,
+            noise_options,
             model: ModelConfig {
                 name: model_name,
                 width,
@@ -560,6 +618,10 @@ impl TrialConfig {
             "lr" => Float(self.lr),
             "bn" => Bool(self.bn),
             "noise" => Float(self.noise),
+            "noise_draws" => Str(self.noise_options.draws.clone()),
+            "noise_moments" => Str(self.noise_options.moments.clone()),
+            "noise_spread" => Str(self.noise_options.spread.clone()),
+            "noise_head" => Bool(self.noise_options.head),
             "batch_size" => Int(self.batch_size.into()),
             "steps" => Int(self.steps as i64),
             "eval_every" => Int(self.eval_every as i64),

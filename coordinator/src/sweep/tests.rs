@@ -81,6 +81,47 @@ fn trial_ids_come_from_the_configuration_alone() {
 }
 
 #[test]
+fn noise_options_default_to_the_paper_s_recipe_and_leave_earlier_ids_alone() {
+    let plain = parse(GRID).unwrap();
+    let c = &plain.trials[0].config;
+    let o = &c.noise_options;
+    assert_eq!(
+        (
+            o.draws.as_str(),
+            o.moments.as_str(),
+            o.spread.as_str(),
+            o.head
+        ),
+        ("element", "layer", "std", false)
+    );
+    assert!(!c.canonical().contains("noise_"), "{}", c.canonical());
+    let explicit = parse(&GRID.replace("steps: 10", "steps: 10\n  noise_draws: element")).unwrap();
+    assert_eq!(explicit.trials[0].id, plain.trials[0].id);
+    let swept = parse(&GRID.replace(
+        "steps: 10",
+        "steps: 10\n  noise_moments: channel\n  noise_spread: variance\n  noise_head: true",
+    ))
+    .unwrap();
+    let o = &swept.trials[0].config.noise_options;
+    assert_eq!(
+        (o.moments.as_str(), o.spread.as_str(), o.head),
+        ("channel", "variance", true)
+    );
+    assert_ne!(swept.trials[0].id, plain.trials[0].id);
+    // Sweepable like any field, and a wrong value is named with its line.
+    let axis = parse(&GRID.replace(
+        "parameters:\n",
+        "parameters:\n  noise_draws: [element, channel]\n",
+    ))
+    .unwrap();
+    assert_eq!(axis.trials.len(), 2 * plain.trials.len());
+    assert_eq!(
+        errors("name: x\ntrain: {lr: 0.1, noise_spread: var}\n"),
+        ["s.yaml:2:32: train.noise_spread: unknown noise spread `var` (known: std, variance)"]
+    );
+}
+
+#[test]
 fn fast_kernels_are_opt_in_and_leave_earlier_ids_alone() {
     let plain = parse(GRID).unwrap();
     let c = &plain.trials[0].config;

@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use amp::{LossScale, Precision};
 use data::{DeviceSplit, HostSplit, Normalizer};
 use measured::{Measurer, Plan};
-use model::{Arch, Init, Model, StepNoise};
+use model::{Arch, Init, Model, NoiseOptions, StepNoise};
 
 /// Steps whose loss and accuracy are read back from the device together.
 const READ_EVERY: u64 = 25;
@@ -177,6 +177,13 @@ pub fn train_with(
         },
     };
     let precision = Precision::parse(&spec.precision)?;
+    let noise_options = NoiseOptions::parse(
+        &spec.noise_draws,
+        &spec.noise_moments,
+        &spec.noise_spread,
+        spec.noise_head,
+    )
+    .map_err(Error::Unsupported)?;
     let model = Model::new(&arch, spec.seed, device)
         .ok_or_else(|| Error::Unsupported(format!("model `{}`", model_spec.name)))?;
     if spec.channels_last {
@@ -248,6 +255,7 @@ pub fn train_with(
             level: spec.noise,
             seed: spec.seed,
             step,
+            options: noise_options,
         };
         let noise = (spec.noise > 0.0).then_some(noise);
         let measuring = measurer.as_ref().filter(|m| m.plan.due(step));
@@ -429,6 +437,7 @@ mod tests {
             measure: None,
             precision: String::new(),
             channels_last: false,
+            ..Default::default()
         }
     }
 

@@ -88,12 +88,45 @@ pub struct Net {
     names: Vec<String>,
 }
 
-/// The noise of one training step: level v, and what its draws are keyed by.
+/// The noise of one training step: level v, what its draws are keyed by, and its options.
 #[derive(Debug, Clone, Copy)]
 pub struct StepNoise {
     pub level: f64,
     pub seed: u64,
     pub step: u64,
+    pub options: NoiseOptions,
+}
+
+/// Where the noise definitions leave a choice (docs/training.md, "The noise"). The default
+/// is the paper's recipe as the project reads it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NoiseOptions {
+    /// m and s: one draw per channel (shared by every sample and position), not per element.
+    pub channel_draws: bool,
+    /// mu_t and sigma_t: one per channel, not one per layer.
+    pub channel_moments: bool,
+    /// The spread of s, 0.1 v, read as a variance rather than a standard deviation.
+    pub spread_is_variance: bool,
+    /// Noise in a VGG head's hidden linear layers too (before their ReLU).
+    pub head: bool,
+}
+
+impl NoiseOptions {
+    /// From the wire form (empty strings: the defaults); an error names an unknown value.
+    pub fn parse(draws: &str, moments: &str, spread: &str, head: bool) -> Result<Self, String> {
+        let pick = |v: &str, what: &str, default: &str, other: &str| match v {
+            "" => Ok(false),
+            v if v == default => Ok(false),
+            v if v == other => Ok(true),
+            v => Err(format!("{what} `{v}` (known: {default}, {other})")),
+        };
+        Ok(NoiseOptions {
+            channel_draws: pick(draws, "noise_draws", "element", "channel")?,
+            channel_moments: pick(moments, "noise_moments", "layer", "channel")?,
+            spread_is_variance: pick(spread, "noise_spread", "std", "variance")?,
+            head,
+        })
+    }
 }
 
 /// What to build.
@@ -318,7 +351,7 @@ impl Net {
     ) -> Tensor {
         let mut h = x.shallow_clone();
         let mut index = 0usize;
-        let mut normed_index = 0u64;
+        let mut noisy_index = 0u64;
         for layer in &self.layers {
             let (z, bn, normed, relu) = match layer {
                 Layer::Pool => {
@@ -342,11 +375,13 @@ impl Net {
                 Some(bn) => z.apply_t(bn.as_ref(), train),
                 None => z.shallow_clone(),
             };
-            if normed {
+            // Noisy: where BatchNorm sits (or would), and a VGG head's hidden layers on request.
+            let head = !normed && relu && noise.is_some_and(|n| n.options.head);
+            if normed || head {
                 if let (true, Some(n)) = (train, noise) {
-                    out = add_noise(&out, n, normed_index);
+                    out = add_noise(&out, n, noisy_index);
                 }
-                normed_index += 1;
+                noisy_index += 1;
             }
             if relu {
                 out = out.relu();
@@ -365,26 +400,51 @@ impl Net {
     }
 }
 
-/// `s * z + m` with the draws of docs/training.md at level v (v = 1 is the paper's setting):
-/// per layer and step mu ~ U(-v/2, v/2), sigma ~ U(1, 1 + v/4); per element
-/// m ~ U(mu - v/10, mu + v/10), s ~ N(sigma, (v/10)^2).
+/// `s * z + m` with the draws of docs/training.md at level v (v = 1 is the paper's setting);
+/// by default per layer and step mu ~ U(-v/2, v/2), sigma ~ U(1, 1 + v/4), and per element
+/// m ~ U(mu - v/10, mu + v/10), s ~ N(sigma, (v/10)^2). The options draw mu and sigma per
+/// channel, m and s per channel, or read v/10 as the variance of s. Channels are dimension 1
+/// (conv maps `[B, C, H, W]`, linear outputs `[B, F]`).
 pub fn add_noise(z: &Tensor, n: StepNoise, layer: u64) -> Tensor {
     if n.level == 0.0 {
         return z.shallow_clone();
     }
     let v = n.level;
+    let o = n.options;
     let (device, size) = (z.device(), z.size());
+    let channels = size[1];
+    // A per-channel draw, shaped to broadcast along dimension 1.
+    let mut per_channel = vec![1; size.len()];
+    per_channel[1] = channels;
+    let moments: &[i64] = if o.channel_moments {
+        &[2, channels]
+    } else {
+        &[2]
+    };
+    let draws: &[i64] = if o.channel_draws { &[channels] } else { &size };
     let (u, m, s) = rng::seeded(n.seed, Stream::Noise as u64 + layer, n.step, || {
         (
-            Tensor::rand([2], (Kind::Float, device)),
-            Tensor::rand(size.as_slice(), (Kind::Float, device)),
-            Tensor::randn(size.as_slice(), (Kind::Float, device)),
+            Tensor::rand(moments, (Kind::Float, device)),
+            Tensor::rand(draws, (Kind::Float, device)),
+            Tensor::randn(draws, (Kind::Float, device)),
         )
     });
-    let mu = (u.get(0) - 0.5) * v;
-    let sigma = u.get(1) * (0.25 * v) + 1.0;
-    let m = (m * 2.0 - 1.0) * (0.1 * v) + mu;
-    let s = s * (0.1 * v) + sigma;
+    let along_channels = |t: Tensor, per_channel_draw: bool| {
+        if per_channel_draw {
+            t.view(per_channel.as_slice())
+        } else {
+            t
+        }
+    };
+    let mu = along_channels((u.get(0) - 0.5) * v, o.channel_moments);
+    let sigma = along_channels(u.get(1) * (0.25 * v) + 1.0, o.channel_moments);
+    let spread = if o.spread_is_variance {
+        (0.1 * v).sqrt()
+    } else {
+        0.1 * v
+    };
+    let m = along_channels((m * 2.0 - 1.0) * (0.1 * v), o.channel_draws) + mu;
+    let s = along_channels(s * spread, o.channel_draws) + sigma;
     z * s + m
 }
 
@@ -471,6 +531,7 @@ mod tests {
                     level: 1.0,
                     seed: 0,
                     step: 1,
+                    options: NoiseOptions::default(),
                 };
                 assert_eq!(
                     m.net.forward(&x, true, Some(noise), Some(&mut caps)).size(),
@@ -667,6 +728,7 @@ mod tests {
             level: 1.0,
             seed: 3,
             step: 5,
+            options: NoiseOptions::default(),
         };
         // With z = 0 the output is m: within mu +- 0.1, mu in [-0.5, 0.5].
         let m = add_noise(&z, n, 0);
@@ -687,5 +749,162 @@ mod tests {
         assert!(add_noise(&z, n, 0).equal(&m));
         assert!(!add_noise(&z, StepNoise { step: 6, ..n }, 0).equal(&m));
         assert!(add_noise(&ones, StepNoise { level: 0.0, ..n }, 0).equal(&ones));
+    }
+
+    /// m and s of a draw: with z = 0 the output is m, with z = 1 it is s + m.
+    fn m_and_s(shape: &[i64], n: StepNoise) -> (Tensor, Tensor) {
+        let z = Tensor::zeros(shape, (Kind::Float, Device::Cpu));
+        let m = add_noise(&z, n, 2);
+        let s = add_noise(&z.ones_like(), n, 2) - &m;
+        (m, s)
+    }
+
+    fn at(level: f64, options: NoiseOptions) -> StepNoise {
+        StepNoise {
+            level,
+            seed: 9,
+            step: 4,
+            options,
+        }
+    }
+
+    fn range(t: &Tensor) -> f64 {
+        t.max().double_value(&[]) - t.min().double_value(&[])
+    }
+
+    fn value(t: Tensor) -> f64 {
+        t.double_value(&[])
+    }
+
+    #[test]
+    fn noise_ranges_scale_with_the_level_as_documented() {
+        let shape = [64, 8, 16, 16];
+        for v in [0.5, 2.0] {
+            for variance in [false, true] {
+                let options = NoiseOptions {
+                    spread_is_variance: variance,
+                    ..NoiseOptions::default()
+                };
+                let (m, s) = m_and_s(&shape, at(v, options));
+                // m ~ U(mu - v/10, mu + v/10) with mu in [-v/2, v/2]: 131,072 draws fill it.
+                let r = range(&m);
+                assert!(r <= 0.2 * v + 1e-5 && r > 0.19 * v, "v {v}: m spans {r}");
+                let mu = value(m.mean(Kind::Float));
+                assert!(mu.abs() <= 0.5 * v + 1e-3, "v {v}: mu {mu}");
+                // s ~ N(sigma, spread^2), sigma in [1, 1 + v/4].
+                let sigma = value(s.mean(Kind::Float));
+                assert!(
+                    (1.0 - 1e-3..=1.0 + 0.25 * v + 1e-3).contains(&sigma),
+                    "{sigma}"
+                );
+                let sd = value(s.std(true));
+                let spread = if variance { (0.1 * v).sqrt() } else { 0.1 * v };
+                assert!(
+                    (sd / spread - 1.0).abs() < 0.02,
+                    "v {v}: s sd {sd}, want {spread}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn noise_options_draw_per_channel_where_asked() {
+        // 512 channels of 256 elements each, on conv maps and on linear outputs.
+        for shape in [vec![64i64, 512, 2, 2], vec![256, 512]] {
+            for v in [0.5, 2.0] {
+                let per_channel = |t: &Tensor| {
+                    let dims: Vec<i64> = (0..shape.len() as i64).filter(|&d| d != 1).collect();
+                    (
+                        t.amin(dims.as_slice(), false),
+                        t.amax(dims.as_slice(), false),
+                        t.mean_dim(dims.as_slice(), false, Kind::Float),
+                    )
+                };
+                // One draw of m and s per channel: constant within a channel.
+                let draws = NoiseOptions {
+                    channel_draws: true,
+                    ..NoiseOptions::default()
+                };
+                let (m, s) = m_and_s(&shape, at(v, draws));
+                for t in [&m, &s] {
+                    let (lo, hi, _) = per_channel(t);
+                    assert!(lo.equal(&hi), "{shape:?}: varies within a channel");
+                }
+                let (_, _, sc) = per_channel(&s);
+                let r = range(&m);
+                assert!(
+                    r <= 0.2 * v + 1e-5 && r > 0.18 * v,
+                    "{shape:?} v {v}: m spans {r}"
+                );
+                let sd = value(sc.std(true));
+                assert!(
+                    (sd / (0.1 * v) - 1.0).abs() < 0.15,
+                    "{shape:?} v {v}: s sd {sd}"
+                );
+                // mu and sigma per channel: the channels' means spread over [-v/2, v/2] and
+                // [1, 1 + v/4]; once per layer they would all sit within v/10 of one value.
+                let moments = NoiseOptions {
+                    channel_moments: true,
+                    ..NoiseOptions::default()
+                };
+                let (m, s) = m_and_s(&shape, at(v, moments));
+                let ((_, _, mc), (_, _, sc)) = (per_channel(&m), per_channel(&s));
+                assert!(range(&mc) > 0.9 * v && range(&mc) <= v, "{}", range(&mc));
+                assert!(range(&sc) > 0.2 * v && value(sc.min()) > 1.0 - 0.05 * v);
+                let (layer_m, _) = m_and_s(&shape, at(v, NoiseOptions::default()));
+                assert!(range(&per_channel(&layer_m).2) < 0.05 * v);
+            }
+        }
+    }
+
+    /// The noise sits before the ReLU: after BatchNorm when it is on, after the conv or linear
+    /// map when it is off; in a VGG head's hidden layers only with `head`.
+    #[test]
+    fn noise_sits_where_batchnorm_sits_and_in_the_head_on_request() {
+        for bn in [false, true] {
+            for head in [false, true] {
+                let m = Model::new(&arch("vgg8", bn), 1, Device::Cpu).unwrap();
+                let x = rng::seeded(4, 0, 0, || {
+                    Tensor::randn([8, 3, 32, 32], (Kind::Float, Device::Cpu))
+                });
+                let n = at(
+                    2.0,
+                    NoiseOptions {
+                        head,
+                        ..NoiseOptions::default()
+                    },
+                );
+                let mut caps = Vec::new();
+                let _logits = m.net.forward(&x, true, Some(n), Some(&mut caps));
+                let mut noisy = 0;
+                for (i, c) in caps.iter().enumerate() {
+                    let name = &m.net.layer_names()[i];
+                    let conv = name.starts_with("conv");
+                    let last = i == caps.len() - 1;
+                    let expected = if last {
+                        c.pre.shallow_clone()
+                    } else if conv || head {
+                        // BatchNorm in training mode at its initial scale 1 and shift 0.
+                        let z = if bn && conv {
+                            let dims = [0i64, 2, 3];
+                            let mean = c.pre.mean_dim(dims.as_slice(), true, Kind::Float);
+                            let var = c.pre.var_dim(dims.as_slice(), false, true);
+                            (&c.pre - mean) / (var + 1e-5).sqrt()
+                        } else {
+                            c.pre.shallow_clone()
+                        };
+                        noisy += 1;
+                        add_noise(&z, n, noisy - 1).relu()
+                    } else {
+                        c.pre.relu()
+                    };
+                    assert!(
+                        c.post.allclose(&expected, 1e-4, 1e-4, false),
+                        "bn {bn} head {head}: {name}"
+                    );
+                }
+                assert_eq!(noisy, if head { 10 } else { 8 });
+            }
+        }
     }
 }
