@@ -1,5 +1,7 @@
 //! `bnsweep run`: a coordinator on loopback and two real worker processes, end to end.
 
+use std::path::Path;
+
 use bnsweep_e2e::{bnsweep, check_results, cifar_dir};
 
 const TINY: &str = "\
@@ -123,6 +125,66 @@ fn cifar10_files_in_the_official_layout_train() {
     let checked = check_results(
         &dir.path().join("out"),
         &["--trials", "1", "--steps", "20", "--eval-every", "10"],
+    );
+    assert!(checked.ok(), "{checked:?}");
+}
+
+/// The shipped paper sweeps as they are, but for their size: a sixteenth of the width, a few
+/// steps on a few hundred images, one seed. What is measured, on which layers, stays.
+fn shrunk(file: &str, cifar: &Path) -> String {
+    let path = bnsweep_e2e::repo_root().join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut out = text.clone();
+    for (from, to) in [
+        ("seeds: [0, 1]", "seeds: [0]".to_string()),
+        ("width: 1.0", "width: 0.0625".to_string()),
+        (
+            "path: data/cifar-10-batches-bin",
+            format!("path: {}, train_size: 256, test_size: 100", cifar.display()),
+        ),
+        ("batch_size: 128", "batch_size: 32".to_string()),
+        ("steps: 15000", "steps: 4".to_string()),
+        ("eval_every: 500", "eval_every: 2".to_string()),
+        ("every: 100", "every: 2".to_string()),
+    ] {
+        assert!(out.contains(from), "{file} no longer holds `{from}`");
+        out = out.replace(from, &to);
+    }
+    out
+}
+
+#[test]
+fn the_paper_s_vgg16_sweep_runs_at_a_small_width_with_every_measurement() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cifar, which) = cifar_dir(dir.path());
+    eprintln!("training on {which}: {}", cifar.display());
+    std::fs::write(
+        dir.path().join("vgg16.yaml"),
+        shrunk("sweeps/paper-vgg16.yaml", &cifar),
+    )
+    .unwrap();
+    let ran = bnsweep(
+        dir.path(),
+        &["run", "vgg16.yaml", "--workers", "2", "--out", "out"],
+    );
+    assert!(ran.ok(), "{ran:?}");
+    // VGG-16: 13 convs and 3 linear layers, each measured (the paper's layers #1 .. #16).
+    let checked = check_results(
+        &dir.path().join("out"),
+        &[
+            "--trials",
+            "8",
+            "--steps",
+            "4",
+            "--eval-every",
+            "2",
+            "--measure-every",
+            "2",
+            "--layers",
+            "16",
+            "--act-layers",
+            "16",
+        ],
     );
     assert!(checked.ok(), "{checked:?}");
 }

@@ -16,7 +16,18 @@ fn the_paper_sweep_has_sixteen_trials() {
 
 #[test]
 fn every_shipped_sweep_is_valid() {
-    for file in ["sweeps/demo.yaml", "sweeps/paper.yaml", "sweeps/seed.yaml"] {
+    let mut files: Vec<String> = std::fs::read_dir(repo_root().join("sweeps"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|f| f.ends_with(".yaml"))
+        .map(|f| format!("sweeps/{f}"))
+        .collect();
+    files.sort();
+    for shipped in ["demo", "paper", "paper-vgg16", "seed"] {
+        let file = format!("sweeps/{shipped}.yaml");
+        assert!(files.contains(&file), "{file} is missing: {files:?}");
+    }
+    for file in &files {
         let ran = bnsweep(&repo_root(), &["validate", file]);
         assert!(ran.ok(), "{file}: {ran:?}");
     }
