@@ -1,6 +1,7 @@
 //! `bnsweep run`: a coordinator on loopback and two real worker processes, end to end.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use bnsweep_e2e::{bnsweep, check_results, cifar_dir};
 
@@ -129,26 +130,15 @@ fn cifar10_files_in_the_official_layout_train() {
     assert!(checked.ok(), "{checked:?}");
 }
 
-/// The shipped paper sweeps as they are, but for their size: a sixteenth of the width, a few
-/// steps on a few hundred images, one seed. What is measured, on which layers, stays.
-fn shrunk(file: &str, cifar: &Path) -> String {
+/// A shipped sweep as it is, but for what `replace` shrinks (width, steps, data, seeds): what is
+/// measured, on which layers, stays.
+fn shrunk(file: &str, replace: &[(&str, String)]) -> String {
     let path = bnsweep_e2e::repo_root().join(file);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut out = text.clone();
-    for (from, to) in [
-        ("seeds: [0, 1]", "seeds: [0]".to_string()),
-        ("width: 1.0", "width: 0.0625".to_string()),
-        (
-            "path: data/cifar-10-batches-bin",
-            format!("path: {}, train_size: 256, test_size: 100", cifar.display()),
-        ),
-        ("batch_size: 128", "batch_size: 32".to_string()),
-        ("steps: 15000", "steps: 4".to_string()),
-        ("eval_every: 500", "eval_every: 2".to_string()),
-        ("every: 100", "every: 2".to_string()),
-    ] {
+    let mut out =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    for (from, to) in replace {
         assert!(out.contains(from), "{file} no longer holds `{from}`");
-        out = out.replace(from, &to);
+        out = out.replace(from, to);
     }
     out
 }
@@ -158,11 +148,22 @@ fn the_paper_s_vgg16_sweep_runs_at_a_small_width_with_every_measurement() {
     let dir = tempfile::tempdir().unwrap();
     let (cifar, which) = cifar_dir(dir.path());
     eprintln!("training on {which}: {}", cifar.display());
-    std::fs::write(
-        dir.path().join("vgg16.yaml"),
-        shrunk("sweeps/paper-vgg16.yaml", &cifar),
-    )
-    .unwrap();
+    let text = shrunk(
+        "sweeps/paper-vgg16.yaml",
+        &[
+            ("seeds: [0, 1]", "seeds: [0]".into()),
+            ("width: 1.0", "width: 0.0625".into()),
+            (
+                "path: data/cifar-10-batches-bin",
+                format!("path: {}, train_size: 256, test_size: 100", cifar.display()),
+            ),
+            ("batch_size: 128", "batch_size: 32".into()),
+            ("steps: 15000", "steps: 4".into()),
+            ("eval_every: 500", "eval_every: 2".into()),
+            ("every: 100", "every: 2".into()),
+        ],
+    );
+    std::fs::write(dir.path().join("vgg16.yaml"), text).unwrap();
     let ran = bnsweep(
         dir.path(),
         &["run", "vgg16.yaml", "--workers", "2", "--out", "out"],
@@ -184,6 +185,78 @@ fn the_paper_s_vgg16_sweep_runs_at_a_small_width_with_every_measurement() {
             "16",
             "--act-layers",
             "16",
+        ],
+    );
+    assert!(checked.ok(), "{checked:?}");
+}
+
+/// MNIST in its official idx layout, in a data cache as the workers fill it
+/// (`$BNSWEEP_DATA/mnist/`): each digit a bright bar at its own height under noise, so that
+/// an MLP learns it in a few steps.
+fn mnist_cache(root: &Path) -> PathBuf {
+    let dir = root.join("mnist");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (prefix, n) in [("train", 1000u32), ("t10k", 300)] {
+        let mut images = [0x803u32, n, 28, 28].map(u32::to_be_bytes).concat();
+        let mut labels = [0x801u32, n].map(u32::to_be_bytes).concat();
+        for i in 0..n {
+            let digit = i % 10;
+            images.extend((0..784u32).map(|p| {
+                let bar = if p / 28 / 2 == digit + 2 { 180 } else { 0 };
+                (bar + (p * 31 + i * 17) % 60) as u8
+            }));
+            labels.push(digit as u8);
+        }
+        std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
+        std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
+    }
+    root.to_path_buf()
+}
+
+#[test]
+fn the_blog_s_part_one_runs_an_mlp_on_mnist_from_the_data_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = mnist_cache(&dir.path().join("cache"));
+    let text = shrunk(
+        "sweeps/blog-part1.yaml",
+        &[
+            ("seeds: [0, 1, 2]", "seeds: [0]".into()),
+            ("width: 1.0", "width: 0.25".into()),
+            (
+                "dataset: {name: mnist}",
+                "dataset: {name: mnist, train_size: 512, test_size: 200}".into(),
+            ),
+            ("steps: 18750", "steps: 6".into()),
+            ("eval_every: 1875", "eval_every: 3".into()),
+            ("every: 250", "every: 3".into()),
+        ],
+    );
+    std::fs::write(dir.path().join("blog.yaml"), text).unwrap();
+    // No path: the workers read the cache named by BNSWEEP_DATA (no download: it is full).
+    let ran = bnsweep_e2e::run(
+        Command::new(bnsweep_e2e::bin("bnsweep"))
+            .args(["run", "blog.yaml", "--workers", "1", "--out", "out"])
+            .env("BNSWEEP_DATA", &cache)
+            .env("BNSWEEP_DATA_MIRROR", "http://127.0.0.1:9/nothing-here")
+            .current_dir(dir.path()),
+    );
+    assert!(ran.ok(), "{ran:?}");
+    // The MLP's four layers (three hidden, the output), each measured.
+    let checked = check_results(
+        &dir.path().join("out"),
+        &[
+            "--trials",
+            "2",
+            "--steps",
+            "6",
+            "--eval-every",
+            "3",
+            "--measure-every",
+            "3",
+            "--layers",
+            "4",
+            "--act-layers",
+            "4",
         ],
     );
     assert!(checked.ok(), "{checked:?}");

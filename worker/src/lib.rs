@@ -5,6 +5,7 @@ pub mod agent;
 pub mod bench;
 pub mod device;
 pub mod error;
+pub mod fetch;
 pub mod mps;
 pub mod placement;
 pub mod simulate;

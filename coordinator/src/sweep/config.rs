@@ -181,7 +181,7 @@ const LATER_FIELDS: &[(&str, &str)] = &[
 ];
 
 pub const MODELS: &[&str] = &["vgg8", "vgg10", "vgg11", "vgg13", "vgg16", "vgg19", "mlp"];
-pub const DATASETS: &[&str] = &["cifar10", "synthetic"];
+pub const DATASETS: &[&str] = &["cifar10", "mnist", "synthetic"];
 pub const OPTIMIZERS: &[&str] = &["sgd", "adam"];
 pub const PRECISIONS: &[&str] = &["fp32", "bf16", "fp16"];
 /// The noise options (docs/training.md, "The noise"): the first of each is the default.
@@ -435,6 +435,13 @@ pub struct TrialConfig {
 /// Number of images in the CIFAR-10 training and test sets.
 pub const CIFAR10_TRAIN: i64 = 50_000;
 pub const CIFAR10_TEST: i64 = 10_000;
+/// Number of images in the MNIST training and test sets.
+pub const MNIST_TRAIN: i64 = 60_000;
+pub const MNIST_TEST: i64 = 10_000;
+/// What `dataset.path` meant when it was left out, before the cache existed: a trial id
+/// hashes this text for a dataset read from the cache, so that the ids of sweeps written
+/// then stay the same (the same official files, wherever they live).
+const FORMER_DEFAULT_PATH: &str = "data/cifar-10-batches-bin";
 
 impl TrialConfig {
     /// Applies defaults and checks every value; every problem found is returned.
@@ -488,19 +495,43 @@ impl TrialConfig {
         );
         let dataset_name = r.choice("dataset.name", "synthetic", DATASETS, "dataset");
         let synthetic = dataset_name == "synthetic";
-        let (train_default, test_default, train_max, test_max) = if synthetic {
-            (5000, 1000, 1_000_000, 1_000_000)
-        } else {
-            (0, 0, CIFAR10_TRAIN, CIFAR10_TEST)
+        let (train_default, test_default, train_max, test_max) = match dataset_name.as_str() {
+            "synthetic" => (5000, 1000, 1_000_000, 1_000_000),
+            "mnist" => (0, 0, MNIST_TRAIN, MNIST_TEST),
+            _ => (0, 0, CIFAR10_TRAIN, CIFAR10_TEST),
         };
         let min_size = i64::from(synthetic);
         let train_size = r.int("dataset.train_size", train_default, min_size, train_max);
         let test_size = r.int("dataset.test_size", test_default, min_size, test_max);
-        let path = r.string("dataset.path", "data/cifar-10-batches-bin");
-        if path.is_empty() {
-            r.fail("dataset.path", "must not be empty".into());
+        // Left out: the official release, from the workers' cache (downloaded once).
+        let path = r.string("dataset.path", "");
+        if path.is_empty() && s.get("dataset.path").is_some() {
+            r.fail(
+                "dataset.path",
+                "must not be empty (leave it out to use the downloaded release)".into(),
+            );
         }
         let augment = r.bool("dataset.augment", false);
+        if dataset_name == "mnist" {
+            if model_name != "mlp" {
+                // On the model when the file names one, else on the dataset.
+                let at = if s.get("model.name").is_some() {
+                    "model.name"
+                } else {
+                    "dataset.name"
+                };
+                r.fail(
+                    at,
+                    format!("`{model_name}` takes 32x32 colour images; MNIST's are 28x28 grey: use `model.name: mlp`"),
+                );
+            }
+            if augment {
+                r.fail(
+                    "dataset.augment",
+                    "random crops and flips are for CIFAR-10's images, not MNIST's digits".into(),
+                );
+            }
+        }
         let data_seed = r.int("dataset.seed", 0, 0, i64::MAX);
         let batch_size = r.int("batch_size", 128, 1, 65_536);
         let available = if train_size > 0 {
@@ -660,6 +691,9 @@ impl TrialConfig {
                 continue;
             }
             let _ = match value {
+                ParamValue::Str(p) if f.path == "dataset.path" && p.is_empty() => {
+                    write!(out, ";{}={FORMER_DEFAULT_PATH}", f.path)
+                }
                 // `{:?}` writes the shortest text that reads back as the same f64.
                 ParamValue::Float(v) => write!(out, ";{}={v:?}", f.path),
                 v => write!(out, ";{}={v}", f.path),

@@ -652,22 +652,27 @@ fn read_distribution(
     }
 }
 
-/// Directories named by cifar10 trials that do not exist here, each once, with where the file
-/// names them.
+/// Dataset directories named by trials (cifar10 or mnist with a `path`) that do not exist
+/// here, each once. Trials without a path read the workers' cache, which they fill themselves.
 pub fn missing_dataset_dirs(sweep: &Sweep) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for t in &sweep.trials {
         let d = &t.config.dataset;
-        if d.name != "cifar10" {
+        let needs: &[&str] = match d.name.as_str() {
+            "cifar10" => &["data_batch_1.bin", "test_batch.bin"],
+            "mnist" => &["train-images-idx3-ubyte", "t10k-images-idx3-ubyte"],
+            _ => continue,
+        };
+        if d.path.is_empty() {
             continue;
         }
         let dir = Path::new(&d.path);
         let problem = if !dir.is_dir() {
             Some(format!("dataset directory `{}` does not exist", d.path))
         } else {
-            ["data_batch_1.bin", "test_batch.bin"]
+            needs
                 .iter()
-                .find(|f| !dir.join(f).is_file())
+                .find(|f| !dir.join(f).is_file() && !dir.join(format!("{f}.gz")).is_file())
                 .map(|f| format!("dataset directory `{}` has no `{f}`", d.path))
         };
         if let Some(p) = problem {

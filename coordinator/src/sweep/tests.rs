@@ -268,6 +268,45 @@ fn defaults_fill_what_the_file_leaves_out() {
 }
 
 #[test]
+fn a_dataset_without_a_path_comes_from_the_cache_under_the_id_it_always_had() {
+    let cached =
+        parse("name: d\nparameters:\n  lr: [0.1]\ntrain:\n  dataset: {name: cifar10}\n").unwrap();
+    let before = parse(
+        "name: d\nparameters:\n  lr: [0.1]\ntrain:\n  dataset: {name: cifar10, path: data/cifar-10-batches-bin}\n",
+    )
+    .unwrap();
+    assert_eq!(cached.trials[0].config.dataset.path, "");
+    assert_eq!(cached.trials[0].id, before.trials[0].id);
+    let elsewhere =
+        parse("name: d\nparameters:\n  lr: [0.1]\ntrain:\n  dataset: {name: cifar10, path: /x}\n")
+            .unwrap();
+    assert_ne!(elsewhere.trials[0].id, before.trials[0].id);
+    assert_eq!(
+        errors("name: d\nparameters:\n  lr: [0.1]\ntrain:\n  dataset: {name: cifar10, path: \"\"}\n"),
+        ["s.yaml:5:34: train.dataset.path: must not be empty (leave it out to use the downloaded release)"]
+    );
+}
+
+#[test]
+fn mnist_trains_the_mlp_without_augmentation() {
+    let ok = parse("name: m\nparameters:\n  lr: [0.1]\ntrain:\n  model: {name: mlp}\n  dataset: {name: mnist}\n")
+        .unwrap();
+    let d = &ok.trials[0].config.dataset;
+    assert_eq!(
+        (d.name.as_str(), d.train_size, d.test_size),
+        ("mnist", 0, 0)
+    );
+    assert_eq!(
+        errors("name: m\nparameters:\n  lr: [0.1]\ntrain:\n  dataset: {name: mnist, augment: true, train_size: 70000}\n"),
+        [
+            "s.yaml:5:19: train.dataset.name: `vgg8` takes 32x32 colour images; MNIST's are 28x28 grey: use `model.name: mlp`",
+            "s.yaml:5:35: train.dataset.augment: random crops and flips are for CIFAR-10's images, not MNIST's digits",
+            "s.yaml:5:53: train.dataset.train_size: must be in [0, 60000], got 70000",
+        ]
+    );
+}
+
+#[test]
 fn messages_name_file_line_column_and_field() {
     assert_eq!(
         errors("name: x\nparameters:\n  lr: []\n"),
@@ -287,7 +326,7 @@ fn messages_name_file_line_column_and_field() {
     );
     assert_eq!(
         errors("name: x\ntrain:\n  lr: 0.1\n  dataset: {name: imagenet}\n"),
-        ["s.yaml:4:19: train.dataset.name: unknown dataset `imagenet` (known: cifar10, synthetic)"]
+        ["s.yaml:4:19: train.dataset.name: unknown dataset `imagenet` (known: cifar10, mnist, synthetic)"]
     );
     assert_eq!(
         errors("name: x\ntrain:\n  lr: 0.1\n  model: {depth: 3}\n"),

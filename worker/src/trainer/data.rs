@@ -1,6 +1,7 @@
-//! Datasets: CIFAR-10 in its official binary layout, and a synthetic CIFAR-shaped set
-//! generated from a seed. Both become uint8 images `[N, 3, 32, 32]` and int64 labels on the
-//! training device; batches are drawn, augmented and normalised there.
+//! Datasets: CIFAR-10 in its official binary layout, MNIST in its official idx files, and a
+//! synthetic CIFAR-shaped set generated from a seed. Each becomes uint8 images `[N, C, H, W]`
+//! (`[N, 3, 32, 32]`, MNIST `[N, 1, 28, 28]`) and int64 labels on the training device;
+//! batches are drawn, augmented and normalised there.
 
 use std::path::{Path, PathBuf};
 
@@ -25,12 +26,26 @@ pub const TRAIN_FILES: [&str; 5] = [
 ];
 pub const TEST_FILE: &str = "test_batch.bin";
 
+/// The shape of one CIFAR-10 (and synthetic) image: channels, height, width.
+pub const CIFAR_SHAPE: [usize; 3] = [3, 32, 32];
+/// One MNIST image.
+pub const MNIST_SHAPE: [usize; 3] = [1, 28, 28];
+/// MNIST's idx files, uncompressed: training images and labels, test images and labels.
+pub const MNIST_FILES: [&str; 4] = [
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+];
+
 /// Images and labels on the host.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostSplit {
-    /// `n * 3072` bytes, channel-planar per image.
+    /// `n * C * H * W` bytes, channel-planar per image.
     pub images: Vec<u8>,
     pub labels: Vec<i64>,
+    /// C, H, W of every image.
+    pub shape: [usize; 3],
 }
 
 impl HostSplit {
@@ -63,6 +78,7 @@ pub fn read_cifar_files(dir: &Path, files: &[&str], limit: usize) -> Result<Host
     let mut split = HostSplit {
         images: Vec::with_capacity(want * (RECORD - 1)),
         labels: Vec::with_capacity(want),
+        shape: CIFAR_SHAPE,
     };
     if !dir.is_dir() {
         return Err(data_error(
@@ -101,6 +117,99 @@ pub fn read_cifar_files(dir: &Path, files: &[&str], limit: usize) -> Result<Host
     Ok(split)
 }
 
+/// Reads an MNIST idx file (`name`, or `name.gz` when only that is there) and checks its
+/// magic number: 0x803 for images (then count, rows, columns), 0x801 for labels (then count).
+fn read_idx(dir: &Path, name: &str, images: bool) -> Result<(PathBuf, Vec<usize>, Vec<u8>)> {
+    let raw = dir.join(name);
+    let gz = dir.join(format!("{name}.gz"));
+    let (path, bytes) = if raw.is_file() || !gz.is_file() {
+        let bytes =
+            std::fs::read(&raw).map_err(|e| data_error(&raw, format!("cannot read: {e}")))?;
+        (raw, bytes)
+    } else {
+        let mut bytes = Vec::new();
+        std::fs::File::open(&gz)
+            .and_then(|f| {
+                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(f), &mut bytes)
+            })
+            .map_err(|e| data_error(&gz, format!("cannot read: {e}")))?;
+        (gz, bytes)
+    };
+    let word = |i: usize| -> Option<usize> {
+        let b = bytes.get(4 * i..4 * i + 4)?;
+        Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let (magic, dims) = if images { (0x803, 3) } else { (0x801, 1) };
+    if word(0) != Some(magic) {
+        return Err(data_error(
+            &path,
+            format!(
+                "not an MNIST idx {} file (magic number {magic:#x})",
+                if images { "image" } else { "label" }
+            ),
+        ));
+    }
+    let shape: Vec<usize> = (1..=dims).map(|i| word(i).unwrap_or(0)).collect();
+    let body = 4 * (dims + 1);
+    let want = shape.iter().product::<usize>();
+    if bytes.len() != body + want {
+        return Err(data_error(
+            &path,
+            format!(
+                "{} bytes; its header {shape:?} promises {}",
+                bytes.len(),
+                body + want
+            ),
+        ));
+    }
+    Ok((path, shape, bytes[body..].to_vec()))
+}
+
+/// The first `limit` images (0 = all) of an MNIST split: `train` or `t10k` idx files.
+pub fn read_mnist(dir: &Path, images: &str, labels: &str, limit: usize) -> Result<HostSplit> {
+    if !dir.is_dir() {
+        return Err(data_error(
+            dir,
+            "no such directory (MNIST's four idx files)",
+        ));
+    }
+    let (ipath, ishape, pixels) = read_idx(dir, images, true)?;
+    let (lpath, lshape, label_bytes) = read_idx(dir, labels, false)?;
+    if ishape[1..] != MNIST_SHAPE[1..] {
+        return Err(data_error(
+            &ipath,
+            format!("images of {}x{}, not 28x28", ishape[1], ishape[2]),
+        ));
+    }
+    if lshape[0] != ishape[0] {
+        return Err(data_error(
+            &lpath,
+            format!(
+                "{} labels for {} images in {}",
+                lshape[0],
+                ishape[0],
+                ipath.display()
+            ),
+        ));
+    }
+    if let Some(bad) = label_bytes.iter().find(|&&l| l > 9) {
+        return Err(data_error(
+            &lpath,
+            format!("label {bad} is not a digit (0-9)"),
+        ));
+    }
+    let n = if limit == 0 {
+        ishape[0]
+    } else {
+        limit.min(ishape[0])
+    };
+    Ok(HostSplit {
+        images: pixels[..n * 784].to_vec(),
+        labels: label_bytes[..n].iter().map(|&l| i64::from(l)).collect(),
+        shape: MNIST_SHAPE,
+    })
+}
+
 /// A deterministic, learnable CIFAR-shaped set: each class is a smooth colour pattern; each
 /// image is its class's pattern, shifted, dimmed or brightened, under pixel noise.
 pub fn synthetic(seed: u64, train: usize, test: usize) -> (HostSplit, HostSplit) {
@@ -122,6 +231,7 @@ pub fn synthetic(seed: u64, train: usize, test: usize) -> (HostSplit, HostSplit)
         let mut split = HostSplit {
             images: Vec::with_capacity(n * 3072),
             labels: Vec::with_capacity(n),
+            shape: CIFAR_SHAPE,
         };
         for _ in 0..n {
             let class = rng.gen_range(0..10usize);
@@ -156,7 +266,7 @@ pub fn synthetic(seed: u64, train: usize, test: usize) -> (HostSplit, HostSplit)
 
 /// A split on the training device.
 pub struct DeviceSplit {
-    /// `[N, 3, 32, 32]` uint8.
+    /// `[N, C, H, W]` uint8.
     pub images: Tensor,
     /// `[N]` int64.
     pub labels: Tensor,
@@ -166,9 +276,10 @@ pub struct DeviceSplit {
 impl DeviceSplit {
     pub fn new(host: &HostSplit, device: Device) -> DeviceSplit {
         let n = host.len() as i64;
+        let [c, h, w] = host.shape.map(|d| d as i64);
         DeviceSplit {
             images: Tensor::from_slice(&host.images)
-                .view([n, 3, 32, 32])
+                .view([n, c, h, w])
                 .to_device(device),
             labels: Tensor::from_slice(&host.labels).to_device(device),
             len: n,
@@ -177,21 +288,25 @@ impl DeviceSplit {
 }
 
 /// Per-channel mean and standard deviation of the training images, in pixel units.
-pub fn channel_stats(train: &HostSplit) -> ([f64; 3], [f64; 3]) {
-    let mut sum = [0f64; 3];
-    let mut sq = [0f64; 3];
-    for image in train.images.chunks_exact(3072) {
-        for c in 0..3 {
-            for &p in &image[c * 1024..(c + 1) * 1024] {
+pub fn channel_stats(train: &HostSplit) -> (Vec<f64>, Vec<f64>) {
+    let [channels, h, w] = train.shape;
+    let plane = h * w;
+    let mut sum = vec![0f64; channels];
+    let mut sq = vec![0f64; channels];
+    for image in train.images.chunks_exact(channels * plane) {
+        for c in 0..channels {
+            for &p in &image[c * plane..(c + 1) * plane] {
                 let p = f64::from(p);
                 sum[c] += p;
                 sq[c] += p * p;
             }
         }
     }
-    let n = (train.len() * 1024).max(1) as f64;
-    let mean = sum.map(|s| s / n);
-    let std = std::array::from_fn(|c| (sq[c] / n - mean[c] * mean[c]).max(1e-6).sqrt());
+    let n = (train.len() * plane).max(1) as f64;
+    let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
+    let std = (0..channels)
+        .map(|c| (sq[c] / n - mean[c] * mean[c]).max(1e-6).sqrt())
+        .collect();
     (mean, std)
 }
 
@@ -202,10 +317,11 @@ pub struct Normalizer {
 }
 
 impl Normalizer {
-    pub fn new(mean: [f64; 3], std: [f64; 3], device: Device) -> Normalizer {
-        let t = |v: [f64; 3]| {
-            Tensor::from_slice(&v.map(|x| x as f32))
-                .view([1, 3, 1, 1])
+    pub fn new(mean: &[f64], std: &[f64], device: Device) -> Normalizer {
+        let t = |v: &[f64]| {
+            let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+            Tensor::from_slice(&v)
+                .view([1, v.len() as i64, 1, 1])
                 .to_device(device)
         };
         Normalizer {
@@ -278,6 +394,54 @@ mod tests {
         assert!(!err.retryable());
     }
 
+    /// Writes MNIST-layout idx files with `n` images whose pixels encode their index.
+    fn write_mnist(dir: &Path, prefix: &str, n: u32, gz: bool) {
+        let mut images = [0x803u32, n, 28, 28].map(u32::to_be_bytes).concat();
+        images.extend((0..n * 784).map(|p| (p / 784 % 256) as u8));
+        let mut labels = [0x801u32, n].map(u32::to_be_bytes).concat();
+        labels.extend((0..n).map(|i| (i % 10) as u8));
+        for (name, bytes) in [("images-idx3-ubyte", images), ("labels-idx1-ubyte", labels)] {
+            let path = dir.join(format!("{prefix}-{name}"));
+            if gz {
+                let f = std::fs::File::create(path.with_extension("gz")).unwrap();
+                let mut enc = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+                std::io::Write::write_all(&mut enc, &bytes).unwrap();
+                enc.finish().unwrap();
+            } else {
+                std::fs::write(path, bytes).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn mnist_reader_takes_idx_files_raw_or_gzipped_and_names_bad_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        write_mnist(dir.path(), "train", 30, false);
+        write_mnist(dir.path(), "t10k", 12, true);
+        let train = read_mnist(dir.path(), MNIST_FILES[0], MNIST_FILES[1], 25).unwrap();
+        assert_eq!(
+            (train.len(), train.shape, train.images.len()),
+            (25, MNIST_SHAPE, 25 * 784)
+        );
+        assert_eq!((train.labels[13], train.images[13 * 784]), (3, 13));
+        let test = read_mnist(dir.path(), MNIST_FILES[2], MNIST_FILES[3], 0).unwrap();
+        assert_eq!((test.len(), test.labels[11]), (12, 1));
+        // A CIFAR file under an MNIST name, and a truncated one, are named.
+        write_cifar(dir.path(), "t10k-images-idx3-ubyte", 1, 0);
+        let err = read_mnist(dir.path(), MNIST_FILES[2], MNIST_FILES[3], 0).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("t10k-images-idx3-ubyte: not an MNIST"),
+            "{err}"
+        );
+        let path = dir.path().join(MNIST_FILES[0]);
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+        let err = read_mnist(dir.path(), MNIST_FILES[0], MNIST_FILES[1], 0).unwrap_err();
+        assert!(err.to_string().contains("promises"), "{err}");
+        assert!(!err.retryable());
+    }
+
     #[test]
     fn synthetic_data_is_deterministic_and_balanced_enough() {
         let (a, t) = synthetic(1, 500, 100);
@@ -297,6 +461,7 @@ mod tests {
         let host = HostSplit {
             images: (0..2 * 3072).map(|p| (p % 251) as u8 + 1).collect(),
             labels: vec![0, 1],
+            shape: CIFAR_SHAPE,
         };
         let split = DeviceSplit::new(&host, Device::Cpu);
         let out = augment(&split.images, 0, 0);

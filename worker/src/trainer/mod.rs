@@ -91,12 +91,29 @@ pub struct HostData {
 
 /// Loads a trial's dataset on the host.
 pub fn load_data(spec: &pb::DatasetSpec) -> Result<HostData> {
+    // Without a path, the official release from the machine's cache (downloaded once).
+    let dir = |fetch: fn() -> Result<std::path::PathBuf>| -> Result<std::path::PathBuf> {
+        if spec.path.is_empty() {
+            fetch()
+        } else {
+            Ok(Path::new(&spec.path).to_path_buf())
+        }
+    };
+    let (train_size, test_size) = (spec.train_size as usize, spec.test_size as usize);
     match spec.name.as_str() {
         "cifar10" => {
-            let dir = Path::new(&spec.path);
+            let dir = dir(crate::fetch::cifar10)?;
             Ok(HostData {
-                train: data::read_cifar_files(dir, &data::TRAIN_FILES, spec.train_size as usize)?,
-                test: data::read_cifar_files(dir, &[data::TEST_FILE], spec.test_size as usize)?,
+                train: data::read_cifar_files(&dir, &data::TRAIN_FILES, train_size)?,
+                test: data::read_cifar_files(&dir, &[data::TEST_FILE], test_size)?,
+            })
+        }
+        "mnist" => {
+            let dir = dir(crate::fetch::mnist)?;
+            let [train_images, train_labels, test_images, test_labels] = data::MNIST_FILES;
+            Ok(HostData {
+                train: data::read_mnist(&dir, train_images, train_labels, train_size)?,
+                test: data::read_mnist(&dir, test_images, test_labels, test_size)?,
             })
         }
         "synthetic" => {
@@ -163,7 +180,20 @@ pub fn train_with(
     let model_spec = spec.model.as_ref().unwrap_or(&default_model);
     let opt_spec = spec.optimizer.as_ref().unwrap_or(&default_opt);
     let augment = spec.dataset.as_ref().is_some_and(|d| d.augment);
+    let [c, h, w] = data.train.shape.map(|d| d as i64);
+    if model_spec.name != "mlp" && [h, w] != [32, 32] {
+        return Err(Error::Unsupported(format!(
+            "model `{}` takes 32x32 images, this dataset's are {h}x{w}: use `mlp`",
+            model_spec.name
+        )));
+    }
+    if augment && data.train.shape != data::CIFAR_SHAPE {
+        return Err(Error::Unsupported(
+            "augmentation (random crops and flips) is for 32x32 colour images".into(),
+        ));
+    }
     let arch = Arch {
+        input: [c, h, w],
         name: &model_spec.name,
         width: model_spec.width,
         hidden: &model_spec.hidden,
@@ -213,7 +243,7 @@ pub fn train_with(
     let mut divergence = Divergence::new(spec.divergence.as_ref());
 
     let (mean, std) = data::channel_stats(&data.train);
-    let norm = Normalizer::new(mean, std, device);
+    let norm = Normalizer::new(&mean, &std, device);
     let train_set = DeviceSplit::new(&data.train, device);
     let test_set = DeviceSplit::new(&data.test, device);
     let batch = i64::from(spec.batch_size);
@@ -753,5 +783,58 @@ mod tests {
             !measured.contains(&last),
             "step {last} diverged and was measured"
         );
+    }
+
+    /// MNIST-shaped data: each digit class a bright bar at its own row, under noise.
+    fn grey_digits(n: usize) -> HostSplit {
+        let mut images = Vec::with_capacity(n * 784);
+        let mut labels = Vec::with_capacity(n);
+        for i in 0..n {
+            let class = i % 10;
+            images.extend((0..784).map(|p| {
+                let row = p / 28;
+                let bar = if row / 2 == class + 2 { 200 } else { 0 };
+                (bar + (p * 7 + i * 13) % 50) as u8
+            }));
+            labels.push(class as i64);
+        }
+        HostSplit {
+            images,
+            labels,
+            shape: data::MNIST_SHAPE,
+        }
+    }
+
+    #[test]
+    fn an_mlp_learns_28x28_grey_images_and_a_vgg_is_refused() {
+        let data = Arc::new(HostData {
+            train: grey_digits(320),
+            test: grey_digits(100),
+        });
+        let mut s = spec(0.05, true, 0.0, false);
+        s.model = Some(pb::ModelSpec {
+            name: "mlp".into(),
+            width: 0.25,
+            hidden: vec![256, 128, 64],
+            ..Default::default()
+        });
+        s.steps = 40;
+        let mut rows = Vec::new();
+        let ending = train(&s, data.clone(), Device::Cpu, |r| rows.push(r)).unwrap();
+        assert_eq!(ending, Ending::Completed);
+        let acc = rows
+            .iter()
+            .filter_map(|r| match r {
+                Row::Eval(e) => Some(e.test_acc),
+                _ => None,
+            })
+            .next_back()
+            .unwrap();
+        assert!(acc > 0.5, "test accuracy {acc} on separable digits");
+        let vgg = spec(0.05, true, 0.0, false);
+        let err = train(&vgg, data, Device::Cpu, |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("32x32") && err.contains("28x28"), "{err}");
     }
 }

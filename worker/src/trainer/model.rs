@@ -37,8 +37,6 @@ pub const MODELS: &[&str] = &["vgg8", "vgg10", "vgg11", "vgg13", "vgg16", "vgg19
 
 /// Width of the fully connected hidden layers of the VGG head at width 1.
 const FC_HIDDEN: i64 = 512;
-/// Inputs of the MLP: a flattened 3x32x32 image.
-const MLP_INPUT: i64 = 3 * 32 * 32;
 
 /// Channels at a width multiplier: at least 1.
 pub fn scaled(channels: i64, width: f64) -> i64 {
@@ -132,6 +130,8 @@ impl NoiseOptions {
 /// What to build.
 #[derive(Debug, Clone)]
 pub struct Arch<'a> {
+    /// Channels, height and width of the input images (VGGs need 32x32).
+    pub input: [i64; 3],
     pub name: &'a str,
     pub width: f64,
     /// Hidden layer sizes of `mlp` (before the width multiplier).
@@ -240,7 +240,7 @@ impl Net {
             bs_init: nn::Init::Const(0.0),
             ..Default::default()
         };
-        let mut channels = 3;
+        let mut channels = arch.input[0];
         for entry in stack {
             match entry {
                 None => net.layers.push(Layer::Pool),
@@ -291,7 +291,7 @@ impl Net {
             net.names.push(name);
         };
         if arch.name == "mlp" {
-            let mut inputs = MLP_INPUT;
+            let mut inputs: i64 = arch.input.iter().product();
             for &h in arch.hidden {
                 let h = scaled(h, arch.width);
                 dense(&mut net, inputs, h, true, true);
@@ -340,7 +340,7 @@ impl Net {
         out
     }
 
-    /// Logits for a batch `[B, 3, 32, 32]`. `noise` applies in training only. With `capture`,
+    /// Logits for a batch `[B, C, H, W]` (`[B, 3, 32, 32]` for a VGG). `noise` applies in training only. With `capture`,
     /// every weight layer's activations are kept (detached).
     pub fn forward(
         &self,
@@ -502,6 +502,7 @@ mod tests {
 
     fn arch(name: &'static str, bn: bool) -> Arch<'static> {
         Arch {
+            input: [3, 32, 32],
             name,
             width: 0.125,
             hidden: &[256, 128, 64],
