@@ -6,6 +6,7 @@
 //! their spread (min to max) shaded. Works on partial results: what is not there yet is said.
 
 pub mod data;
+pub mod findings;
 pub mod svg;
 
 use std::collections::BTreeMap;
