@@ -50,7 +50,8 @@ enum Command {
         /// The page to write. Default: DIR/report.html (figures in DIR/report_figures/).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Also print the final test accuracy table as Markdown on stdout.
+        /// Also print the findings (the paper's claims, checked) and the final test accuracy
+        /// table as Markdown on stdout.
         #[arg(long)]
         markdown: bool,
     },
@@ -355,7 +356,7 @@ fn report_cmd(dir: &Path, out: Option<PathBuf>, markdown: bool) -> Result<ExitCo
     );
     if markdown {
         eprintln!("{written}");
-        print!("{}", bnsweep::report::accuracy_markdown(&report));
+        print!("{}", bnsweep::report::markdown(&report));
     } else {
         println!("{written}");
     }

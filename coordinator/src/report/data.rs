@@ -63,6 +63,17 @@ pub struct Table {
 }
 
 impl Table {
+    /// A table from its columns (all of the same length).
+    pub fn from_columns(columns: Vec<(&str, Column)>) -> Table {
+        Table {
+            rows: columns.first().map_or(0, |c| c.1.len()),
+            columns: columns
+                .into_iter()
+                .map(|(name, c)| (name.to_string(), c))
+                .collect(),
+        }
+    }
+
     pub fn col(&self, name: &str) -> Option<&Column> {
         self.columns.get(name)
     }
@@ -183,6 +194,11 @@ pub struct TrialInfo {
     pub final_test_acc: Option<f64>,
     /// The other swept parameters (lr, ...), e.g. "lr = 0.05": one figure each.
     pub panel: String,
+    /// The learning rate (`lr` of trials.parquet).
+    pub lr: Option<f64>,
+    /// The panel without the learning rate: trials that differ only in `lr`, `bn`, `noise` and
+    /// the seed share it.
+    pub setting: String,
     pub variant: Variant,
 }
 
@@ -220,21 +236,29 @@ impl Results {
             let bn = t.f64s("bn");
             let noise = t.f64s("noise");
             let acc = t.f64s("final_test_acc");
+            let lr = t.f64s("lr");
             for i in 0..t.rows {
-                let panel = others
-                    .iter()
-                    .map(|c| {
-                        let v = t.col(c).and_then(|col| col.text(i)).unwrap_or_default();
-                        format!("{c} = {v}")
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let named = |keep: &dyn Fn(&str) -> bool| {
+                    others
+                        .iter()
+                        .filter(|c| keep(c))
+                        .map(|c| {
+                            let v = t.col(c).and_then(|col| col.text(i)).unwrap_or_default();
+                            format!("{c} = {v}")
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let panel = named(&|_| true);
+                let setting = named(&|c| c != "lr");
                 trials.push(TrialInfo {
                     id: ids[i].clone().unwrap_or_default(),
                     seed: seed[i].unwrap_or(0.0) as i64,
                     status: status[i].clone().unwrap_or_default(),
                     final_test_acc: acc[i],
                     panel,
+                    lr: lr[i],
+                    setting,
                     variant: Variant {
                         bn: bn[i].unwrap_or(0.0) > 0.5,
                         noise: noise[i].unwrap_or(0.0),

@@ -6,6 +6,7 @@
 //! their spread (min to max) shaded. Works on partial results: what is not there yet is said.
 
 pub mod data;
+pub mod findings;
 pub mod svg;
 
 use std::collections::BTreeMap;
@@ -35,6 +36,8 @@ pub struct Report {
     pub status: Vec<String>,
     /// Final test accuracy: (panel, variant, cell text, mean, sd, seeds with a value).
     pub table: Vec<AccuracyRow>,
+    /// The paper's claims, checked (docs/findings.md).
+    pub findings: Vec<findings::Finding>,
     pub sections: Vec<Section>,
 }
 
@@ -79,6 +82,15 @@ pub fn accuracy_markdown(r: &Report) -> String {
         );
     }
     out
+}
+
+/// `bnsweep report --markdown`: the findings, then the final accuracy table.
+pub fn markdown(r: &Report) -> String {
+    format!(
+        "{}## Final test accuracy\n\n{}",
+        findings::markdown(&r.findings),
+        accuracy_markdown(r)
+    )
 }
 
 /// The tables of one trial that the figures use.
@@ -190,6 +202,7 @@ pub fn build(results: &Results) -> Result<Report> {
             activations: table("activations")?,
         });
     }
+    let findings = findings_of(results, &trials);
     let panels = results.panels();
     let variants = results.variants();
     let color = |v: &Variant| {
@@ -484,8 +497,19 @@ pub fn build(results: &Results) -> Result<Report> {
         title: format!("bnsweep report: {}", results.sweep.name),
         status,
         table,
+        findings,
         sections,
     })
+}
+
+/// The findings from the trials' tables.
+fn findings_of(results: &Results, trials: &[TrialData]) -> Vec<findings::Finding> {
+    let summaries: Vec<findings::TrialSummary> = trials
+        .iter()
+        .map(|t| findings::summarize(&t.info, t.layers.as_ref(), t.landscape.as_ref()))
+        .collect();
+    let ctx = findings::Context::of(&results.sweep, results.trials.len());
+    findings::findings(&summaries, &ctx)
 }
 
 /// The layers a table names, by index.
@@ -584,7 +608,10 @@ fn page(r: &Report, live: Option<(&str, std::time::Duration)>) -> String {
          table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}\
          th{{background:#f4f4f4}}td.l,th.l{{text-align:left}}.fig{{display:inline-block;vertical-align:top;margin:8px;max-width:540px}}\
          .fig p{{font-size:12px;color:#555;margin:2px 8px}}.status{{background:#f7f7e8;padding:8px 12px;border-left:4px solid #cc9}}\
-         .diverged{{color:#b00}}</style></head><body><h1>{t}</h1>",
+         .diverged{{color:#b00}}.finding{{margin:1em 0 1.5em}}.finding h3{{font-size:1.05em}}\
+         .verdict{{padding:1px 8px;border-radius:3px;font-size:.9em;margin-left:6px}}.supported{{background:#d9f2d9}}\
+         .mixed{{background:#f7ecc8}}.refuted{{background:#f6d3d3}}.nodata{{background:#e6e6e6}}\
+         .caveat,.add{{font-size:13px;color:#555;margin:4px 0}}table.numbers{{font-size:13px}}</style></head><body><h1>{t}</h1>",
         t = esc(&r.title)
     );
     if let Some((progress, _)) = live {
@@ -598,7 +625,9 @@ fn page(r: &Report, live: Option<(&str, std::time::Duration)>) -> String {
     for line in &r.status {
         let _ = write!(out, "<p>{}</p>", esc(line));
     }
-    out.push_str("</div><h2>Final test accuracy</h2><table id=\"accuracy\"><tr><th class=\"l\">parameters</th><th class=\"l\">variant</th><th>test accuracy (mean ± sd over seeds)</th><th>seeds finished</th><th>diverged</th><th>failed</th></tr>");
+    out.push_str("</div>");
+    out.push_str(&findings::html(&r.findings));
+    out.push_str("<h2>Final test accuracy</h2><table id=\"accuracy\"><tr><th class=\"l\">parameters</th><th class=\"l\">variant</th><th>test accuracy (mean ± sd over seeds)</th><th>seeds finished</th><th>diverged</th><th>failed</th></tr>");
     for row in &r.table {
         let acc = row.accuracy();
         let _ = write!(
@@ -671,6 +700,7 @@ mod tests {
                 row("precision=bf16", Some(0.5), Some(0.01), 0),
                 row("a|b", None, None, 2),
             ],
+            findings: Vec::new(),
             sections: Vec::new(),
         };
         let md = accuracy_markdown(&r);
@@ -681,6 +711,172 @@ mod tests {
             "| precision=bf16 | BN | 0.5000 ± 0.0100 | 2 of 2 | 0 | 0 |"
         );
         assert_eq!(lines[3], "| a/b | BN | — | 2 of 2 | 2 | 0 |");
+    }
+
+    /// A results directory written by the project's own writer, where BN trains at the high
+    /// learning rate and no BN diverges (after non-finite landscape probes), noisy BN is near BN,
+    /// BN shifts its gradients more, is smoother and steadier, but (so that a refuted claim is
+    /// read back too) ends further from its initial weights.
+    #[test]
+    fn findings_are_read_from_a_results_directory() {
+        use crate::results::ResultsDir;
+        use crate::scheduler::{AttemptRows, Status, Summary, TrialRecord};
+        use crate::sweep::Sweep;
+        use bnsweep_proto as pb;
+        use findings::Verdict::*;
+
+        let sweep = Sweep::parse(
+            "f.yaml",
+            "name: f\nseeds: [0, 1, 2]\nparameters:\n  lr: [0.05, 0.5]\n  bn: [true, false]\n  noise: [0.0, 1.0]\ntrain:\n  steps: 100\nmeasure:\n  every: 10\n  ics: true\n  landscape: true\n  activations: true\n  weights: true\n",
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (out, _) = ResultsDir::open(dir.path(), &sweep).unwrap();
+        let mut records = Vec::new();
+        for trial in &sweep.trials {
+            let c = &trial.config;
+            let (bn, diverged) = (c.bn, !c.bn && c.lr > 0.1);
+            let acc = match (bn, c.noise > 0.0, diverged) {
+                (_, _, true) => 0.1,
+                (true, false, _) => 0.8,
+                (true, true, _) => 0.77,
+                (false, _, _) => 0.6,
+            };
+            let record = TrialRecord {
+                trial: trial.clone(),
+                status: if diverged {
+                    Status::Diverged
+                } else {
+                    Status::Completed
+                },
+                attempts: 1,
+                handed_back: 0,
+                summary: Summary {
+                    final_test_acc: Some(acc),
+                    ..Default::default()
+                },
+                last_step: 100,
+                persisted: true,
+            };
+            let mut rows = AttemptRows::default();
+            rows.train.push(pb::TrainRow {
+                step: 1,
+                loss: 2.3,
+                ..Default::default()
+            });
+            rows.eval.push(pb::EvalRow {
+                step: 100,
+                test_acc: acc,
+                ..Default::default()
+            });
+            // A diverged trial is measured at its first 5 steps, the last two with NaN probes.
+            for k in 0..if diverged { 5 } else { 10 } {
+                let step = 10 * (k + 1);
+                let wiggle = if k % 2 == 0 { 1.0 } else { -1.0 };
+                let amp = if bn { 0.01 } else { 0.5 };
+                let stats = |m: f64, sd: f64| {
+                    Some(pb::ActivationStats {
+                        mean: m,
+                        std: sd,
+                        quantiles: Vec::new(),
+                    })
+                };
+                for (l, name) in ["conv0", "conv1", "fc0"].into_iter().enumerate() {
+                    let first = l == 0;
+                    rows.layers.push(pb::LayerRow {
+                        step,
+                        layer: l as u32,
+                        layer_name: name.into(),
+                        ics_l2: Some(if first {
+                            0.0
+                        } else if bn {
+                            2.0
+                        } else {
+                            1.0
+                        }),
+                        ics_cos: Some(if first {
+                            1.0
+                        } else if bn {
+                            0.5
+                        } else {
+                            0.9
+                        }),
+                        weight_dist_rel: Some(if bn { 0.5 } else { 0.2 }),
+                        pre: stats(0.0, 1.0),
+                        post: stats(amp * wiggle, 1.0 + amp * wiggle),
+                        ..Default::default()
+                    });
+                }
+                let nan = diverged && k >= 3;
+                let v = |x: f64| if nan { f64::NAN } else { x };
+                let r = if bn { 0.1 } else { 1.0 };
+                for eta in [1.0, 2.0] {
+                    rows.landscape.push(pb::LandscapeRow {
+                        step,
+                        eta,
+                        loss: 2.0,
+                        loss_min: v(2.0),
+                        loss_max: v(2.0 + r),
+                        gradpred_max: v(r),
+                        beta_smoothness: v(10.0 * r),
+                        nonfinite_probes: u32::from(nan),
+                        ..Default::default()
+                    });
+                }
+            }
+            out.write_trial(&record, &rows).unwrap();
+            records.push(record);
+        }
+        out.write_trials(&records).unwrap();
+
+        let r = build(&data::Results::open(dir.path()).unwrap()).unwrap();
+        let verdicts: Vec<(&str, findings::Verdict)> =
+            r.findings.iter().map(|f| (f.key, f.verdict)).collect();
+        assert_eq!(
+            verdicts,
+            [
+                ("a", Supported),
+                ("b", Supported),
+                ("c", Supported),
+                ("d", Supported),
+                ("e", NotSupported),
+                ("f", Supported)
+            ]
+        );
+        let f = |k: &str| r.findings.iter().find(|f| f.key == k).unwrap();
+        assert_eq!(
+            f("a").details,
+            ["lr = 0.5: Supported — the highest learning rate with both: no BN trains in 0 of 3 seeds, BN in 3 of 3; seed by seed BN trains and no BN does not in 3 of 3; at the lower learning rates no BN trains in 3 of 3 trials."]
+        );
+        assert!(
+            f("d").details[1].contains("no BN has a non-finite summary at 6 of 15 steps (counted as +∞) and a non-finite probe at 6 of 15 steps"),
+            "{:?}",
+            f("d").details
+        );
+        // (e): the panel where no BN diverged has no finished net to compare; the other
+        // refutes it.
+        assert!(f("e").details[0].starts_with("lr = 0.05: Not supported — "));
+        assert!(
+            f("e").details[1].ends_with("no values for no BN (its trials: 3 diverged)."),
+            "{:?}",
+            f("e").details
+        );
+        assert!(r
+            .findings
+            .iter()
+            .all(|f| f.caveats.is_empty() && f.to_add.is_empty()));
+        // On the page above the accuracy table, and first in the Markdown.
+        let page = html(&r);
+        let (findings_at, table_at) = (
+            page.find("<h2>Findings</h2>").unwrap(),
+            page.find("<h2>Final test accuracy</h2>").unwrap(),
+        );
+        assert!(findings_at < table_at);
+        assert!(page.contains("id=\"finding-e\"><h3>(e) BatchNorm nets end closer to their initial weights. <span class=\"verdict refuted\">Not supported</span>"));
+        let md = markdown(&r);
+        assert!(md.starts_with("## Findings"), "{md}");
+        assert!(md.contains("### (d) ") && md.contains("| parameters | variant | test accuracy"));
+        assert!(md.find("### (f)").unwrap() < md.find("## Final test accuracy").unwrap());
     }
 
     #[test]
