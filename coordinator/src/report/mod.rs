@@ -448,8 +448,7 @@ pub fn build(results: &Results) -> Result<Report> {
         // Activation histograms over training, one layer two thirds deep.
         if n_act > 0 {
             let names = layer_names(trials.iter().filter_map(|t| t.activations.as_ref()));
-            let layer = names.len() * 2 / 3;
-            if let Some(name) = names.get(layer).cloned() {
+            if let Some((layer, name)) = names.get(names.len() * 2 / 3).cloned() {
                 for v in &variants {
                     let Some(t) = in_group(p, v)
                         .into_iter()
@@ -482,7 +481,7 @@ pub fn build(results: &Results) -> Result<Report> {
     if !ics.is_empty() {
         sections.push(Section {
             heading: "Internal covariate shift".into(),
-            intro: "The gradient view of ICS (docs/measurements.md): the change of a layer's gradient caused by updating the layers before it.".into(),
+            intro: "The gradient view of ICS (docs/measurements.md): the change of a layer's gradient caused by updating the layers before it. Layers are named as in the results (`conv0` is `layer` 0) with the paper's 1-based number beside: conv4 (#5) is the paper's layer #5.".into(),
             figures: ics,
         });
     }
@@ -513,29 +512,31 @@ fn findings_of(results: &Results, trials: &[TrialData]) -> Vec<findings::Finding
 }
 
 /// The layers a table names, by index.
-fn layer_names<'a>(tables: impl Iterator<Item = &'a Table>) -> Vec<String> {
+/// The layers the tables hold, by index (the `layer` column), each with its label: its name
+/// and the paper's 1-based number, `conv4 (#5)` (docs/science.md, "Layer numbering").
+fn layer_names<'a>(tables: impl Iterator<Item = &'a Table>) -> Vec<(usize, String)> {
     let mut names: BTreeMap<usize, String> = BTreeMap::new();
     for t in tables {
         let (l, n) = (t.f64s("layer"), t.texts("layer_name"));
         for i in 0..t.rows {
             if let (Some(l), Some(n)) = (l[i], &n[i]) {
-                names.entry(l as usize).or_insert_with(|| n.clone());
+                let layer = l as usize;
+                names
+                    .entry(layer)
+                    .or_insert_with(|| format!("{n} (#{})", layer + 1));
             }
         }
     }
-    names.into_values().collect()
+    names.into_iter().collect()
 }
 
 /// Up to `k` of the layers, spread from the first to the last.
-fn spread(names: &[String], k: usize) -> Vec<(usize, String)> {
+fn spread(names: &[(usize, String)], k: usize) -> Vec<(usize, String)> {
     if names.len() <= k {
-        return names.iter().cloned().enumerate().collect();
+        return names.to_vec();
     }
     let mut out: Vec<(usize, String)> = (0..k)
-        .map(|j| {
-            let i = j * (names.len() - 1) / (k - 1);
-            (i, names[i].clone())
-        })
+        .map(|j| names[j * (names.len() - 1) / (k - 1)].clone())
         .collect();
     out.dedup();
     out
@@ -680,6 +681,28 @@ pub fn write(r: &Report, out: &Path) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layers_keep_their_index_and_show_the_paper_s_number() {
+        // Activations of layers 2 and 7 only (`layers: [2, 7]`).
+        let t = Table::from_columns(vec![
+            ("layer", data::Column::I64(vec![Some(7), Some(2), Some(7)])),
+            (
+                "layer_name",
+                data::Column::Str(vec![
+                    Some("conv7".into()),
+                    Some("conv2".into()),
+                    Some("conv7".into()),
+                ]),
+            ),
+        ]);
+        let names = layer_names([&t].into_iter());
+        assert_eq!(
+            names,
+            [(2, "conv2 (#3)".to_string()), (7, "conv7 (#8)".to_string())]
+        );
+        assert_eq!(spread(&names, 4), names, "indices, not positions");
+    }
 
     #[test]
     fn the_accuracy_table_prints_as_markdown() {
