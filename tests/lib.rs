@@ -213,8 +213,14 @@ impl Proxy {
     }
 }
 
-/// Headless Chromium (Debian's `chromium`, installed by scripts/test), or `BNSWEEP_CHROMIUM`.
+/// Headless Chromium (Debian's `chromium`, installed by scripts/test), or `BNSWEEP_CHROMIUM`,
+/// with a window (and screenshots) of 1200 x 1600 pixels.
 pub fn chromium() -> Command {
+    chromium_window(1200, 1600)
+}
+
+/// [`chromium`] with a window of `width` x `height` pixels.
+pub fn chromium_window(width: u32, height: u32) -> Command {
     let bin = std::env::var_os("BNSWEEP_CHROMIUM").unwrap_or_else(|| "chromium".into());
     let mut cmd = Command::new(bin);
     cmd.args([
@@ -222,7 +228,7 @@ pub fn chromium() -> Command {
         "--no-sandbox",
         "--disable-gpu",
         "--hide-scrollbars",
-        "--window-size=1200,1600",
     ]);
+    cmd.arg(format!("--window-size={width},{height}"));
     cmd
 }

@@ -4,7 +4,9 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bnsweep_e2e::{bnsweep, chromium, free_addr, python, run, serve_command, worker_command};
+use bnsweep_e2e::{
+    bnsweep, chromium, chromium_window, free_addr, python, run, serve_command, worker_command,
+};
 
 /// The page behind the token renders its figures, and its progress line moves on as trials end.
 #[test]
@@ -94,9 +96,9 @@ fn the_live_page_renders_its_figures_and_follows_the_sweep() {
     );
 
     // Rendered: the screenshot shows the figures' coloured lines and bands (the rest of the
-    // page is black, grey and pale yellow).
+    // page is black, grey and pale yellow or green); tall enough to reach below the Findings.
     let shot = dir.path().join("live.png");
-    let ran = run(chromium()
+    let ran = run(chromium_window(1200, 5000)
         .arg(format!("--screenshot={}", shot.display()))
         .arg(&with_token));
     assert!(ran.ok(), "{ran:?}");

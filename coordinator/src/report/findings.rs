@@ -1237,6 +1237,9 @@ pub fn html(fs: &[Finding]) -> String {
         }
         out.push_str("</ul>");
         if !f.numbers.is_empty() {
+            // Folded (no script: the browser's own details element), so that the verdicts of
+            // every claim fit above the figures.
+            out.push_str("<details><summary>The numbers behind it</summary>");
             out.push_str("<table class=\"numbers\"><tr><th class=\"l\">parameters</th><th class=\"l\">quantity</th><th class=\"l\">variant</th><th>seeds</th><th>mean</th><th>min – max</th></tr>");
             for n in &f.numbers {
                 let _ = write!(
@@ -1250,7 +1253,7 @@ pub fn html(fs: &[Finding]) -> String {
                     esc(&n.stat.spread())
                 );
             }
-            out.push_str("</table>");
+            out.push_str("</table></details>");
         }
         for c in &f.caveats {
             let _ = write!(out, "<p class=\"caveat\">Caveat: {}</p>", esc(c));

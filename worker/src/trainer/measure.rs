@@ -1,7 +1,7 @@
-//! The measurements of docs/measurements.md, taken on the training batch of a
-//! measured step, in training mode, with that step's noise:
+//! The measurements of docs/measurements.md (what they mean and why: docs/science.md), taken
+//! on the training batch of a measured step, in training mode, with that step's noise:
 //!
-//! - gradient ICS per layer (Santurkar et al., Definition 2.1): `ics`;
+//! - gradient ICS per layer (the paper's Definition 2.1, docs/science.md): `ics`;
 //! - the loss landscape along the plain gradient: `landscape`;
 //! - activation statistics and fixed-bin histograms: `activation_stats`, `histogram`;
 //! - distance of the weights from their initial values (in the trainer).
