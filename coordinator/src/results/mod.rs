@@ -76,11 +76,45 @@ pub fn holds(dir: &Path, sweep: &Sweep) -> Result<Holding> {
     }
 }
 
+/// One results directory, one coordinator: an exclusive lock (flock) on `DIR/.lock`, which
+/// holds the pid of the process that has it. The operating system lets it go when that
+/// process ends, however it ends. A directory locked by another process is refused, naming it.
+fn lock(dir: &Path) -> Result<fs::File> {
+    let path = dir.join(".lock");
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    match f.try_lock() {
+        Ok(()) => {
+            use std::io::Write;
+            f.set_len(0)
+                .and_then(|()| writeln!(f, "{}", std::process::id()))
+                .map_err(|e| Error::io(&path, e))?;
+            Ok(f)
+        }
+        Err(fs::TryLockError::WouldBlock) => {
+            let holder = fs::read_to_string(&path).unwrap_or_default();
+            Err(Error::Refused(format!(
+                "{} is in use by another bnsweep (pid {}): one results directory, one coordinator; stop that one, or pass another --out",
+                dir.display(),
+                holder.trim()
+            )))
+        }
+        Err(fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
+    }
+}
+
 /// Writes one sweep's results.
 pub struct ResultsDir {
     dir: PathBuf,
     params: Vec<ParamColumn>,
     journal: Journal,
+    /// `DIR/.lock`, locked for as long as this coordinator has the directory open.
+    _lock: fs::File,
 }
 
 /// What an earlier run of the same sweep left in its directory.
@@ -124,12 +158,15 @@ impl ResultsDir {
                 )))
             }
         };
+        // Before the journal: a second coordinator must not truncate the first one's.
+        let lock = lock(dir)?;
         let (journal, recovered) = Journal::open(&dir.join("journal"))?;
         priors.extend(recovered.ended.into_iter().map(prior_of));
         let results = ResultsDir {
             dir: dir.to_path_buf(),
             params: tables::param_columns(sweep),
             journal,
+            _lock: lock,
         };
         let resume = Resume {
             priors,
@@ -253,4 +290,30 @@ fn tmp_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".tmp");
     path.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_results_directory_one_coordinator() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let sweep = Sweep::parse("s.yaml", "name: s\nparameters:\n  lr: [0.1]\n").unwrap();
+        let (first, _) = ResultsDir::open(&out, &sweep).unwrap();
+        // A second coordinator on the same directory (the same sweep, so it would resume) is
+        // refused before it touches the journal, and told who holds it.
+        let err = ResultsDir::open(&out, &sweep).err().unwrap().to_string();
+        let pid = std::process::id().to_string();
+        assert!(
+            err.contains("in use by another bnsweep") && err.contains(&pid),
+            "{err}"
+        );
+        drop(first);
+        assert!(
+            ResultsDir::open(&out, &sweep).is_ok(),
+            "free again once the first has closed it"
+        );
+    }
 }

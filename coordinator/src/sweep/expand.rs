@@ -1,6 +1,8 @@
 //! Turning a sweep file into its trials: the grid's cartesian product or the random draws,
 //! times the seeds, each checked as a complete configuration and named by its content.
 
+use std::collections::HashSet;
+
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
@@ -31,13 +33,33 @@ type Assignment = Vec<(&'static str, ParamValue, Origin)>;
 /// plus warnings. Problems go to `diags`; each is reported once however many trials share it.
 pub fn expand(file: &SweepFile, diags: &mut Vec<Diagnostic>) -> (Vec<super::Trial>, Vec<String>) {
     let mut warnings = Vec::new();
-    let assignments = match file.method {
-        Method::Grid => grid(file),
-        Method::Random { samples, seed } => random(file, samples, seed),
+    // Counted from the axes' lengths before anything is built: a file that asks for more than
+    // it may is refused in microseconds, whatever its size.
+    let (count, how) = count(file);
+    if count > u128::from(file.max_trials) {
+        let n = if count == u128::MAX {
+            "more than 10^38".to_string()
+        } else {
+            count.to_string()
+        };
+        diags.push(Diagnostic::new(
+            file.count_pos,
+            "parameters",
+            format!(
+                "{n} trials ({how}): more than `max_trials` ({}); split the sweep, or set `max_trials` higher if that many is meant",
+                file.max_trials
+            ),
+        ));
+        return (Vec::new(), warnings);
+    }
+    let mut seen: HashSet<String> = HashSet::with_capacity(count as usize);
+    let assignments: Box<dyn Iterator<Item = Assignment>> = match file.method {
+        Method::Grid => Box::new(grid(file)),
+        Method::Random { samples, seed } => Box::new(random(file, samples, seed).into_iter()),
     };
     let mut trials: Vec<Trial> = Vec::new();
     let mut duplicates = 0usize;
-    for assignment in &assignments {
+    for assignment in assignments {
         let mut settings = file.base.clone();
         for (field, value, origin) in assignment {
             settings.insert(field, (value.clone(), origin.clone()));
@@ -47,7 +69,7 @@ pub fn expand(file: &SweepFile, diags: &mut Vec<Diagnostic>) -> (Vec<super::Tria
                 Ok(config) => {
                     check_activation_layers(file, &config, diags);
                     let id = trial_id(&config);
-                    if trials.iter().any(|t| t.id == id) {
+                    if !seen.insert(id.clone()) {
                         duplicates += 1;
                     } else {
                         trials.push(Trial { id, config });
@@ -66,6 +88,34 @@ pub fn expand(file: &SweepFile, diags: &mut Vec<Diagnostic>) -> (Vec<super::Tria
         ));
     }
     (trials, warnings)
+}
+
+/// How many trials the file asks for (saturating), and how that number comes about:
+/// `lr 10 x bn 2 x 3 seeds`.
+pub fn count(file: &SweepFile) -> (u128, String) {
+    let mut parts: Vec<String> = Vec::new();
+    let combos = match file.method {
+        Method::Grid => file
+            .axes
+            .iter()
+            .filter_map(|a| match &a.domain {
+                Domain::Values(v) => Some((a.field, v.len() as u128)),
+                _ => None,
+            })
+            .fold(1u128, |n, (field, len)| {
+                parts.push(format!("{field} {len}"));
+                n.saturating_mul(len)
+            }),
+        Method::Random { samples, .. } => {
+            parts.push(format!("{samples} samples"));
+            u128::from(samples)
+        }
+    };
+    parts.push(format!("{} seeds", file.seeds.len()));
+    (
+        combos.saturating_mul(file.seeds.len() as u128),
+        parts.join(" x "),
+    )
 }
 
 /// Activation layers must exist in every trial's model.
@@ -89,24 +139,28 @@ fn check_activation_layers(file: &SweepFile, config: &TrialConfig, diags: &mut V
     }
 }
 
-fn grid(file: &SweepFile) -> Vec<Assignment> {
-    let mut out: Vec<Assignment> = vec![Vec::new()];
-    for axis in &file.axes {
-        let Domain::Values(values) = &axis.domain else {
-            continue; // rejected while reading: distributions need `method: random`
-        };
-        out = out
-            .into_iter()
-            .flat_map(|prefix| {
-                values.iter().map(move |(v, o)| {
-                    let mut a = prefix.clone();
-                    a.push((axis.field, v.clone(), o.clone()));
-                    a
-                })
-            })
-            .collect();
-    }
-    out
+/// The grid's combinations in order (the first axis varies slowest), one at a time: the
+/// `index`-th combination is `index` written in the mixed radix of the axes' lengths.
+fn grid(file: &SweepFile) -> impl Iterator<Item = Assignment> + '_ {
+    let axes: Vec<(&'static str, &Vec<(ParamValue, Origin)>)> = file
+        .axes
+        .iter()
+        .filter_map(|a| match &a.domain {
+            Domain::Values(v) => Some((a.field, v)),
+            _ => None, // rejected while reading: distributions need `method: random`
+        })
+        .collect();
+    let total: usize = axes.iter().map(|(_, v)| v.len()).product();
+    (0..total).map(move |mut index| {
+        let mut a: Assignment = Vec::with_capacity(axes.len());
+        for (field, values) in axes.iter().rev() {
+            let (v, o) = &values[index % values.len()];
+            index /= values.len();
+            a.push((field, v.clone(), o.clone()));
+        }
+        a.reverse();
+        a
+    })
 }
 
 fn random(file: &SweepFile, samples: u32, seed: u64) -> Vec<Assignment> {

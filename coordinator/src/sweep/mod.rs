@@ -78,7 +78,17 @@ pub struct SweepFile {
     pub measure: Option<measure::MeasureConfig>,
     /// Fields whose value or axis could not be read (already reported): not reported again as missing.
     pub broken: Vec<&'static str>,
+    /// The most trials the file may ask for (`max_trials`).
+    pub max_trials: u64,
+    /// Where a count above it is reported: `parameters` (or `seeds`, or the file's start).
+    pub count_pos: Pos,
 }
+
+/// The default of `max_trials`: a sweep larger than this is more likely a mistake (an axis
+/// too many) than a plan, and would take the coordinator's memory with it.
+pub const MAX_TRIALS: u64 = 1_000_000;
+/// The largest `max_trials` a file may set.
+pub const MAX_TRIALS_LIMIT: u64 = 100_000_000;
 
 /// A sweep ready to run: its source text and its trials, in dispatch order.
 #[derive(Debug, Clone)]
@@ -101,6 +111,7 @@ const FILE_START: Pos = Pos { line: 1, col: 1 };
 
 const TOP_KEYS: &[&str] = &[
     "measure",
+    "max_trials",
     "name",
     "description",
     "method",
@@ -196,6 +207,8 @@ impl SweepFile {
             base: Settings::new(),
             measure: None,
             broken: Vec::new(),
+            max_trials: MAX_TRIALS,
+            count_pos: FILE_START,
         };
         let Some(entries) = root.as_map() else {
             diags.push(Diagnostic::new(
@@ -223,8 +236,8 @@ impl SweepFile {
                 value: Value::Scalar(Scalar::Str(s)),
                 pos,
             }) => {
-                if s.trim().is_empty() {
-                    diags.push(Diagnostic::new(*pos, "name", "must not be empty"));
+                if let Err(why) = check_name(s) {
+                    diags.push(Diagnostic::new(*pos, "name", why));
                 }
                 out.name = s.clone();
             }
@@ -308,6 +321,23 @@ impl SweepFile {
         if let Some(n) = get("seeds") {
             out.seeds = read_seeds(n, diags);
         }
+        if let Some(n) = get("max_trials") {
+            let v = non_negative(n, "max_trials", diags);
+            if (1..=MAX_TRIALS_LIMIT).contains(&v) {
+                out.max_trials = v;
+            } else {
+                diags.push(Diagnostic::new(
+                    n.pos,
+                    "max_trials",
+                    format!("must be in [1, {MAX_TRIALS_LIMIT}], got {v}"),
+                ));
+            }
+        }
+        let key_pos = |key: &str| entries.iter().find(|(k, _, _)| k == key).map(|e| e.1);
+        out.count_pos = key_pos("parameters")
+            .or_else(|| key_pos("samples"))
+            .or_else(|| key_pos("seeds"))
+            .unwrap_or(FILE_START);
         if let Some(n) = get("measure") {
             out.measure = Some(measure::read(n, diags));
         }
@@ -357,6 +387,28 @@ fn non_negative(n: &Node, path: &str, diags: &mut Vec<Diagnostic>) -> u64 {
     }
 }
 
+/// A sweep's name names its results directory: 1 to 64 of `A-Z a-z 0-9 . _ -`, not `.` or
+/// `..`, so that it can never reach outside `results/`.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.is_empty() {
+        Err("must not be empty".into())
+    } else if name.chars().count() > 64 {
+        Err(format!(
+            "{} characters; a name has at most 64",
+            name.chars().count()
+        ))
+    } else if name == "." || name == ".." {
+        Err(format!("`{name}` is not a name (it names a directory)"))
+    } else if let Some(c) = name.chars().find(|&c| !ok(c)) {
+        Err(format!(
+            "`{c}` is not allowed: a name is made of letters, digits, `.`, `_` and `-` (it names the results directory)"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 fn read_seeds(n: &Node, diags: &mut Vec<Diagnostic>) -> Vec<u64> {
     let Value::Seq(items) = &n.value else {
         diags.push(Diagnostic::new(
@@ -374,10 +426,11 @@ fn read_seeds(n: &Node, diags: &mut Vec<Diagnostic>) -> Vec<u64> {
         ));
     }
     let mut seeds = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for (i, item) in items.iter().enumerate() {
         let path = format!("seeds[{i}]");
         let s = non_negative(item, &path, diags);
-        if seeds.contains(&s) {
+        if !seen.insert(s) {
             diags.push(Diagnostic::new(
                 item.pos,
                 path,

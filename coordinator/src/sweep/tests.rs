@@ -439,3 +439,95 @@ fn models_optimizers_and_the_divergence_bound_are_training_fields() {
         ]
     );
 }
+
+#[test]
+fn a_grid_too_large_is_refused_from_its_axes_before_anything_is_built() {
+    // 10 seeds x 7 axes of 10 values: 10^8 trials, which would take gigabytes to expand.
+    let ten = "[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]";
+    let text = format!(
+        "name: huge\nseeds: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]\nparameters:\n  lr: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]\n  \
+         batch_size: {ten}\n  steps: {ten}\n  eval_every: {ten}\n  dataset.seed: {ten}\n  dataset.train_size: {ten}\n  \
+         dataset.test_size: {ten}\n"
+    );
+    assert_eq!(
+        errors(&text),
+        ["s.yaml:3:1: parameters: 100000000 trials (lr 10 x batch_size 10 x steps 10 x eval_every 10 x dataset.seed 10 x dataset.train_size 10 x dataset.test_size 10 x 10 seeds): more than `max_trials` (1000000); split the sweep, or set `max_trials` higher if that many is meant"]
+    );
+    // The limit is the file's to set, within reason.
+    let four = "name: g\nseeds: [0, 1]\nparameters:\n  lr: [0.1, 0.2]\n";
+    assert_eq!(parse(four).unwrap().trials.len(), 4);
+    assert_eq!(
+        errors(&format!("{four}max_trials: 3\n")),
+        ["s.yaml:3:1: parameters: 4 trials (lr 2 x 2 seeds): more than `max_trials` (3); split the sweep, or set `max_trials` higher if that many is meant"]
+    );
+    assert_eq!(
+        parse(&format!("{four}max_trials: 4\n"))
+            .unwrap()
+            .trials
+            .len(),
+        4
+    );
+    assert_eq!(
+        errors(&format!("{four}max_trials: 0\n")),
+        ["s.yaml:5:13: max_trials: must be in [1, 100000000], got 0"]
+    );
+}
+
+#[test]
+fn the_grid_comes_out_in_the_same_order_one_combination_at_a_time() {
+    let s = parse(
+        "name: o\nparameters:\n  lr: [0.1, 0.2]\n  bn: [true, false]\n  noise: [0.0, 1.0, 2.0]\n",
+    )
+    .unwrap();
+    let order: Vec<(f64, bool, f64)> = s
+        .trials
+        .iter()
+        .map(|t| (t.config.lr, t.config.bn, t.config.noise))
+        .collect();
+    let mut want = Vec::new();
+    for lr in [0.1, 0.2] {
+        for bn in [true, false] {
+            for noise in [0.0, 1.0, 2.0] {
+                want.push((lr, bn, noise));
+            }
+        }
+    }
+    assert_eq!(order, want, "the first axis varies slowest");
+}
+
+#[test]
+fn many_random_draws_are_deduplicated_in_linear_time() {
+    // 200,000 draws from 4 x 3 combinations: all but 12 repeat an earlier one.
+    let s = parse(
+        "name: r\nmethod: random\nsamples: 200000\nparameters:\n  lr: [0.1, 0.2, 0.3, 0.4]\n  noise: [0.0, 1.0, 2.0]\n",
+    )
+    .unwrap();
+    assert_eq!(s.trials.len(), 12);
+    assert!(
+        s.warnings[0].contains("199988 random draw(s) repeated"),
+        "{:?}",
+        s.warnings
+    );
+}
+
+#[test]
+fn a_sweep_name_is_a_plain_directory_name() {
+    for bad in ["../../../tmp/x", "a/b", ".", "..", "with space", "é"] {
+        let e = errors(&format!("name: \"{bad}\"\nparameters:\n  lr: [0.1]\n"));
+        assert!(
+            e.len() == 1 && e[0].starts_with("s.yaml:1:7: name: "),
+            "{bad}: {e:?}"
+        );
+    }
+    let long = "x".repeat(65);
+    assert_eq!(
+        errors(&format!("name: {long}\nparameters:\n  lr: [0.1]\n")),
+        ["s.yaml:1:7: name: 65 characters; a name has at most 64"]
+    );
+    for good in ["paper-vgg16", "blog_part1.v2", "A.b-c_9", &"x".repeat(64)] {
+        assert!(
+            parse(&format!("name: {good}\nparameters:\n  lr: [0.1]\n")).is_ok(),
+            "{good}"
+        );
+    }
+}
