@@ -106,10 +106,14 @@ enum Command {
         /// Seconds without a poll after which a worker is lost and its trials are re-queued.
         #[arg(long, default_value_t = 30)]
         worker_timeout: u64,
-        /// Shared secret every worker must present (workers: --token or BNSWEEP_TOKEN).
-        /// Required when listening on anything but loopback.
+        /// Shared secret every worker must present (workers: --token-file or --token).
+        /// Required when listening on anything but loopback. Prefer --token-file: arguments
+        /// show in `ps`.
         #[arg(long, env = "BNSWEEP_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// A file holding the shared token (its first line's text), instead of --token.
+        #[arg(long, env = "BNSWEEP_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
         /// Where to serve the live report (the page of `bnsweep report`, with progress, over
         /// HTTP; the same token), or `off`. Default: a free port on loopback.
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -152,12 +156,16 @@ fn main() -> ExitCode {
             out,
             worker_timeout,
             token,
+            token_file,
             http,
             tls_cert,
             tls_key,
         } => {
             let tls = tls_cert.zip(tls_key);
-            serve(&file, listen, &out, worker_timeout, token, tls, &http)
+            match bnsweep_proto::auth::token(token, token_file.as_deref()) {
+                Ok(token) => serve(&file, listen, &out, worker_timeout, token, tls, &http),
+                Err(e) => Err(Error::Refused(e)),
+            }
         }
     };
     match result {
@@ -234,9 +242,13 @@ struct Remote {
     /// The coordinator's address, e.g. http://10.0.0.5:50051 (https://... for one serving TLS).
     #[arg(long, env = "BNSWEEP_COORDINATOR")]
     coordinator: String,
-    /// The coordinator's shared token, if it has one.
+    /// The coordinator's shared token, if it has one (prefer --token-file: arguments show in
+    /// `ps`).
     #[arg(long, env = "BNSWEEP_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A file holding the shared token, instead of --token.
+    #[arg(long, env = "BNSWEEP_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
     /// For an https:// coordinator: the PEM certificate its certificate must chain to.
     /// Default: the system's trusted roots.
     #[arg(long, env = "BNSWEEP_TLS_CA")]
@@ -256,8 +268,10 @@ async fn client(r: &Remote) -> Result<bnsweep_proto::client::Client, Error> {
         .connect()
         .await
         .map_err(|e| unreachable_at(url, bnsweep_proto::error_chain(&e)))?;
-    let auth = client::Auth::new(r.token.as_deref())
-        .map_err(|e| Error::Refused(format!("--token: {e}")))?;
+    let token = bnsweep_proto::auth::token(r.token.clone(), r.token_file.as_deref())
+        .map_err(Error::Refused)?;
+    let auth =
+        client::Auth::new(token.as_deref()).map_err(|e| Error::Refused(format!("--token: {e}")))?;
     Ok(client::new(channel, auth))
 }
 

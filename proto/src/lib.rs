@@ -23,6 +23,33 @@ pub mod auth {
         format!("Bearer {token}")
     }
 
+    /// The shared token from `--token` or from `--token-file` (what `ps` shows of a process
+    /// is its arguments, so a file keeps the secret out of sight): the file's text without
+    /// its trailing newline. Neither: no token. An unreadable or empty file is an error.
+    pub fn token(
+        given: Option<String>,
+        file: Option<&std::path::Path>,
+    ) -> Result<Option<String>, String> {
+        match (given.filter(|t| !t.is_empty()), file) {
+            (Some(_), Some(f)) => Err(format!(
+                "both a token and a token file ({}) were given: pass one",
+                f.display()
+            )),
+            (Some(t), None) => Ok(Some(t)),
+            (None, Some(f)) => {
+                let text = std::fs::read_to_string(f)
+                    .map_err(|e| format!("token file {}: {e}", f.display()))?;
+                let t = text.trim_end_matches(['\n', '\r']);
+                if t.is_empty() {
+                    Err(format!("token file {} is empty", f.display()))
+                } else {
+                    Ok(Some(t.to_string()))
+                }
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
     /// Compares two byte strings in time independent of where they differ.
     pub fn same(a: &[u8], b: &[u8]) -> bool {
         a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0

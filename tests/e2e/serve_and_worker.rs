@@ -146,10 +146,32 @@ fn the_shared_token_is_required_and_enforced() {
     assert!(open.stderr.contains("needs a shared token"), "{open:?}");
     assert!(!dir.path().join("open").exists());
 
+    // The token from a file (a newline at its end is not part of it), as the README advises.
+    std::fs::write(dir.path().join("token"), "s3cret\n").unwrap();
+    std::fs::write(dir.path().join("empty"), "").unwrap();
     let (addr, url) = free_addr();
-    let mut serve = serve_command(dir.path(), "tok.yaml", &addr, "out", &["--token", "s3cret"])
-        .spawn()
-        .unwrap();
+    let empty = run(serve_command(
+        dir.path(),
+        "tok.yaml",
+        &addr,
+        "empty",
+        &["--token-file", "empty"],
+    )
+    .stderr(Stdio::piped()));
+    assert_eq!(empty.code, Some(1), "{empty:?}");
+    assert!(
+        empty.stderr.contains("token file empty is empty"),
+        "{empty:?}"
+    );
+    let mut serve = serve_command(
+        dir.path(),
+        "tok.yaml",
+        &addr,
+        "out",
+        &["--token-file", "token"],
+    )
+    .spawn()
+    .unwrap();
     for (token, what) in [(None, "no token"), (Some("wrong"), "a wrong token")] {
         let mut cmd = worker_command(&url, &[]);
         cmd.env_remove("BNSWEEP_TOKEN");
@@ -165,7 +187,9 @@ fn the_shared_token_is_required_and_enforced() {
             "{what}: {refused:?}"
         );
     }
-    let worker = run(worker_command(&url, &[]).env("BNSWEEP_TOKEN", "s3cret"));
+    let worker = run(worker_command(&url, &[])
+        .env_remove("BNSWEEP_TOKEN")
+        .env("BNSWEEP_TOKEN_FILE", dir.path().join("token")));
     assert!(worker.ok(), "{worker:?}");
     assert!(serve.wait().unwrap().success());
     let checked = check_results(

@@ -65,9 +65,13 @@ struct Link {
     /// Seconds the coordinator may stay unreachable before the worker gives up.
     #[arg(long, default_value_t = 60)]
     patience: u64,
-    /// The coordinator's shared token (`bnsweep serve --token`).
+    /// The coordinator's shared token (`bnsweep serve --token`); prefer --token-file, since
+    /// arguments show in `ps`.
     #[arg(long, env = "BNSWEEP_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A file holding the shared token (its first line's text), instead of --token.
+    #[arg(long, env = "BNSWEEP_TOKEN_FILE")]
+    token_file: Option<std::path::PathBuf>,
     /// For an https:// coordinator: the PEM certificate its certificate must chain to (its
     /// CA's, or its own when self-signed). Default: the system's trusted roots.
     #[arg(long, env = "BNSWEEP_TLS_CA")]
@@ -75,15 +79,21 @@ struct Link {
 }
 
 impl Link {
-    fn config(self, name: String, training: Training) -> agent::Config {
-        agent::Config {
+    /// The agent's configuration; an error (the token file) is printed and ends the worker.
+    fn config(self, name: String, training: Training) -> Result<agent::Config, ExitCode> {
+        let token =
+            bnsweep_proto::auth::token(self.token, self.token_file.as_deref()).map_err(|e| {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            })?;
+        Ok(agent::Config {
             url: self.coordinator.expect("required by clap"),
             name,
             patience: Duration::from_secs(self.patience.max(1)),
-            token: self.token.filter(|t| !t.is_empty()),
+            token,
             tls_ca: self.tls_ca,
             training,
-        }
+        })
     }
 }
 
@@ -176,8 +186,10 @@ fn main() -> ExitCode {
             sim: bnsweep_worker::simulate::Simulation::new(args),
             slots: (*slots).max(1),
         };
-        let cfg = link.clone().config("sim".into(), training);
-        return serve_until_done(bnsweep_worker::simulate::run(args, cfg));
+        return match link.clone().config("sim".into(), training) {
+            Ok(cfg) => serve_until_done(bnsweep_worker::simulate::run(args, cfg)),
+            Err(code) => code,
+        };
     }
     if let Some(Command::Slot { device, threads }) = &cli.command {
         let device = match device::choose(Some(device)) {
@@ -232,8 +244,10 @@ fn main() -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         placement.describe()
     );
-    let cfg = cli.link.config(name, Training::Slots(slots));
-    let code = serve_until_done(agent::run(cfg));
+    let code = match cli.link.config(name, Training::Slots(slots)) {
+        Ok(cfg) => serve_until_done(agent::run(cfg)),
+        Err(code) => code,
+    };
     // The slots are gone with the runtime; the MPS daemon, if any, is stopped after them.
     drop(placement);
     code
