@@ -226,7 +226,7 @@ impl Scheduler {
     pub fn resume(
         &mut self,
         priors: &[crate::results::Prior],
-        has_files: impl Fn(&str) -> bool,
+        has_files: impl Fn(&Trial, &str) -> bool,
     ) -> usize {
         let mut restored = 0;
         for p in priors {
@@ -240,7 +240,7 @@ impl Scheduler {
                 "diverged" => Status::Diverged,
                 _ => continue,
             };
-            if !has_files(&p.trial_id) {
+            if !has_files(&r.trial, &p.status) {
                 continue;
             }
             r.status = status;

@@ -100,7 +100,18 @@ pub async fn run_sweep(
     let start = Instant::now();
     let grace = policy.poll_interval * 4;
     let mut scheduler = Scheduler::new(sweep, policy);
-    let restored = scheduler.resume(&resume.priors, |id| results.has_trial_files(id));
+    let restored = scheduler.resume(&resume.priors, |trial, status| {
+        match results.check_trial_files(trial, status) {
+            Ok(()) => true,
+            Err(why) => {
+                eprintln!(
+                    "bnsweep: trial {} is recorded {status}, but {why}: running it again",
+                    trial.id
+                );
+                false
+            }
+        }
+    });
     if restored > 0 {
         eprintln!(
             "bnsweep: resuming {}: {restored} of {} trials already done",

@@ -113,6 +113,16 @@ pub struct CoordinatorService {
 }
 
 impl CoordinatorService {
+    /// Waits, off the async threads, until a journal write is on the disk; batches of many
+    /// workers share one sync (group commit).
+    async fn sync(&self, ticket: crate::results::journal::Ticket) -> Result<(), Status> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || shared.results.journal().sync(ticket))
+            .await
+            .map_err(|e| Status::internal(format!("journal sync: {e}")))??;
+        Ok(())
+    }
+
     pub fn new(shared: Arc<Shared>, sweep: &str) -> Self {
         CoordinatorService {
             shared,
@@ -189,8 +199,10 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             for t in &resp.trials {
                 // Journaled before the worker hears of it: a restarted coordinator knows the
                 // lease. Should this fail, the worker never gets the trial and its next poll
-                // gives it back.
-                self.shared.results.journal().begin(&pb::JournalHeader {
+                // gives it back. Not synced here: the attempt's first batch syncs its file,
+                // header included, before it is acknowledged; a lease lost to a power loss
+                // before that holds no rows, and its attempt is refused and run again.
+                let _unsynced = self.shared.results.journal().begin(&pb::JournalHeader {
                     trial_id: t.trial_id.clone(),
                     attempt: t.attempt,
                     worker_id: req.worker_id.clone(),
@@ -226,12 +238,20 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                 <= MAX_ROWS_PER_BATCH,
             &format!("a metric batch holds at most {MAX_ROWS_PER_BATCH} rows"),
         )?;
-        let mut s = self.shared.scheduler();
-        if s.is_new_batch(&batch)? {
+        let ticket = {
+            let mut s = self.shared.scheduler();
             // On disk before it is acknowledged: no acknowledged row is lost to a crash.
-            self.shared.results.journal().append(&batch)?;
+            let ticket = if s.is_new_batch(&batch)? {
+                Some(self.shared.results.journal().append(&batch)?)
+            } else {
+                None
+            };
+            s.metrics(batch, Instant::now())?;
+            ticket
+        };
+        if let Some(t) = ticket {
+            self.sync(t).await?;
         }
-        s.metrics(batch, Instant::now())?;
         Ok(Response::new(pb::MetricsAck {}))
     }
 

@@ -90,6 +90,45 @@ fn a_sweep_runs_on_two_workers_into_parquet_that_every_reader_opens() {
         std::fs::metadata(&train_file).unwrap().modified().unwrap(),
         written
     );
+    // After a power loss a finished trial's file can be cut short: resuming reads every
+    // table's footer and row count, and runs again the trials whose files do not hold up
+    // (here one train table and another trial's measurements), and only those.
+    let cut = |path: &Path| {
+        let bytes = std::fs::read(path).unwrap();
+        std::fs::write(path, &bytes[..bytes.len() / 2]).unwrap();
+    };
+    cut(&train_file);
+    let measured: Vec<PathBuf> = std::fs::read_dir(out.join("layers"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name() != train_file.file_name())
+        .collect();
+    cut(&measured[0]);
+    let again = bnsweep(dir.path(), &["run", "tiny.yaml", "--out", "out"]);
+    assert!(again.ok(), "{again:?}");
+    assert!(
+        again.stderr.contains("14 of 16 trials already done")
+            && again.stderr.matches("running it again").count() == 2,
+        "{again:?}"
+    );
+    let checked = check_results(
+        &out,
+        &[
+            "--trials",
+            "16",
+            "--steps",
+            "40",
+            "--eval-every",
+            "15",
+            "--measure-every",
+            "10",
+            "--act-layers",
+            "2",
+            "--bins",
+            "16",
+        ],
+    );
+    assert!(checked.ok(), "{checked:?}");
     // Another sweep is refused there.
     std::fs::write(
         dir.path().join("other.yaml"),

@@ -8,8 +8,10 @@
 //!
 //! Each record is `[length: u32 LE][crc32 of the bytes: u32 LE][protobuf bytes]`. A torn last
 //! record (the process died while writing it) fails its length or checksum and is cut off.
-//! Records are written straight to the file, without a user-space buffer: they survive the
-//! death of the process; surviving the machine's is left to the operating system.
+//! Records are written straight to the file, without a user-space buffer, and synced to the
+//! disk (fdatasync) before the caller answers: they survive the death of the process and of
+//! the machine. Syncs are grouped: a caller waits for one sync that covers its record, and
+//! one sync covers every record written before it started (`sync`).
 //!
 //! `DIR/journal/ended.log`, in the same framing, logs every trial whose files were written
 //! (`TrialEnded`): `trials.parquet` is rewritten from the state at most about once a second,
@@ -20,6 +22,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use bnsweep_proto as pb;
@@ -83,6 +86,62 @@ pub struct Journal {
     dir: PathBuf,
     slots: Mutex<Slots>,
     ended: Mutex<Option<File>>,
+    commit: GroupCommit,
+}
+
+/// A write to be made durable by [`Journal::sync`].
+#[must_use = "a journal write is durable only once synced"]
+pub struct Ticket(u64);
+
+/// Group commit: every write takes a ticket (a sequence number) and leaves its file among the
+/// dirty ones; a sync takes the dirty files, syncs them, and so covers every ticket issued
+/// before it began. Callers whose ticket is covered return at once.
+#[derive(Default)]
+struct GroupCommit {
+    issued: AtomicU64,
+    /// Files written since the last sync began, by path.
+    dirty: Mutex<HashMap<PathBuf, File>>,
+    /// The highest ticket known durable; held while a sync runs.
+    synced: Mutex<u64>,
+}
+
+impl GroupCommit {
+    fn written(&self, path: &Path, file: &File) -> Result<Ticket> {
+        let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        if !dirty.contains_key(path) {
+            let handle = file.try_clone().map_err(|e| Error::io(path, e))?;
+            dirty.insert(path.to_path_buf(), handle);
+        }
+        // Issued under the dirty lock: a sync that takes the files takes this one's too.
+        Ok(Ticket(self.issued.fetch_add(1, Ordering::SeqCst) + 1))
+    }
+
+    fn sync(&self, ticket: Ticket) -> Result<()> {
+        let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        if *synced >= ticket.0 {
+            return Ok(()); // another caller's sync covered it
+        }
+        let (upto, files) = {
+            let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+            (
+                self.issued.load(Ordering::SeqCst),
+                std::mem::take(&mut *dirty),
+            )
+        };
+        let failed = files
+            .iter()
+            .find_map(|(path, file)| file.sync_data().err().map(|e| Error::io(path, e)));
+        if let Some(e) = failed {
+            // Not durable: the files stay dirty for the next try.
+            let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+            for (p, f) in files {
+                dirty.entry(p).or_insert(f);
+            }
+            return Err(e);
+        }
+        *synced = upto;
+        Ok(())
+    }
 }
 
 const ENDED: &str = "ended.log";
@@ -132,6 +191,7 @@ impl Journal {
             dir: dir.to_path_buf(),
             slots: Mutex::new(slots),
             ended: Mutex::new(None),
+            commit: GroupCommit::default(),
         };
         Ok((journal, recovered))
     }
@@ -140,8 +200,15 @@ impl Journal {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts the journal of an attempt just leased, in a free slot or a new one.
-    pub fn begin(&self, header: &pb::JournalHeader) -> Result<()> {
+    /// Makes the writes up to `ticket` durable (see [`GroupCommit`]). Blocking: call it
+    /// outside any lock the rest of the coordinator needs.
+    pub fn sync(&self, ticket: Ticket) -> Result<()> {
+        self.commit.sync(ticket)
+    }
+
+    /// Starts the journal of an attempt just leased, in a free slot or a new one; durable once
+    /// the ticket is synced.
+    pub fn begin(&self, header: &pb::JournalHeader) -> Result<Ticket> {
         let mut slots = self.slots();
         let mut slot = match slots.free.pop() {
             Some(slot) => slot,
@@ -151,20 +218,25 @@ impl Journal {
                 Slot::open(path)?
             }
         };
-        let written = slot.write(&header.encode_to_vec());
-        if written.is_err() {
-            let _ = slot.empty();
-            slots.free.push(slot);
-            return written;
-        }
+        let written = slot
+            .write(&header.encode_to_vec())
+            .and_then(|()| self.commit.written(&slot.path, &slot.file));
+        let ticket = match written {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = slot.empty();
+                slots.free.push(slot);
+                return Err(e);
+            }
+        };
         slots
             .live
             .insert((header.trial_id.clone(), header.attempt), slot);
-        Ok(())
+        Ok(ticket)
     }
 
-    /// Appends one metric batch of a journaled attempt.
-    pub fn append(&self, batch: &pb::MetricsBatch) -> Result<()> {
+    /// Appends one metric batch of a journaled attempt; durable once the ticket is synced.
+    pub fn append(&self, batch: &pb::MetricsBatch) -> Result<Ticket> {
         let mut slots = self.slots();
         let slot = slots
             .live
@@ -181,7 +253,8 @@ impl Journal {
                     ),
                 )
             })?;
-        slot.write(&batch.encode_to_vec())
+        slot.write(&batch.encode_to_vec())?;
+        self.commit.written(&slot.path, &slot.file)
     }
 
     /// Ends the journal of an attempt whose rows are written or discarded: its slot is
@@ -209,8 +282,8 @@ impl Journal {
 }
 
 impl Journal {
-    /// Logs a trial whose files are written.
-    pub fn ended(&self, e: &pb::TrialEnded) -> Result<()> {
+    /// Logs a trial whose files are written; durable once the ticket is synced.
+    pub fn ended(&self, e: &pb::TrialEnded) -> Result<Ticket> {
         let path = self.dir.join(ENDED);
         let mut log = self.ended.lock().unwrap_or_else(|e| e.into_inner());
         if log.is_none() {
@@ -224,7 +297,14 @@ impl Journal {
         }
         let file = log.as_mut().expect("opened above");
         file.write_all(&frame(&e.encode_to_vec()))
-            .map_err(|e| Error::io(&path, e))
+            .map_err(|e| Error::io(&path, e))?;
+        self.commit.written(&path, file)
+    }
+
+    /// Notes a file renamed into `dir`: the directory is synced with the next sync.
+    pub fn renamed_into(&self, dir: &Path) -> Result<Ticket> {
+        let handle = File::open(dir).map_err(|e| Error::io(dir, e))?;
+        self.commit.written(dir, &handle)
     }
 }
 
@@ -327,9 +407,9 @@ mod tests {
         {
             let (j, recovered) = Journal::open(dir.path()).unwrap();
             assert!(recovered.running.is_empty());
-            j.begin(&header).unwrap();
-            j.append(&batch(0)).unwrap();
-            j.append(&batch(1)).unwrap();
+            j.sync(j.begin(&header).unwrap()).unwrap();
+            j.sync(j.append(&batch(0)).unwrap()).unwrap();
+            j.sync(j.append(&batch(1)).unwrap()).unwrap();
         }
         // The process died halfway through writing a third record.
         let path = dir.path().join("slot-000000.journal");
@@ -351,7 +431,7 @@ mod tests {
         assert_eq!(seqs, [0, 1]);
         assert_eq!(fs::metadata(&path).unwrap().len(), whole);
         // Appending goes on after the last whole record.
-        j.append(&batch(2)).unwrap();
+        j.sync(j.append(&batch(2)).unwrap()).unwrap();
         drop(j);
         let (
             j,
@@ -371,7 +451,7 @@ mod tests {
             trial_id: "t2".into(),
             ..header.clone()
         };
-        j.begin(&next).unwrap();
+        j.sync(j.begin(&next).unwrap()).unwrap();
         drop(j);
         let (j, recovered) = Journal::open(dir.path()).unwrap();
         assert_eq!(recovered.running.len(), 1);
@@ -380,6 +460,47 @@ mod tests {
         j.end("t2", 2);
         j.finish();
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// Many writers, one file each, syncing at once: every ticket is covered by a sync that
+    /// began after it was issued, and a ticket already covered costs no second sync.
+    #[test]
+    fn concurrent_writers_share_syncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        let j = std::sync::Arc::new(j);
+        let writers: Vec<_> = (0..8u32)
+            .map(|w| {
+                let j = j.clone();
+                std::thread::spawn(move || {
+                    let header = pb::JournalHeader {
+                        trial_id: format!("t{w}"),
+                        attempt: 1,
+                        ..Default::default()
+                    };
+                    j.sync(j.begin(&header).unwrap()).unwrap();
+                    for seq in 0..50 {
+                        let b = pb::MetricsBatch {
+                            trial_id: format!("t{w}"),
+                            attempt: 1,
+                            ..batch(seq)
+                        };
+                        let t = j.append(&b).unwrap();
+                        let n = t.0;
+                        j.sync(t).unwrap();
+                        assert!(*j.commit.synced.lock().unwrap() >= n);
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert_eq!(*j.commit.synced.lock().unwrap(), 8 * 51);
+        assert!(j.commit.dirty.lock().unwrap().is_empty());
+        let (_, recovered) = Journal::open(dir.path()).unwrap();
+        assert_eq!(recovered.running.len(), 8);
+        assert!(recovered.running.iter().all(|r| r.batches.len() == 50));
     }
 
     #[test]
@@ -394,12 +515,12 @@ mod tests {
         };
         {
             let (j, _) = Journal::open(dir.path()).unwrap();
-            j.ended(&ended("t1")).unwrap();
-            j.ended(&ended("t2")).unwrap();
+            j.sync(j.ended(&ended("t1")).unwrap()).unwrap();
+            j.sync(j.ended(&ended("t2")).unwrap()).unwrap();
         }
         let (j, recovered) = Journal::open(dir.path()).unwrap();
         assert_eq!(recovered.ended, vec![ended("t1"), ended("t2")]);
-        j.ended(&ended("t3")).unwrap();
+        j.sync(j.ended(&ended("t3")).unwrap()).unwrap();
         j.finish();
         let (_, recovered) = Journal::open(dir.path()).unwrap();
         assert!(recovered.ended.is_empty());

@@ -146,7 +146,15 @@ impl ResultsDir {
                 fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
                 let path = dir.join("trials.parquet");
                 if path.is_file() {
-                    tables::read_trials(&path)?
+                    // Unreadable (cut short by a power loss): the log of ended trials below
+                    // still says which trials finished; the others run again.
+                    tables::read_trials(&path).unwrap_or_else(|e| {
+                        eprintln!(
+                            "bnsweep: {e}; resuming from {} alone",
+                            dir.join("journal").join("ended.log").display()
+                        );
+                        Vec::new()
+                    })
                 } else {
                     Vec::new()
                 }
@@ -180,10 +188,11 @@ impl ResultsDir {
         &self.journal
     }
 
-    /// Logs a trial whose files are written (before `trials.parquet` says so).
+    /// Logs a trial whose files are written (before `trials.parquet` says so), durably: its
+    /// files' renames and its line in the log are synced before this returns.
     pub fn log_ended(&self, r: &TrialRecord) -> Result<()> {
         let s = &r.summary;
-        self.journal.ended(&pb::TrialEnded {
+        let ticket = self.journal.ended(&pb::TrialEnded {
             trial_id: r.trial.id.clone(),
             status: r.status.as_str().to_string(),
             attempts: r.attempts,
@@ -194,17 +203,39 @@ impl ResultsDir {
             final_test_acc: s.final_test_acc,
             final_train_loss: s.final_train_loss,
             error: s.error.clone().unwrap_or_default(),
-        })
+        })?;
+        self.journal.sync(ticket)
     }
 
-    /// True when a trial's train and eval tables are on disk.
-    pub fn has_trial_files(&self, trial_id: &str) -> bool {
-        ["train", "eval"].iter().all(|d| {
-            self.dir
-                .join(d)
-                .join(format!("{trial_id}.parquet"))
-                .is_file()
-        })
+    /// Whether the tables of a trial recorded as finished (`completed` or `diverged`) hold up
+    /// on resume, after a crash or a power loss: train and eval are there, every table's footer
+    /// reads, and the train table has a row per step (completed) or at least the diverging one.
+    pub fn check_trial_files(
+        &self,
+        trial: &crate::sweep::Trial,
+        status: &str,
+    ) -> std::result::Result<(), String> {
+        let rows = |kind: &str| -> std::result::Result<Option<i64>, String> {
+            let path = self.dir.join(kind).join(format!("{}.parquet", trial.id));
+            if !path.exists() {
+                return Ok(None);
+            }
+            read_row_count(&path).map(Some).map_err(|e| format!("{e}"))
+        };
+        let train = rows("train")?.ok_or("its train table is missing")?;
+        let eval = rows("eval")?.ok_or("its eval table is missing")?;
+        for kind in ["layers", "landscape", "activations"] {
+            rows(kind)?;
+        }
+        let steps = trial.config.steps as i64;
+        match status {
+            "completed" if train != steps => Err(format!(
+                "its train table has {train} rows for {steps} steps"
+            )),
+            "completed" if eval < 1 => Err("its eval table is empty".into()),
+            _ if train < 1 => Err("its train table is empty".into()),
+            _ => Ok(()),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -242,6 +273,9 @@ impl ResultsDir {
             let d = self.dir.join(dir);
             fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
             tables::write_parquet(&d.join(format!("{}.parquet", record.trial.id)), &batch)?;
+            // The renames are durable with the next journal sync (the one that makes the
+            // trial's line in ended.log durable), shared with other trials ending meanwhile.
+            let _ = self.journal.renamed_into(&d)?;
         }
         Ok(())
     }
@@ -249,7 +283,9 @@ impl ResultsDir {
     /// Rewrites `trials.parquet` from the records.
     pub fn write_trials(&self, records: &[TrialRecord]) -> Result<()> {
         let batch = tables::trials_batch(&self.params, records)?;
-        tables::write_parquet(&self.dir.join("trials.parquet"), &batch)
+        let path = self.dir.join("trials.parquet");
+        tables::write_parquet(&path, &batch)?;
+        sync_dir(&path)
     }
 }
 
@@ -279,11 +315,24 @@ fn prior_of(e: pb::TrialEnded) -> Prior {
     }
 }
 
-/// Writes a file under a temporary name in the same directory, then renames it into place.
+/// Writes a file under a temporary name in the same directory, syncs it, then renames it
+/// into place and syncs the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
     let tmp = tmp_path(path);
-    fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .map_err(|e| Error::io(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    sync_dir(path)
+}
+
+/// Syncs the directory holding `path`, so that a rename into it survives a power loss.
+fn sync_dir(path: &Path) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
 }
 
 fn tmp_path(path: &Path) -> PathBuf {
@@ -315,5 +364,35 @@ mod tests {
             ResultsDir::open(&out, &sweep).is_ok(),
             "free again once the first has closed it"
         );
+    }
+
+    #[test]
+    fn an_unreadable_trials_table_falls_back_on_the_log_of_ended_trials() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let sweep = Sweep::parse("s.yaml", "name: s\nparameters:\n  lr: [0.1, 0.2]\n").unwrap();
+        let id = sweep.trials[1].id.clone();
+        {
+            let (results, _) = ResultsDir::open(&out, &sweep).unwrap();
+            let ticket = results
+                .journal()
+                .ended(&pb::TrialEnded {
+                    trial_id: id.clone(),
+                    status: "completed".into(),
+                    attempts: 1,
+                    ..Default::default()
+                })
+                .unwrap();
+            results.journal().sync(ticket).unwrap();
+        }
+        // A power loss left trials.parquet cut short.
+        fs::write(out.join("trials.parquet"), b"PAR1 and nothing after").unwrap();
+        let (_, resume) = ResultsDir::open(&out, &sweep).unwrap();
+        let priors: Vec<(&str, &str)> = resume
+            .priors
+            .iter()
+            .map(|p| (p.trial_id.as_str(), p.status.as_str()))
+            .collect();
+        assert_eq!(priors, [(id.as_str(), "completed")]);
     }
 }

@@ -496,7 +496,10 @@ pub fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<()> {
     let mut writer =
         ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(parquet_err)?;
     writer.write(batch).map_err(parquet_err)?;
-    writer.close().map_err(parquet_err)?;
+    let file = writer.into_inner().map_err(parquet_err)?;
+    // On the disk before its name is: a renamed file is never empty after a power loss. The
+    // rename itself is made durable by syncing the directory (the caller's to do).
+    file.sync_data().map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
