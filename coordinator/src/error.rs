@@ -29,6 +29,9 @@ pub enum Error {
     UnknownWorker(String),
     #[error("unknown trial `{0}`")]
     UnknownTrial(String),
+    /// A call naming a worker without that worker's registration secret.
+    #[error("this call does not carry the registration secret of worker `{0}`")]
+    WrongSecret(String),
     #[error("trial {trial} attempt {attempt} is not leased to worker {worker}")]
     NotLeased {
         trial: String,
@@ -69,6 +72,7 @@ impl From<Error> for tonic::Status {
         use tonic::Code;
         let code = match &e {
             Error::UnknownWorker(_) | Error::UnknownTrial(_) => Code::NotFound,
+            Error::WrongSecret(_) => Code::PermissionDenied,
             Error::NotLeased { .. } | Error::OutOfOrder { .. } | Error::VersionMismatch { .. } => {
                 Code::FailedPrecondition
             }

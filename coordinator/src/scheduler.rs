@@ -99,6 +99,8 @@ pub struct Finished {
 
 struct Worker {
     host: String,
+    /// What its calls must carry (empty: restored from a journal written without one).
+    secret: String,
     last_seen: Instant,
     running: Vec<usize>,
     /// Attempts that failed on this worker since its last success.
@@ -114,6 +116,7 @@ impl Worker {
     fn new(host: &str, now: Instant) -> Worker {
         Worker {
             host: host.to_string(),
+            secret: String::new(),
             last_seen: now,
             running: Vec::new(),
             failures_in_a_row: 0,
@@ -168,6 +171,13 @@ impl Default for Policy {
     }
 }
 
+/// A registration's secret: 128 random bits from the thread's CSPRNG (seeded by the operating
+/// system), as hex.
+fn new_secret() -> String {
+    let bits: u128 = rand::random();
+    format!("{bits:032x}")
+}
+
 pub struct Scheduler {
     records: Vec<TrialRecord>,
     by_id: HashMap<String, usize>,
@@ -175,6 +185,9 @@ pub struct Scheduler {
     rows: HashMap<usize, AttemptRows>,
     workers: HashMap<String, Worker>,
     next_worker: u64,
+    /// Drawn when the coordinator starts: part of every worker id it gives, so that ids never
+    /// repeat across its restarts.
+    run_tag: String,
     /// What every trial measures, in wire form.
     measure: Option<pb::MeasureSpec>,
     /// Set by `bnsweep cancel`: nothing more goes out, workers give their trials back.
@@ -212,6 +225,7 @@ impl Scheduler {
             rows: HashMap::new(),
             workers: HashMap::new(),
             next_worker: 1,
+            run_tag: format!("{:04x}", rand::random::<u16>()),
             measure: sweep.measure.as_ref().map(measure_spec),
             cancelled: false,
             ended: Vec::new(),
@@ -261,29 +275,65 @@ impl Scheduler {
         &self.records
     }
 
+    /// Registers a new worker: its id.
     pub fn register(&mut self, host: &str, now: Instant) -> String {
-        self.register_again(host, "", now)
+        self.register_again(host, "", "", now).0
     }
 
-    /// Registers a worker that had the id `previous` (empty for none). When the coordinator
+    /// Registers a worker that had the id `previous` (empty for none) with the secret
+    /// `previous_secret`: its id and the secret its calls must carry. When the coordinator
     /// still holds that id (its leases were restored from the journal after a restart, or it
-    /// has not been declared lost yet) the worker gets it back and its attempts carry on;
-    /// otherwise it gets a new id, never equal to `previous`.
-    pub fn register_again(&mut self, host: &str, previous: &str, now: Instant) -> String {
+    /// has not been declared lost yet) and the secret matches (or none was recorded), the
+    /// worker gets it back and its attempts carry on; otherwise it gets a new id, never
+    /// equal to `previous` nor to any id of an earlier run (`w<N>-<run tag>-<host>`).
+    pub fn register_again(
+        &mut self,
+        host: &str,
+        previous: &str,
+        previous_secret: &str,
+        now: Instant,
+    ) -> (String, String) {
         if let Some(w) = self.workers.get_mut(previous) {
-            w.host = host.to_string();
-            w.last_seen = now;
-            return previous.to_string();
+            if w.secret.is_empty() || crate::service::same_secret(&w.secret, previous_secret) {
+                w.host = host.to_string();
+                w.last_seen = now;
+                if w.secret.is_empty() {
+                    w.secret = new_secret();
+                }
+                return (previous.to_string(), w.secret.clone());
+            }
         }
         let id = loop {
-            let id = format!("w{}-{}", self.next_worker, sanitize(host));
+            let id = format!("w{}-{}-{}", self.next_worker, self.run_tag, sanitize(host));
             self.next_worker += 1;
             if id != previous && !self.workers.contains_key(&id) {
                 break id;
             }
         };
-        self.workers.insert(id.clone(), Worker::new(host, now));
-        id
+        let mut w = Worker::new(host, now);
+        w.secret = new_secret();
+        let secret = w.secret.clone();
+        self.workers.insert(id.clone(), w);
+        (id, secret)
+    }
+
+    /// Checks that a call naming `worker_id` carries its secret. An unknown id passes here
+    /// (the call itself answers NOT_FOUND, and the worker registers again).
+    pub fn authenticate(&self, worker_id: &str, secret: &str) -> Result<()> {
+        match self.workers.get(worker_id) {
+            Some(w) if !w.secret.is_empty() && !crate::service::same_secret(&w.secret, secret) => {
+                Err(Error::WrongSecret(worker_id.to_string()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The secret of a registered worker (empty when unknown).
+    pub fn secret_of(&self, worker_id: &str) -> String {
+        self.workers
+            .get(worker_id)
+            .map(|w| w.secret.clone())
+            .unwrap_or_default()
     }
 
     /// Hands out up to `free_slots` queued trials to a worker; also its heartbeat. `running`
@@ -481,11 +531,14 @@ impl Scheduler {
         {
             self.next_worker = self.next_worker.max(n + 1);
         }
-        self.workers
+        let w = self
+            .workers
             .entry(header.worker_id.clone())
-            .or_insert_with(|| Worker::new(&header.host, now))
-            .running
-            .push(i);
+            .or_insert_with(|| Worker::new(&header.host, now));
+        if w.secret.is_empty() {
+            w.secret = header.worker_secret.clone();
+        }
+        w.running.push(i);
         true
     }
 
@@ -1063,6 +1116,39 @@ mod tests {
         );
     }
 
+    /// Two workers of one name (one per GPU of a machine), then a coordinator restart with
+    /// neither holding a lease: each registers again with its old id and secret, and gets an id
+    /// of its own, never the other's; nobody acts as a worker without its secret.
+    #[test]
+    fn workers_of_one_name_keep_apart_across_a_restart() {
+        let now = Instant::now();
+        let mut first = Scheduler::new(&sweep(4), Policy::default());
+        let (a, a_secret) = first.register_again("gpu-node", "", "", now);
+        let (b, b_secret) = first.register_again("gpu-node", "", "", now);
+        assert_ne!(a, b);
+        assert_ne!(a_secret, b_secret);
+        assert!(
+            first.authenticate(&a, &b_secret).is_err(),
+            "b's secret is not a's"
+        );
+        assert!(first.authenticate(&a, "").is_err());
+        assert!(first.authenticate(&a, &a_secret).is_ok());
+
+        let mut second = Scheduler::new(&sweep(4), Policy::default());
+        let (a2, a2_secret) = second.register_again("gpu-node", &a, &a_secret, now);
+        let (b2, _) = second.register_again("gpu-node", &b, &b_secret, now);
+        for id in [&a2, &b2] {
+            assert!(*id != a && *id != b, "{id} repeats an id of the first run");
+        }
+        assert_ne!(a2, b2);
+        // b, polling as a2 without a2's secret, is refused before anything changes.
+        assert!(matches!(
+            second.authenticate(&a2, &b_secret),
+            Err(Error::WrongSecret(_))
+        ));
+        assert!(second.authenticate(&a2, &a2_secret).is_ok());
+    }
+
     #[test]
     fn a_journaled_attempt_carries_on_when_its_worker_registers_again() {
         let policy = Policy {
@@ -1071,13 +1157,14 @@ mod tests {
         };
         let mut s = Scheduler::new(&sweep(2), policy.clone());
         let now = Instant::now();
-        let w = s.register("h", now);
+        let (w, secret) = s.register_again("h", "", "", now);
         let got = s.poll(&w, 2, &[], now).unwrap().trials;
         let t = got[0].trial_id.clone();
         let header = pb::JournalHeader {
             trial_id: t.clone(),
             attempt: 1,
             worker_id: w.clone(),
+            worker_secret: secret.clone(),
             host: "h".into(),
             started_at_ms: 1,
         };
@@ -1091,12 +1178,17 @@ mod tests {
             "a trial is taken back once"
         );
         assert_eq!(s.progress().running, 1);
-        assert_eq!(
-            s.register_again("h", &w, now),
+        assert_ne!(
+            s.register_again("h", &w, "not its secret", now).0,
             w,
+            "only with its secret"
+        );
+        assert_eq!(
+            s.register_again("h", &w, &secret, now),
+            (w.clone(), secret.clone()),
             "the worker gets its id back"
         );
-        let other = s.register_again("g", "w1-g", now);
+        let other = s.register_again("g", "w1-g", "", now).0;
         assert!(other != w && other != "w1-g", "{other}");
         s.metrics(batch(&w, &t, 1, 1, 4..6), now).unwrap(); // a resend: ignored
         s.metrics(batch(&w, &t, 1, 2, 6..11), now).unwrap();

@@ -140,6 +140,11 @@ fn require(cond: bool, what: &str) -> Result<()> {
     }
 }
 
+/// Compares two secrets in time independent of where they differ.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    pb::auth::same(a.as_bytes(), b.as_bytes())
+}
+
 fn check_id(name: &str, id: &str) -> Result<()> {
     require(
         !id.is_empty() && id.len() <= 128,
@@ -167,15 +172,21 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         )?;
         check_id("host", &req.host)?;
         require(
-            req.previous_worker_id.len() <= 128,
-            "`previous_worker_id` must be at most 128 characters",
+            req.previous_worker_id.len() <= 128 && req.previous_worker_secret.len() <= 128,
+            "`previous_worker_id` and its secret must be at most 128 characters",
         )?;
         let mut s = self.shared.scheduler();
-        let worker_id = s.register_again(&req.host, &req.previous_worker_id, Instant::now());
+        let (worker_id, worker_secret) = s.register_again(
+            &req.host,
+            &req.previous_worker_id,
+            &req.previous_worker_secret,
+            Instant::now(),
+        );
         tracing::info!(worker = %worker_id, devices = ?req.devices, slots = req.slots, "worker registered");
         Ok(Response::new(pb::RegisterResponse {
             worker_id,
             poll_interval_ms: s.policy.poll_interval.as_millis() as u32,
+            worker_secret,
         }))
     }
 
@@ -195,6 +206,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         }
         let resp = {
             let mut s = self.shared.scheduler();
+            s.authenticate(&req.worker_id, &req.worker_secret)?;
             let resp = s.poll(&req.worker_id, req.free_slots, &req.running, Instant::now())?;
             for t in &resp.trials {
                 // Journaled before the worker hears of it: a restarted coordinator knows the
@@ -206,6 +218,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                     trial_id: t.trial_id.clone(),
                     attempt: t.attempt,
                     worker_id: req.worker_id.clone(),
+                    worker_secret: s.secret_of(&req.worker_id),
                     host: s.host_of(&req.worker_id).unwrap_or_default(),
                     started_at_ms: crate::results::millis(SystemTime::now()),
                 })?;
@@ -226,7 +239,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         req: Request<pb::MetricsBatch>,
     ) -> Result<Response<pb::MetricsAck>, Status> {
-        let batch = req.into_inner();
+        let mut batch = req.into_inner();
         check_id("worker_id", &batch.worker_id)?;
         check_id("trial_id", &batch.trial_id)?;
         require(
@@ -240,6 +253,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         )?;
         let ticket = {
             let mut s = self.shared.scheduler();
+            s.authenticate(&batch.worker_id, &std::mem::take(&mut batch.worker_secret))?;
             // On disk before it is acknowledged: no acknowledged row is lost to a crash.
             let ticket = if s.is_new_batch(&batch)? {
                 Some(self.shared.results.journal().append(&batch)?)
@@ -293,7 +307,11 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         let outcome = req.into_inner();
         check_id("worker_id", &outcome.worker_id)?;
         check_id("trial_id", &outcome.trial_id)?;
-        let finished = self.shared.scheduler().finish(&outcome, Instant::now())?;
+        let finished = {
+            let mut s = self.shared.scheduler();
+            s.authenticate(&outcome.worker_id, &outcome.worker_secret)?;
+            s.finish(&outcome, Instant::now())?
+        };
         let status = pb::TrialStatus::try_from(outcome.status)
             .map(|s| s.as_str_name())
             .unwrap_or("?");

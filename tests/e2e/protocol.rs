@@ -47,24 +47,39 @@ fn bad_requests_are_refused_and_the_coordinator_keeps_serving() {
             code(c.register(reg(pb::PROTOCOL_VERSION, 0)).await),
             Code::InvalidArgument
         );
-        let poll = |worker_id: &str| pb::PollWorkRequest {
+        let poll = |worker_id: &str, secret: &str| pb::PollWorkRequest {
             worker_id: worker_id.into(),
+            worker_secret: secret.into(),
             free_slots: 1,
             ..Default::default()
         };
-        assert_eq!(code(c.poll_work(poll("")).await), Code::InvalidArgument);
-        assert_eq!(code(c.poll_work(poll("w99-nobody")).await), Code::NotFound);
+        assert_eq!(code(c.poll_work(poll("", "")).await), Code::InvalidArgument);
+        assert_eq!(
+            code(c.poll_work(poll("w99-nobody", "")).await),
+            Code::NotFound
+        );
 
-        let me = c
+        let registered = c
             .register(reg(pb::PROTOCOL_VERSION, 1))
             .await
             .unwrap()
+            .into_inner();
+        let (me, secret) = (registered.worker_id, registered.worker_secret);
+        // Its id without its secret gets nothing: no trial, no lease.
+        assert_eq!(
+            code(c.poll_work(poll(&me, "guessed")).await),
+            Code::PermissionDenied
+        );
+        let got = c
+            .poll_work(poll(&me, &secret))
+            .await
+            .unwrap()
             .into_inner()
-            .worker_id;
-        let got = c.poll_work(poll(&me)).await.unwrap().into_inner().trials;
+            .trials;
         let trial = got[0].trial_id.clone();
         let batch = |seq: u64, rows: usize, attempt: u32| pb::MetricsBatch {
             worker_id: me.clone(),
+            worker_secret: secret.clone(),
             trial_id: trial.clone(),
             attempt,
             seq,
@@ -93,8 +108,22 @@ fn bad_requests_are_refused_and_the_coordinator_keeps_serving() {
             ..batch(0, 1, 1)
         };
         assert_eq!(code(c.report_metrics(unknown).await), Code::NotFound);
+        let forged = pb::MetricsBatch {
+            worker_secret: String::new(),
+            ..batch(0, 1, 1)
+        };
+        assert_eq!(code(c.report_metrics(forged).await), Code::PermissionDenied);
+        let forged = pb::TrialOutcome {
+            worker_id: me.clone(),
+            trial_id: trial.clone(),
+            attempt: 1,
+            status: pb::TrialStatus::Completed as i32,
+            ..Default::default()
+        };
+        assert_eq!(code(c.finish_trial(forged).await), Code::PermissionDenied);
         let no_status = pb::TrialOutcome {
             worker_id: me.clone(),
+            worker_secret: secret.clone(),
             trial_id: trial.clone(),
             attempt: 1,
             ..Default::default()
@@ -119,6 +148,7 @@ fn bad_requests_are_refused_and_the_coordinator_keeps_serving() {
         // Hand the trial back, so that a real worker can finish the sweep.
         let back = pb::TrialOutcome {
             worker_id: me.clone(),
+            worker_secret: secret.clone(),
             trial_id: trial.clone(),
             attempt: 1,
             status: pb::TrialStatus::Failed as i32,
@@ -135,7 +165,15 @@ fn bad_requests_are_refused_and_the_coordinator_keeps_serving() {
     assert!(status.ok(), "{status:?}");
     assert!(status.stdout.contains("sweep `proto`"), "{status:?}");
     assert!(status.stdout.contains("0/2 trials done"), "{status:?}");
-    assert!(status.stdout.contains("w1-probe"), "{status:?}");
+    // w<N>-<run tag>-<host>
+    assert!(
+        status
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("w1-")
+                && l.split_whitespace().next().unwrap().ends_with("-probe")),
+        "{status:?}"
+    );
 
     let worker = run(&mut worker_command(&url, &[]));
     assert!(worker.ok(), "{worker:?}");

@@ -434,6 +434,68 @@ fn a_killed_coordinator_resumes_without_losing_or_rerunning_trials() {
     assert!(left.is_empty(), "journals left behind: {left:?}");
 }
 
+/// Two workers of one name (the default name is the host's: one worker per GPU), and a kill -9
+/// of the coordinator mid-sweep: started again, it gives each worker back its own id (with
+/// its secret) or a new one, never the other's, so that neither drops the other's leases;
+/// every trial completes, and every row is in the results exactly once.
+#[test]
+fn two_workers_of_one_name_survive_a_coordinator_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "name: twins\nparameters:\n  lr: [0.01, 0.02, 0.03, 0.04, 0.05, 0.06]\ntrain:\n  model: {width: 0.125}\n  dataset: {train_size: 256, test_size: 64}\n  batch_size: 32\n  steps: 60\n  eval_every: 20\n";
+    std::fs::write(dir.path().join("twins.yaml"), text).unwrap();
+    let (addr, url) = free_addr();
+    let serve = || {
+        serve_command(dir.path(), "twins.yaml", &addr, "out", &[])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = serve();
+    let mut workers: Vec<_> = (0..2)
+        .map(|_| {
+            worker_command(&url, &["--threads", "1", "--name", "twin"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // Kill the coordinator once a trial is written and others run.
+    let train = dir.path().join("out/train");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::fs::read_dir(&train).map_or(0, |d| d.count()) < 1 {
+        assert!(Instant::now() < deadline, "no trial finished");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let second = serve();
+    let out = second.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for w in &mut workers {
+        let status = wait_within(w, 60, "finish");
+        assert!(status.success(), "a worker failed");
+    }
+    let results = dir.path().join("out");
+    let checked = check_results(
+        &results,
+        &["--trials", "6", "--steps", "60", "--eval-every", "20"],
+    );
+    assert!(checked.ok(), "{checked:?}");
+    let statuses = run(Command::new(bnsweep_e2e::python()).args([
+        "-c",
+        "import sys, pyarrow.parquet as pq; t = pq.read_table(sys.argv[1]).to_pylist(); \
+         print(sorted(set(r['status'] for r in t)), len({r['worker'] for r in t} - {None}))",
+        results.join("trials.parquet").to_str().unwrap(),
+    ]));
+    assert!(
+        statuses.stdout.starts_with("['completed']"),
+        "a trial did not complete: {statuses:?}"
+    );
+}
+
 /// A worker's connection cut for less than the worker timeout: the worker retries, its lease
 /// holds, and the trial completes in its first attempt with every row exactly once.
 #[test]
@@ -515,7 +577,8 @@ fn wait_within(child: &mut std::process::Child, secs: u64, what: &str) -> std::p
 }
 
 /// Checks the results of a one-trial sweep of 300 steps (rows exactly once) and returns the
-/// trial's "attempts worker error" from trials.parquet; `log` is shown on failure.
+/// trial's "attempts worker error" from trials.parquet, the worker as `w<N>-<host>`; `log` is
+/// shown on failure.
 fn check_one_trial(out: &std::path::Path, log: &str) -> String {
     let checked = check_results(
         out,
@@ -524,7 +587,9 @@ fn check_one_trial(out: &std::path::Path, log: &str) -> String {
     assert!(checked.ok(), "{checked:?}\n{log}");
     let attempts = run(Command::new(bnsweep_e2e::python()).args([
         "-c",
-        "import sys, pyarrow.parquet as pq; t = pq.read_table(sys.argv[1]).to_pylist()[0]; print(t['attempts'], t['worker'], t['error'])",
+        // The worker id without its run tag (w<N>-<run>-<host>: the tag is random).
+        "import sys, pyarrow.parquet as pq; t = pq.read_table(sys.argv[1]).to_pylist()[0]; \
+         n, _, host = t['worker'].split('-', 2); print(t['attempts'], n + '-' + host, t['error'])",
         out.join("trials.parquet").to_str().unwrap(),
     ]));
     attempts.stdout.trim().to_string()

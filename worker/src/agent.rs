@@ -104,18 +104,24 @@ async fn connect(cfg: &Config) -> Result<Client> {
 
 /// Registers; `previous` is the id this worker had (empty the first time), which the
 /// coordinator gives back when it still holds leases for it (after its own restart).
-async fn register(client: &mut Client, cfg: &Config, previous: &str) -> Result<(String, Duration)> {
+async fn register(
+    client: &mut Client,
+    cfg: &Config,
+    previous: &Credentials,
+) -> Result<(Credentials, Duration)> {
     let resp = client
         .register(pb::RegisterRequest {
             host: cfg.name.clone(),
             devices: cfg.training.devices(),
             slots: cfg.training.slots(),
             version: pb::PROTOCOL_VERSION.into(),
-            previous_worker_id: previous.to_string(),
+            previous_worker_id: previous.id.clone(),
+            previous_worker_secret: previous.secret.clone(),
         })
         .await?
         .into_inner();
-    if previous.is_empty() || previous == resp.worker_id {
+    let previous = &previous.id;
+    if previous.is_empty() || *previous == resp.worker_id {
         tracing::info!(worker = %resp.worker_id, "registered with {}", cfg.url);
     } else {
         tracing::warn!(
@@ -125,9 +131,19 @@ async fn register(client: &mut Client, cfg: &Config, previous: &str) -> Result<(
         );
     }
     Ok((
-        resp.worker_id,
+        Credentials {
+            id: resp.worker_id,
+            secret: resp.worker_secret,
+        },
         Duration::from_millis(u64::from(resp.poll_interval_ms.max(50))),
     ))
+}
+
+/// A registration: the worker's id and the secret its calls carry.
+#[derive(Clone, Default)]
+struct Credentials {
+    id: String,
+    secret: String,
 }
 
 /// Runs until the coordinator says the sweep is done and no trial of ours is left.
@@ -136,7 +152,7 @@ async fn register(client: &mut Client, cfg: &Config, previous: &str) -> Result<(
 /// coordinator (they run again elsewhere, not counted as failures) and exits.
 pub async fn run(cfg: Config) -> Result<()> {
     let mut client = connect(&cfg).await?;
-    let (id, mut poll_every) = register(&mut client, &cfg, "").await?;
+    let (id, mut poll_every) = register(&mut client, &cfg, &Credentials::default()).await?;
     let me = Arc::new(Identity {
         id: Mutex::new(id),
         leases: Mutex::new(Vec::new()),
@@ -172,8 +188,10 @@ pub async fn run(cfg: Config) -> Result<()> {
             }
         }
         let taking = !shutdown.load(Ordering::SeqCst) && retired.is_none();
+        let credentials = me.credentials();
         let request = pb::PollWorkRequest {
-            worker_id: me.id(),
+            worker_id: credentials.id,
+            worker_secret: credentials.secret,
             free_slots: if taking {
                 cfg.training.slots().saturating_sub(busy)
             } else {
@@ -213,13 +231,15 @@ pub async fn run(cfg: Config) -> Result<()> {
                     return Ok(());
                 }
             }
-            Err(s) if s.code() == Code::Unauthenticated => return Err(s.into()),
+            Err(s) if matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied) => {
+                return Err(s.into())
+            }
             Err(s) if s.code() == Code::NotFound => {
                 tracing::warn!(
                     "coordinator does not know this worker ({}); registering again",
                     s.message()
                 );
-                let previous = me.id();
+                let previous = me.credentials();
                 let (id, every) = register(&mut client, &cfg, &previous).await?;
                 poll_every = every;
                 *me.id.lock().unwrap_or_else(|e| e.into_inner()) = id;
@@ -237,7 +257,7 @@ pub async fn run(cfg: Config) -> Result<()> {
 /// Who this worker is to the coordinator, and the attempts it holds: shared by the poll loop
 /// and the trials.
 struct Identity {
-    id: Mutex<String>,
+    id: Mutex<Credentials>,
     /// Attempts running, or ended without their outcome acknowledged: listed in every poll.
     leases: Mutex<Vec<pb::AttemptRef>>,
     /// How long the coordinator may stay unreachable.
@@ -246,6 +266,10 @@ struct Identity {
 
 impl Identity {
     fn id(&self) -> String {
+        self.credentials().id
+    }
+
+    fn credentials(&self) -> Credentials {
         self.id.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -286,8 +310,9 @@ async fn stop_signal() {
 }
 
 async fn run_trial(client: Client, me: &Identity, a: pb::TrialAssignment, ctx: Arc<Context>) {
-    let worker_id = me.id();
-    run_attempt(client, me, &worker_id, &a, ctx).await;
+    // The registration that got the trial speaks for it to its end.
+    let as_who = me.credentials();
+    run_attempt(client, me, &as_who, &a, ctx).await;
     me.lease(&a, false);
 }
 
@@ -295,10 +320,11 @@ async fn run_trial(client: Client, me: &Identity, a: pb::TrialAssignment, ctx: A
 async fn run_attempt(
     mut client: Client,
     me: &Identity,
-    worker_id: &str,
+    as_who: &Credentials,
     a: &pb::TrialAssignment,
     ctx: Arc<Context>,
 ) {
+    let worker_id = as_who.id.as_str();
     let span = tracing::info_span!("trial", trial = %a.trial_id, attempt = a.attempt);
     let _enter = span.enter();
     let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
@@ -346,6 +372,7 @@ async fn run_attempt(
 
     let mut batch = pb::MetricsBatch {
         worker_id: worker_id.to_string(),
+        worker_secret: as_who.secret.clone(),
         trial_id: a.trial_id.clone(),
         attempt: a.attempt,
         ..Default::default()
@@ -381,6 +408,7 @@ async fn run_attempt(
             batch.seq = seq;
             let next = pb::MetricsBatch {
                 worker_id: batch.worker_id.clone(),
+                worker_secret: batch.worker_secret.clone(),
                 trial_id: batch.trial_id.clone(),
                 attempt: batch.attempt,
                 ..Default::default()
@@ -410,6 +438,7 @@ async fn run_attempt(
     }
     let outcome = pb::TrialOutcome {
         worker_id: worker_id.to_string(),
+        worker_secret: as_who.secret.clone(),
         trial_id: a.trial_id.clone(),
         attempt: a.attempt,
         status: status as i32,

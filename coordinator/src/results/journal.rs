@@ -401,6 +401,7 @@ mod tests {
             trial_id: "t1".into(),
             attempt: 2,
             worker_id: "w1-h".into(),
+            worker_secret: "s".into(),
             host: "h".into(),
             started_at_ms: 1_800_000_000_000,
         };
