@@ -1,6 +1,7 @@
 //! bnsweep's coordinator: sweep files, scheduling trials onto workers over gRPC, and writing
 //! the results as Parquet. It does not link libtorch; workers (`bnsweep-worker`) train.
 
+pub mod connections;
 pub mod error;
 pub mod live;
 pub mod local;

@@ -124,6 +124,10 @@ enum Command {
         /// The private key (PEM) of --tls-cert.
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Open connections held at most; more are closed as they arrive, before any token is
+        /// checked (keep it under `ulimit -n`).
+        #[arg(long, default_value_t = bnsweep::connections::DEFAULT_MAX)]
+        max_connections: usize,
     },
 }
 
@@ -160,10 +164,19 @@ fn main() -> ExitCode {
             http,
             tls_cert,
             tls_key,
+            max_connections,
         } => {
             let tls = tls_cert.zip(tls_key);
             match bnsweep_proto::auth::token(token, token_file.as_deref()) {
-                Ok(token) => serve(&file, listen, &out, worker_timeout, token, tls, &http),
+                Ok(token) => serve(
+                    &file,
+                    listen,
+                    &out,
+                    worker_timeout,
+                    (token, tls),
+                    &http,
+                    max_connections,
+                ),
                 Err(e) => Err(Error::Refused(e)),
             }
         }
@@ -488,15 +501,17 @@ fn default_out(sweep: &Sweep) -> PathBuf {
         .expect("some name is free")
 }
 
+/// `bnsweep serve`; `secrets` are the shared token and the TLS certificate and key.
 fn serve(
     file: &Path,
     listen: SocketAddr,
     out: &Path,
     worker_timeout: u64,
-    token: Option<String>,
-    tls: Option<(PathBuf, PathBuf)>,
+    secrets: (Option<String>, Option<(PathBuf, PathBuf)>),
     http: &str,
+    max_connections: usize,
 ) -> Result<ExitCode, Error> {
+    let (token, tls) = secrets;
     let token = token.filter(|t| !t.is_empty());
     let http: Option<SocketAddr> = match http {
         "off" => None,
@@ -545,6 +560,7 @@ fn serve(
             token,
             tls: identity,
             live,
+            max_connections: Some(max_connections),
         };
         server::run_sweep(&sweep, results, resume, listener, policy, access, Vec::new()).await
     })?;

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use bnsweep_proto as pb;
 use tokio::net::TcpListener;
 use tokio::process::Child;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::error::{Error, Result};
 use crate::progress::Reporter;
@@ -56,6 +55,8 @@ pub struct Access {
     pub tls: Option<tonic::transport::Identity>,
     /// Where to serve the live report (HTTP, the same token).
     pub live: Option<TcpListener>,
+    /// Open connections held at most (None: [`crate::connections::DEFAULT_MAX`]).
+    pub max_connections: Option<usize>,
 }
 
 impl Access {
@@ -163,14 +164,21 @@ pub async fn run_sweep(
     }
     let service =
         tonic::service::interceptor::InterceptedService::new(service, TokenCheck(access.token));
-    let mut builder = tonic::transport::Server::builder();
+    // Pings on every connection: one whose worker is gone (its machine off, a cable cut)
+    // closes within seconds instead of holding a file descriptor forever.
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(pb::client::KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(pb::client::KEEPALIVE_TIMEOUT));
     if let Some(identity) = access.tls {
         builder = builder
             .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
             .map_err(|e| Error::Refused(format!("TLS certificate or key: {e}")))?;
     }
+    let max_connections = access
+        .max_connections
+        .unwrap_or(crate::connections::DEFAULT_MAX);
     let server = tokio::spawn(builder.add_service(service).serve_with_incoming_shutdown(
-        TcpListenerStream::new(listener),
+        crate::connections::bounded(listener, max_connections),
         async {
             let _ = stop_rx.await;
         },

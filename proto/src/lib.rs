@@ -69,6 +69,16 @@ pub mod client {
     /// Largest message either side accepts (a metric batch of many activation rows).
     pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
+    /// The longest one call may take, a 64 MiB batch on a slow link included. A coordinator
+    /// that stops answering (frozen, or its machine gone) fails the call then at the latest,
+    /// and sooner through the keepalive below.
+    pub const CALL_DEADLINE: Duration = Duration::from_secs(60);
+
+    /// HTTP/2 pings on an open connection, also while idle; one unanswered for
+    /// `KEEPALIVE_TIMEOUT` closes it, so a silent peer is noticed in seconds, not never.
+    pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+    pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
     /// Adds the shared token to every call.
     #[derive(Clone)]
     pub struct Auth(Option<AsciiMetadataValue>);
@@ -106,7 +116,11 @@ pub mod client {
     pub fn endpoint(url: &str, ca_pem: Option<&[u8]>) -> Result<Endpoint, String> {
         let mut endpoint = Channel::from_shared(url.to_string())
             .map_err(|e| format!("{url}: {e}"))?
-            .connect_timeout(Duration::from_secs(5));
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(CALL_DEADLINE)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
         if url.starts_with("https://") {
             let tls = match ca_pem {
                 Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),

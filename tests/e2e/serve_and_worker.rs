@@ -532,6 +532,116 @@ fn cut_the_network_mid_trial(cut: Duration, worker_timeout: &str) -> String {
     check_one_trial(&dir.path().join("out"), &log)
 }
 
+/// A coordinator frozen (SIGSTOP) mid-trial: its socket stays open but nothing answers. The
+/// keepalive pings and the call deadlines notice; for less than the worker's patience the
+/// worker waits and carries on once the coordinator thaws (nothing lost, one attempt); for
+/// longer, it gives up cleanly with an error instead of hanging.
+#[test]
+fn a_frozen_coordinator_is_waited_for_within_the_patience_then_given_up() {
+    use std::io::{BufRead, BufReader};
+    for (frozen, patience, gives_up) in [(4, "60", false), (40, "5", true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, url) = free_addr();
+        let mut serve = serve_one_trial(dir.path(), &addr, &[]);
+        let mut worker = worker_command(
+            &url,
+            &[
+                "--threads",
+                "1",
+                "--name",
+                "patient",
+                "--patience",
+                patience,
+            ],
+        )
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+        let mut lines = BufReader::new(worker.stderr.take().unwrap()).lines();
+        for line in lines.by_ref() {
+            if line.unwrap().contains("starting on cpu") {
+                break;
+            }
+        }
+        let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+        let signal = |sig: &str, child: &std::process::Child| {
+            let sent = run(Command::new("kill").args([sig, &child.id().to_string()]));
+            assert!(sent.ok(), "{sent:?}");
+        };
+        std::thread::sleep(Duration::from_millis(500));
+        signal("-STOP", &serve);
+        let frozen_at = Instant::now();
+        let mut ended = None;
+        while frozen_at.elapsed() < Duration::from_secs(frozen) {
+            if let Some(s) = worker.try_wait().unwrap() {
+                ended = Some((s, frozen_at.elapsed()));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        signal("-CONT", &serve);
+        if gives_up {
+            // Patience 5 s; the keepalive (10 + 10 s) or the call deadline ends a hung call.
+            let (status, after) = ended.expect("the worker still waits on a frozen coordinator");
+            let log = log.join().unwrap().join("\n");
+            assert!(!status.success(), "{log}");
+            assert!(after < Duration::from_secs(40), "gave up after {after:?}");
+            assert!(log.contains("error"), "{log}");
+            let _ = serve.kill();
+            let _ = serve.wait();
+        } else {
+            assert!(ended.is_none(), "the worker left during a short freeze");
+            let status = wait_within(&mut worker, 120, "finish");
+            let log = log.join().unwrap().join("\n");
+            assert!(status.success(), "{log}");
+            assert!(serve.wait().unwrap().success(), "{log}");
+            let attempts = check_one_trial(&dir.path().join("out"), &log);
+            assert_eq!(attempts, "1 w1-patient None", "{log}");
+        }
+    }
+}
+
+/// More connections than `--max-connections` are closed as they arrive, before any of them
+/// has said a word; those within the bound stay open.
+#[test]
+fn connections_beyond_the_bound_are_closed_at_once() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, url) = free_addr();
+    let mut serve = serve_one_trial(dir.path(), &addr, &["--max-connections", "2"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let connect = || loop {
+        if let Ok(s) = std::net::TcpStream::connect(&addr) {
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no coordinator at {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut held: Vec<_> = (0..2).map(|_| connect()).collect();
+    let mut third = connect();
+    let mut buf = [0u8; 64];
+    // Closed: end of stream (or a reset), never a byte of HTTP/2.
+    let third_read = third.read(&mut buf);
+    assert!(
+        matches!(third_read, Ok(0))
+            || third_read.is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock),
+        "the third connection is not closed"
+    );
+    for s in &mut held {
+        // Open: the server greets with its HTTP/2 settings.
+        let n = s.read(&mut buf).expect("an open connection");
+        assert!(n > 0, "a connection within the bound was closed");
+    }
+    drop(held);
+    drop(third);
+    // With them closed, a worker gets in and finishes the sweep.
+    std::thread::sleep(Duration::from_millis(200));
+    let worker = run(&mut worker_command(&url, &["--threads", "1"]));
+    assert!(worker.ok(), "{worker:?}");
+    assert!(serve.wait().unwrap().success());
+}
+
 /// The sweep of the fault tests: one trial of 300 steps of a narrow vgg8 (seconds on a core).
 const ONE_TRIAL: &str = "name: one\nparameters:\n  lr: [0.05]\ntrain:\n  model: {width: 0.125}\n  dataset: {train_size: 512, test_size: 64}\n  batch_size: 64\n  steps: 300\n  eval_every: 100\n";
 
