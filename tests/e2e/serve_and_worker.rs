@@ -583,6 +583,7 @@ fn a_frozen_coordinator_is_waited_for_within_the_patience_then_given_up() {
         if gives_up {
             // Patience 5 s; the keepalive (10 + 10 s) or the call deadline ends a hung call.
             let (status, after) = ended.expect("the worker still waits on a frozen coordinator");
+            let _ = worker.wait(); // exited already: reaped
             let log = log.join().unwrap().join("\n");
             assert!(!status.success(), "{log}");
             assert!(after < Duration::from_secs(40), "gave up after {after:?}");
