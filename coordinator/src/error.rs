@@ -67,6 +67,34 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl Error {
+    /// A full or failing disk (no space, over quota, an I/O error): the coordinator keeps
+    /// what it has, answers UNAVAILABLE (workers back off and retry) and carries on once the
+    /// disk takes writes again.
+    pub fn is_storage(&self) -> bool {
+        let io = match self {
+            Error::Io { source, .. } => Some(source),
+            Error::Parquet {
+                source: parquet::errors::ParquetError::External(e),
+                ..
+            } => e.downcast_ref::<std::io::Error>(),
+            _ => None,
+        };
+        let text = self.to_string();
+        io.is_some_and(|e| {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            ) || e.raw_os_error() == Some(libc_eio())
+        }) || text.contains("No space left on device")
+    }
+}
+
+/// EIO on Linux.
+const fn libc_eio() -> i32 {
+    5
+}
+
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> tonic::Status {
         use tonic::Code;
@@ -79,6 +107,7 @@ impl From<Error> for tonic::Status {
             Error::InvalidArgument(_) | Error::Sweep(_) => Code::InvalidArgument,
             Error::Refused(_) => Code::FailedPrecondition,
             Error::Interrupted | Error::Cancelled => Code::Unavailable,
+            e if e.is_storage() => Code::Unavailable,
             Error::Io { .. } | Error::Parquet { .. } | Error::Arrow(_) | Error::Transport(_) => {
                 Code::Internal
             }

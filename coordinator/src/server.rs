@@ -247,9 +247,10 @@ async fn watch(shared: &Arc<Shared>, local: &mut [Child]) -> Result<Progress> {
             shared.end_journals();
             shared.touch();
         }
-        shared.write_trials_if_due()?;
-        if done {
-            shared.write_trials()?;
+        // A full disk stops nothing: what could not be written is written once it can.
+        shared.write_unwritten()?;
+        shared.storage(shared.write_trials_if_due())?;
+        if done && shared.storage(shared.write_trials())?.is_some() {
             shared.results.journal().finish();
             reporter.finish(&progress);
             return Ok(progress);

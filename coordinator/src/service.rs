@@ -24,6 +24,11 @@ pub struct Shared {
     write_lock: Mutex<Instant>,
     /// Set when the records changed since `trials.parquet` was last rewritten.
     dirty: AtomicBool,
+    /// Trials that ended while the disk took no writes (full): their rows wait here (and in
+    /// the journal) and are written once it does.
+    unwritten: Mutex<Vec<Finished>>,
+    /// Set while the disk refuses writes, so that it is said once, not at every write.
+    disk_full: AtomicBool,
 }
 
 /// How often `trials.parquet` is rewritten at most while trials end; the log of ended trials
@@ -37,12 +42,62 @@ impl Shared {
             results,
             write_lock: Mutex::new(Instant::now()),
             dirty: AtomicBool::new(true),
+            unwritten: Mutex::new(Vec::new()),
+            disk_full: AtomicBool::new(false),
         })
     }
 
     /// Notes that `trials.parquet` is behind the records.
     pub fn touch(&self) {
         self.dirty.store(true, Ordering::SeqCst);
+    }
+
+    /// Notes how a write went: a full (or failing) disk is said once, with the directory,
+    /// and so is its recovery. Storage errors are kept from stopping the coordinator.
+    pub fn storage<T>(&self, written: Result<T>) -> Result<Option<T>> {
+        match written {
+            Ok(v) => {
+                if self.disk_full.swap(false, Ordering::SeqCst) {
+                    eprintln!(
+                        "bnsweep: {} takes writes again; carrying on",
+                        self.results.dir().display()
+                    );
+                }
+                Ok(Some(v))
+            }
+            Err(e) if e.is_storage() => {
+                if !self.disk_full.swap(true, Ordering::SeqCst) {
+                    eprintln!(
+                        "bnsweep: cannot write to {} ({e}); keeping every row in the journal and answering workers UNAVAILABLE until it takes writes again (free some space)",
+                        self.results.dir().display()
+                    );
+                }
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The answer to a call that could not write: UNAVAILABLE on a full disk (said once), so
+    /// that the worker backs off and retries; the error's own code otherwise.
+    pub fn refuse(&self, e: Error) -> Status {
+        let dir = self.results.dir().display().to_string();
+        match self.storage(Err::<(), Error>(e)) {
+            Ok(_) => Status::unavailable(format!(
+                "the coordinator cannot write to {dir} now (disk full?): try again later"
+            )),
+            Err(e) => e.into(),
+        }
+    }
+
+    /// Writes the trials that ended while the disk was full, now that it may take them.
+    pub fn write_unwritten(&self) -> Result<()> {
+        let waiting =
+            std::mem::take(&mut *self.unwritten.lock().unwrap_or_else(|e| e.into_inner()));
+        for f in waiting {
+            self.persist(f)?;
+        }
+        Ok(())
     }
 
     /// Rewrites `trials.parquet` when the records changed and it was last rewritten over
@@ -77,10 +132,22 @@ impl Shared {
     }
 
     /// Writes a trial that just ended and logs it, then counts it as done. A trial whose
-    /// files cannot be written ends `failed` with the reason.
+    /// files cannot be written ends `failed` with the reason; on a full disk it waits instead
+    /// (its rows in memory and in the journal) and is written once the disk takes writes.
     pub fn persist(&self, finished: Finished) -> Result<()> {
         let record = self.scheduler().records()[finished.index].clone();
         let written = self.results.write_trial(&record, &finished.rows);
+        let written = match self.storage(written) {
+            Ok(Some(())) => Ok(()),
+            Ok(None) => {
+                self.unwritten
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(finished);
+                return Ok(());
+            }
+            Err(e) => Err(e),
+        };
         let record = {
             let mut s = self.scheduler();
             if let Err(e) = &written {
@@ -89,7 +156,8 @@ impl Shared {
             s.persisted(finished.index);
             s.records()[finished.index].clone()
         };
-        self.results.log_ended(&record)?;
+        // On a full disk the line waits: trials.parquet records the trial once it is rewritten.
+        self.storage(self.results.log_ended(&record))?;
         self.results
             .journal()
             .end(&record.trial.id, record.attempts);
@@ -117,10 +185,10 @@ impl CoordinatorService {
     /// workers share one sync (group commit).
     async fn sync(&self, ticket: crate::results::journal::Ticket) -> Result<(), Status> {
         let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || shared.results.journal().sync(ticket))
+        let synced = tokio::task::spawn_blocking(move || shared.results.journal().sync(ticket))
             .await
-            .map_err(|e| Status::internal(format!("journal sync: {e}")))??;
-        Ok(())
+            .map_err(|e| Status::internal(format!("journal sync: {e}")))?;
+        synced.map_err(|e| self.shared.refuse(e))
     }
 
     pub fn new(shared: Arc<Shared>, sweep: &str) -> Self {
@@ -208,20 +276,48 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             let mut s = self.shared.scheduler();
             s.authenticate(&req.worker_id, &req.worker_secret)?;
             let resp = s.poll(&req.worker_id, req.free_slots, &req.running, Instant::now())?;
-            for t in &resp.trials {
+            for (n, t) in resp.trials.iter().enumerate() {
                 // Journaled before the worker hears of it: a restarted coordinator knows the
-                // lease. Should this fail, the worker never gets the trial and its next poll
-                // gives it back. Not synced here: the attempt's first batch syncs its file,
-                // header included, before it is acknowledged; a lease lost to a power loss
-                // before that holds no rows, and its attempt is refused and run again.
-                let _unsynced = self.shared.results.journal().begin(&pb::JournalHeader {
+                // lease. Not synced here: the attempt's first batch syncs its file, header
+                // included, before it is acknowledged; a lease lost to a power loss before
+                // that holds no rows, and its attempt is refused and run again.
+                let begun = self.shared.results.journal().begin(&pb::JournalHeader {
                     trial_id: t.trial_id.clone(),
                     attempt: t.attempt,
                     worker_id: req.worker_id.clone(),
                     worker_secret: s.secret_of(&req.worker_id),
                     host: s.host_of(&req.worker_id).unwrap_or_default(),
                     started_at_ms: crate::results::millis(SystemTime::now()),
-                })?;
+                });
+                if let Err(e) = begun {
+                    // The worker never hears of these trials: they go back, costing no
+                    // attempt (a full disk is not the trial's fault), and the worker is told
+                    // to come back later (UNAVAILABLE when the disk is full).
+                    for (k, back) in resp.trials.iter().enumerate() {
+                        if k < n {
+                            self.shared
+                                .results
+                                .journal()
+                                .end(&back.trial_id, back.attempt);
+                        }
+                        let _ = s.finish(
+                            &pb::TrialOutcome {
+                                worker_id: req.worker_id.clone(),
+                                worker_secret: req.worker_secret.clone(),
+                                trial_id: back.trial_id.clone(),
+                                attempt: back.attempt,
+                                status: pb::TrialStatus::Failed as i32,
+                                retryable: true,
+                                handed_back: true,
+                                error: format!("journal: {e}"),
+                                ..Default::default()
+                            },
+                            Instant::now(),
+                        );
+                    }
+                    drop(s);
+                    return Err(self.shared.refuse(e));
+                }
             }
             resp
         };
@@ -256,7 +352,8 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             s.authenticate(&batch.worker_id, &std::mem::take(&mut batch.worker_secret))?;
             // On disk before it is acknowledged: no acknowledged row is lost to a crash.
             let ticket = if s.is_new_batch(&batch)? {
-                Some(self.shared.results.journal().append(&batch)?)
+                let appended = self.shared.results.journal().append(&batch);
+                Some(appended.map_err(|e| self.shared.refuse(e))?)
             } else {
                 None
             };

@@ -643,6 +643,74 @@ fn connections_beyond_the_bound_are_closed_at_once() {
     assert!(serve.wait().unwrap().success());
 }
 
+/// A file system that fills up mid-sweep (a 4 MB tmpfs holding the results): the coordinator
+/// says so once, keeps every row (journal and memory), answers the worker UNAVAILABLE while
+/// it cannot write, and carries on once space is freed; the sweep completes with every row
+/// exactly once. Needs root (to mount the tmpfs), as on the project's machines.
+#[test]
+fn a_full_disk_mid_sweep_loses_nothing_and_the_sweep_completes_once_space_is_back() {
+    struct Mounted(std::path::PathBuf);
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    std::fs::create_dir(&disk).unwrap();
+    let mounted = run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&disk));
+    assert!(
+        mounted.ok(),
+        "this test mounts a small tmpfs and needs root: {mounted:?}"
+    );
+    let _guard = Mounted(disk.clone());
+    let text = "name: full\nparameters:\n  lr: [0.01, 0.02, 0.03, 0.04]\ntrain:\n  model: {width: 0.125}\n  dataset: {train_size: 256, test_size: 64}\n  batch_size: 32\n  steps: 200\n  eval_every: 50\n";
+    std::fs::write(dir.path().join("full.yaml"), text).unwrap();
+    let (addr, url) = free_addr();
+    let out = disk.join("out");
+    let serve = serve_command(dir.path(), "full.yaml", &addr, out.to_str().unwrap(), &[])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut worker = worker_command(&url, &["--threads", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::fs::read_dir(out.join("train")).map_or(0, |d| d.count()) < 1 {
+        assert!(Instant::now() < deadline, "no trial finished");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Fill the disk to the last byte, hold it full for a while, then free it.
+    let filler = disk.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        let small = [0u8; 512];
+        while f.write_all(&small).is_ok() {}
+    }
+    std::thread::sleep(Duration::from_secs(6));
+    std::fs::remove_file(&filler).unwrap();
+    let status = wait_within(&mut worker, 120, "finish");
+    let ended = serve.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&ended.stderr);
+    assert!(status.success() && ended.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot write to") && stderr.contains("takes writes again"),
+        "the disk never filled during the sweep, or its recovery was not seen: {stderr}"
+    );
+    let checked = check_results(
+        &out,
+        &["--trials", "4", "--steps", "200", "--eval-every", "50"],
+    );
+    assert!(checked.ok(), "{checked:?}\n{stderr}");
+}
+
 /// The sweep of the fault tests: one trial of 300 steps of a narrow vgg8 (seconds on a core).
 const ONE_TRIAL: &str = "name: one\nparameters:\n  lr: [0.05]\ntrain:\n  model: {width: 0.125}\n  dataset: {train_size: 512, test_size: 64}\n  batch_size: 64\n  steps: 300\n  eval_every: 100\n";
 

@@ -63,10 +63,18 @@ impl Slot {
         Ok(Slot { path, file })
     }
 
+    /// Appends one record; a write that fails part way (a full disk) is cut back off, so the
+    /// file never holds a torn record before later whole ones.
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        self.file
-            .write_all(&frame(bytes))
-            .map_err(|e| Error::io(&self.path, e))
+        let before = self
+            .file
+            .metadata()
+            .map_err(|e| Error::io(&self.path, e))?
+            .len();
+        self.file.write_all(&frame(bytes)).map_err(|e| {
+            let _ = self.file.set_len(before);
+            Error::io(&self.path, e)
+        })
     }
 
     fn empty(&mut self) -> Result<()> {
@@ -296,8 +304,11 @@ impl Journal {
             );
         }
         let file = log.as_mut().expect("opened above");
-        file.write_all(&frame(&e.encode_to_vec()))
-            .map_err(|e| Error::io(&path, e))?;
+        let before = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+        file.write_all(&frame(&e.encode_to_vec())).map_err(|e| {
+            let _ = file.set_len(before); // no torn record before later whole ones
+            Error::io(&path, e)
+        })?;
         self.commit.written(&path, file)
     }
 

@@ -478,11 +478,19 @@ const SMALL_TABLE: usize = 4096;
 
 pub fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<()> {
     let tmp = super::tmp_path(path);
+    let written = write_parquet_to(&tmp, path, batch);
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp); // a full disk leaves no temporary file behind
+    }
+    written
+}
+
+fn write_parquet_to(tmp: &Path, path: &Path, batch: &RecordBatch) -> Result<()> {
     let parquet_err = |source| Error::Parquet {
         path: path.to_path_buf(),
         source,
     };
-    let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let file = File::create(tmp).map_err(|e| Error::io(tmp, e))?;
     // ZSTD, except for small tables: setting up ZSTD for each column costs more there than it
     // saves (a sweep of many short trials spends most of its time on it).
     let compression = if batch.num_rows() < SMALL_TABLE {
@@ -499,8 +507,8 @@ pub fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<()> {
     let file = writer.into_inner().map_err(parquet_err)?;
     // On the disk before its name is: a renamed file is never empty after a power loss. The
     // rename itself is made durable by syncing the directory (the caller's to do).
-    file.sync_data().map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    file.sync_data().map_err(|e| Error::io(tmp, e))?;
+    std::fs::rename(tmp, path).map_err(|e| Error::io(path, e))
 }
 
 /// A trial as an earlier run of the same sweep left it in `trials.parquet`.
