@@ -128,6 +128,12 @@ enum Command {
         /// checked (keep it under `ulimit -n`).
         #[arg(long, default_value_t = bnsweep::connections::DEFAULT_MAX)]
         max_connections: usize,
+        /// Once serving, write the URL workers reach it by to this file (atomically; with
+        /// `--listen 0.0.0.0:0` the host name and the port the system chose), for workers
+        /// started with `--coordinator-file` (a cluster job's coordinator lands on a node and
+        /// port not known in advance).
+        #[arg(long)]
+        address_file: Option<PathBuf>,
     },
 }
 
@@ -165,6 +171,7 @@ fn main() -> ExitCode {
             tls_cert,
             tls_key,
             max_connections,
+            address_file,
         } => {
             let tls = tls_cert.zip(tls_key);
             match bnsweep_proto::auth::token(token, token_file.as_deref()) {
@@ -175,7 +182,7 @@ fn main() -> ExitCode {
                     worker_timeout,
                     (token, tls),
                     &http,
-                    max_connections,
+                    (max_connections, address_file),
                 ),
                 Err(e) => Err(Error::Refused(e)),
             }
@@ -509,7 +516,7 @@ fn serve(
     worker_timeout: u64,
     secrets: (Option<String>, Option<(PathBuf, PathBuf)>),
     http: &str,
-    max_connections: usize,
+    (max_connections, address_file): (usize, Option<PathBuf>),
 ) -> Result<ExitCode, Error> {
     let (token, tls) = secrets;
     let token = token.filter(|t| !t.is_empty());
@@ -561,6 +568,7 @@ fn serve(
             tls: identity,
             live,
             max_connections: Some(max_connections),
+            address_file,
         };
         server::run_sweep(&sweep, results, resume, listener, policy, access, Vec::new()).await
     })?;

@@ -57,6 +57,24 @@ pub struct Access {
     pub live: Option<TcpListener>,
     /// Open connections held at most (None: [`crate::connections::DEFAULT_MAX`]).
     pub max_connections: Option<usize>,
+    /// Where to write the URL workers reach this coordinator by, once it serves.
+    pub address_file: Option<std::path::PathBuf>,
+}
+
+/// The URL of a listening address: the address itself, or for one on every interface
+/// (`0.0.0.0`, `::`) this machine's host name, which other nodes of a cluster resolve.
+pub fn url_of(addr: SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    let host = if addr.ip().is_unspecified() {
+        hostname::get()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "localhost".into())
+    } else if addr.is_ipv6() {
+        format!("[{}]", addr.ip())
+    } else {
+        addr.ip().to_string()
+    };
+    format!("{scheme}://{host}:{}", addr.port())
 }
 
 impl Access {
@@ -164,6 +182,7 @@ pub async fn run_sweep(
     }
     let service =
         tonic::service::interceptor::InterceptedService::new(service, TokenCheck(access.token));
+    let tls_on = access.tls.is_some();
     // Pings on every connection: one whose worker is gone (its machine off, a cable cut)
     // closes within seconds instead of holding a file descriptor forever.
     let mut builder = tonic::transport::Server::builder()
@@ -177,12 +196,24 @@ pub async fn run_sweep(
     let max_connections = access
         .max_connections
         .unwrap_or(crate::connections::DEFAULT_MAX);
+    let url = url_of(
+        listener
+            .local_addr()
+            .map_err(|e| Error::io("listener", e))?,
+        tls_on,
+    );
     let server = tokio::spawn(builder.add_service(service).serve_with_incoming_shutdown(
         crate::connections::bounded(listener, max_connections),
         async {
             let _ = stop_rx.await;
         },
     ));
+    if let Some(path) = &access.address_file {
+        // Written whole (renamed into place) once the server is accepting, so that a worker
+        // never reads half an address; a requeued coordinator writes its new one over it.
+        crate::results::write_atomic(path, format!("{url}\n").as_bytes())?;
+        eprintln!("bnsweep: serving at {url} (written to {})", path.display());
+    }
     let outcome = watch(&shared, &mut local).await;
     if outcome.is_ok() {
         // Let the workers see `sweep_done` on their next poll, then stop.

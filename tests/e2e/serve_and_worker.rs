@@ -711,6 +711,73 @@ fn a_full_disk_mid_sweep_loses_nothing_and_the_sweep_completes_once_space_is_bac
     assert!(checked.ok(), "{checked:?}\n{stderr}");
 }
 
+/// Rendezvous through a file, as on a cluster: the worker starts first and waits for the
+/// address file; the coordinator, on a port the system chooses, writes it once serving; killed
+/// (-9) and started again on another port (a requeued job), it writes the new address, and the
+/// worker follows it and finishes the sweep, every row exactly once.
+#[test]
+fn workers_find_a_moving_coordinator_through_its_address_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "name: moving\nparameters:\n  lr: [0.01, 0.02, 0.03]\ntrain:\n  model: {width: 0.125}\n  dataset: {train_size: 256, test_size: 64}\n  batch_size: 32\n  steps: 150\n  eval_every: 50\n";
+    std::fs::write(dir.path().join("moving.yaml"), text).unwrap();
+    let address = dir.path().join("coordinator.addr");
+    // The worker first: it waits for the coordinator's address file.
+    let mut worker = Command::new(bnsweep_e2e::bin("bnsweep-worker"))
+        .args(["--device", "cpu", "--threads", "1", "--patience", "60"])
+        .arg("--coordinator-file")
+        .arg(&address)
+        .env_remove("BNSWEEP_COORDINATOR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let serve = || {
+        Command::new(bnsweep_e2e::bin("bnsweep"))
+            .args([
+                "serve",
+                "moving.yaml",
+                "--listen",
+                "127.0.0.1:0",
+                "--out",
+                "out",
+            ])
+            .arg("--address-file")
+            .arg(&address)
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = serve();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::fs::read_dir(dir.path().join("out/train")).map_or(0, |d| d.count()) < 1 {
+        assert!(Instant::now() < deadline, "no trial finished");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let first_url = std::fs::read_to_string(&address).unwrap();
+    assert!(first_url.starts_with("http://127.0.0.1:"), "{first_url}");
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let second = serve();
+    let out = second.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let second_url = std::fs::read_to_string(&address).unwrap();
+    assert_ne!(
+        first_url, second_url,
+        "the second coordinator chose another port"
+    );
+    let status = wait_within(&mut worker, 60, "finish");
+    assert!(status.success(), "{stderr}");
+    let checked = check_results(
+        &dir.path().join("out"),
+        &["--trials", "3", "--steps", "150", "--eval-every", "50"],
+    );
+    assert!(checked.ok(), "{checked:?}\n{stderr}");
+}
+
 /// The sweep of the fault tests: one trial of 300 steps of a narrow vgg8 (seconds on a core).
 const ONE_TRIAL: &str = "name: one\nparameters:\n  lr: [0.05]\ntrain:\n  model: {width: 0.125}\n  dataset: {train_size: 512, test_size: 64}\n  batch_size: 64\n  steps: 300\n  eval_every: 100\n";
 

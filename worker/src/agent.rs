@@ -24,7 +24,8 @@ const BATCH_WAIT: Duration = Duration::from_millis(1000);
 
 #[derive(Clone)]
 pub struct Config {
-    pub url: String,
+    /// The coordinator's address, given or read from its address file.
+    pub coordinator: Coordinator,
     pub name: String,
     /// How long the coordinator may stay unreachable before the worker gives up.
     pub patience: Duration,
@@ -34,6 +35,54 @@ pub struct Config {
     pub tls_ca: Option<std::path::PathBuf>,
     /// Where the trials run.
     pub training: Training,
+}
+
+/// How a worker finds its coordinator.
+#[derive(Clone, Debug)]
+pub enum Coordinator {
+    Url(String),
+    /// The file `bnsweep serve --address-file` writes once it serves: waited for, and read
+    /// again whenever the coordinator cannot be reached (a coordinator job requeued by the
+    /// cluster comes back on another node or port).
+    File(std::path::PathBuf),
+}
+
+impl Coordinator {
+    /// The URL now: from an address file, once it exists (waiting up to `patience`).
+    async fn url(&self, patience: Duration) -> Result<String> {
+        let path = match self {
+            Coordinator::Url(u) => return Ok(u.clone()),
+            Coordinator::File(p) => p,
+        };
+        let deadline = Instant::now() + patience;
+        let mut said = false;
+        loop {
+            if let Some(url) = read_address(path) {
+                return Ok(url);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Device(format!(
+                    "--coordinator-file {}: no coordinator address there after {patience:?} (is `bnsweep serve --address-file` running?)",
+                    path.display()
+                )));
+            }
+            if !said {
+                tracing::warn!(
+                    "waiting for the coordinator's address in {}",
+                    path.display()
+                );
+                said = true;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// The URL in an address file (its first line), if the file is there and holds one.
+fn read_address(path: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let url = text.lines().next()?.trim();
+    (!url.is_empty()).then(|| url.to_string())
 }
 
 /// Where a worker's trials run.
@@ -70,7 +119,8 @@ struct Context {
 
 use pb::client::Client;
 
-async fn connect(cfg: &Config) -> Result<Client> {
+/// Connects to the coordinator at `url`, retrying for up to the patience.
+async fn connect(cfg: &Config, url: &str) -> Result<Client> {
     let ca = match &cfg.tls_ca {
         Some(path) => Some(
             std::fs::read(path)
@@ -78,7 +128,7 @@ async fn connect(cfg: &Config) -> Result<Client> {
         ),
         None => None,
     };
-    let endpoint = pb::client::endpoint(&cfg.url, ca.as_deref())
+    let endpoint = pb::client::endpoint(url, ca.as_deref())
         .map_err(|e| Error::Device(format!("--coordinator {e}")))?;
     let auth = pb::client::Auth::new(cfg.token.as_deref())
         .map_err(|e| Error::Device(format!("--token: {e}")))?;
@@ -89,12 +139,12 @@ async fn connect(cfg: &Config) -> Result<Client> {
             Ok(channel) => return Ok(pb::client::new(channel, auth)),
             Err(source) if Instant::now() >= deadline => {
                 return Err(Error::Connect {
-                    url: cfg.url.clone(),
+                    url: url.to_string(),
                     source,
                 })
             }
             Err(e) => {
-                tracing::warn!("coordinator {} not reachable yet ({e}); retrying", cfg.url);
+                tracing::warn!("coordinator {url} not reachable yet ({e}); retrying");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
             }
@@ -122,12 +172,12 @@ async fn register(
         .into_inner();
     let previous = &previous.id;
     if previous.is_empty() || *previous == resp.worker_id {
-        tracing::info!(worker = %resp.worker_id, "registered with {}", cfg.url);
+        tracing::info!(worker = %resp.worker_id, "registered with {:?}", cfg.coordinator);
     } else {
         tracing::warn!(
             worker = %resp.worker_id,
-            "registered again with {} under a new id: the trials running as {previous} stop",
-            cfg.url
+            "registered again with {:?} under a new id: the trials running as {previous} stop",
+            cfg.coordinator
         );
     }
     Ok((
@@ -151,9 +201,11 @@ struct Credentials {
 /// On SIGTERM (or Ctrl-C) it takes no more trials, gives its running trials back to the
 /// coordinator (they run again elsewhere, not counted as failures) and exits.
 pub async fn run(cfg: Config) -> Result<()> {
-    let mut client = connect(&cfg).await?;
+    let mut url = cfg.coordinator.url(cfg.patience).await?;
+    let mut client = connect(&cfg, &url).await?;
     let (id, mut poll_every) = register(&mut client, &cfg, &Credentials::default()).await?;
     let me = Arc::new(Identity {
+        client: Mutex::new(client.clone()),
         id: Mutex::new(id),
         leases: Mutex::new(Vec::new()),
         patience: cfg.patience,
@@ -218,10 +270,10 @@ pub async fn run(cfg: Config) -> Result<()> {
                     if let Training::Simulated { sim, .. } = &cfg.training {
                         sim.record_dispatch(asked.elapsed());
                     }
-                    let (client, me, ctx) = (client.clone(), me.clone(), ctx.clone());
+                    let (me, ctx) = (me.clone(), ctx.clone());
                     let (running, wake) = (running.clone(), wake.clone());
                     tokio::spawn(async move {
-                        run_trial(client, &me, assignment, ctx).await;
+                        run_trial(&me, assignment, ctx).await;
                         running.fetch_sub(1, Ordering::SeqCst);
                         wake.notify_one();
                     });
@@ -245,7 +297,24 @@ pub async fn run(cfg: Config) -> Result<()> {
                 *me.id.lock().unwrap_or_else(|e| e.into_inner()) = id;
             }
             Err(s) if last_contact.elapsed() > cfg.patience => return Err(s.into()),
-            Err(s) => tracing::warn!("poll failed: {}; retrying", s.message()),
+            Err(s) => {
+                tracing::warn!("poll failed: {}; retrying", s.message());
+                // A coordinator found through its address file may have moved (requeued):
+                // follow the file. The next poll then registers again with it.
+                if let Coordinator::File(path) = &cfg.coordinator {
+                    if let Some(moved) = read_address(path).filter(|u| *u != url) {
+                        tracing::warn!(
+                            "the coordinator's address is now {moved} ({})",
+                            path.display()
+                        );
+                        if let Ok(c) = connect(&cfg, &moved).await {
+                            client = c;
+                            *me.client.lock().unwrap_or_else(|e| e.into_inner()) = client.clone();
+                            url = moved;
+                        }
+                    }
+                }
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(poll_every) => {}
@@ -257,6 +326,8 @@ pub async fn run(cfg: Config) -> Result<()> {
 /// Who this worker is to the coordinator, and the attempts it holds: shared by the poll loop
 /// and the trials.
 struct Identity {
+    /// The client of the coordinator now (replaced when its address file moves).
+    client: Mutex<Client>,
     id: Mutex<Credentials>,
     /// Attempts running, or ended without their outcome acknowledged: listed in every poll.
     leases: Mutex<Vec<pb::AttemptRef>>,
@@ -267,6 +338,13 @@ struct Identity {
 impl Identity {
     fn id(&self) -> String {
         self.credentials().id
+    }
+
+    fn client(&self) -> Client {
+        self.client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn credentials(&self) -> Credentials {
@@ -309,16 +387,15 @@ async fn stop_signal() {
     }
 }
 
-async fn run_trial(client: Client, me: &Identity, a: pb::TrialAssignment, ctx: Arc<Context>) {
+async fn run_trial(me: &Identity, a: pb::TrialAssignment, ctx: Arc<Context>) {
     // The registration that got the trial speaks for it to its end.
     let as_who = me.credentials();
-    run_attempt(client, me, &as_who, &a, ctx).await;
+    run_attempt(me, &as_who, &a, ctx).await;
     me.lease(&a, false);
 }
 
 /// Trains one attempt and reports it; returns once the outcome is acknowledged or cannot be.
 async fn run_attempt(
-    mut client: Client,
     me: &Identity,
     as_who: &Credentials,
     a: &pb::TrialAssignment,
@@ -414,7 +491,7 @@ async fn run_attempt(
                 ..Default::default()
             };
             let sending = std::mem::replace(&mut batch, next);
-            if let Err(e) = send_metrics(&mut client, me, worker_id, sending).await {
+            if let Err(e) = send_metrics(me, worker_id, sending).await {
                 tracing::error!("abandoning the trial: {e}");
                 abandon.store(true, Ordering::SeqCst);
                 return;
@@ -449,7 +526,7 @@ async fn run_attempt(
         handed_back,
     };
     if let Err(e) = retry(me, worker_id, || {
-        let mut c = client.clone();
+        let mut c = me.client();
         let o = outcome.clone();
         async move { c.finish_trial(o).await.map(|_| ()) }
     })
@@ -459,14 +536,9 @@ async fn run_attempt(
     }
 }
 
-async fn send_metrics(
-    client: &mut Client,
-    me: &Identity,
-    worker_id: &str,
-    batch: pb::MetricsBatch,
-) -> Result<()> {
+async fn send_metrics(me: &Identity, worker_id: &str, batch: pb::MetricsBatch) -> Result<()> {
     retry(me, worker_id, || {
-        let mut c = client.clone();
+        let mut c = me.client();
         let b = batch.clone();
         async move { c.report_metrics(b).await.map(|_| ()) }
     })

@@ -60,8 +60,17 @@ struct Cli {
 #[derive(clap::Args, Clone)]
 struct Link {
     /// The coordinator's address, e.g. http://10.0.0.5:50051 (https://... for one serving TLS).
-    #[arg(long, env = "BNSWEEP_COORDINATOR", required = true)]
+    #[arg(
+        long,
+        env = "BNSWEEP_COORDINATOR",
+        required_unless_present = "coordinator_file"
+    )]
     coordinator: Option<String>,
+    /// Instead of --coordinator: the file `bnsweep serve --address-file` writes once it
+    /// serves (on a shared file system: a cluster job's coordinator runs on a node not known
+    /// in advance). Waited for, and read again whenever the coordinator cannot be reached.
+    #[arg(long, env = "BNSWEEP_COORDINATOR_FILE", conflicts_with = "coordinator")]
+    coordinator_file: Option<std::path::PathBuf>,
     /// Seconds the coordinator may stay unreachable before the worker gives up.
     #[arg(long, default_value_t = 60)]
     patience: u64,
@@ -87,7 +96,11 @@ impl Link {
                 ExitCode::from(2)
             })?;
         Ok(agent::Config {
-            url: self.coordinator.expect("required by clap"),
+            coordinator: match (self.coordinator, self.coordinator_file) {
+                (_, Some(file)) => agent::Coordinator::File(file),
+                (Some(url), None) => agent::Coordinator::Url(url),
+                (None, None) => unreachable!("clap requires one"),
+            },
             name,
             patience: Duration::from_secs(self.patience.max(1)),
             token,
