@@ -134,6 +134,11 @@ enum Command {
         /// port not known in advance).
         #[arg(long)]
         address_file: Option<PathBuf>,
+        /// Serve `grpc.health.v1.Health` on this address, plain and without the token (for
+        /// Kubernetes' gRPC probes): NOT_SERVING while resuming and once draining (cancelled
+        /// or done), SERVING in between.
+        #[arg(long)]
+        health_listen: Option<SocketAddr>,
     },
 }
 
@@ -172,6 +177,7 @@ fn main() -> ExitCode {
             tls_key,
             max_connections,
             address_file,
+            health_listen,
         } => {
             let tls = tls_cert.zip(tls_key);
             match bnsweep_proto::auth::token(token, token_file.as_deref()) {
@@ -182,7 +188,7 @@ fn main() -> ExitCode {
                     worker_timeout,
                     (token, tls),
                     &http,
-                    (max_connections, address_file),
+                    (max_connections, address_file, health_listen),
                 ),
                 Err(e) => Err(Error::Refused(e)),
             }
@@ -516,7 +522,7 @@ fn serve(
     worker_timeout: u64,
     secrets: (Option<String>, Option<(PathBuf, PathBuf)>),
     http: &str,
-    (max_connections, address_file): (usize, Option<PathBuf>),
+    (max_connections, address_file, health_listen): (usize, Option<PathBuf>, Option<SocketAddr>),
 ) -> Result<ExitCode, Error> {
     let (token, tls) = secrets;
     let token = token.filter(|t| !t.is_empty());
@@ -569,6 +575,10 @@ fn serve(
             live,
             max_connections: Some(max_connections),
             address_file,
+            health: match health_listen {
+                Some(a) => Some(server::bind(a).await?),
+                None => None,
+            },
         };
         server::run_sweep(&sweep, results, resume, listener, policy, access, Vec::new()).await
     })?;

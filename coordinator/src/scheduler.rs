@@ -423,6 +423,11 @@ impl Scheduler {
     }
 
     /// True once a cancelled sweep has no trial running any more.
+    /// Set by `bnsweep cancel`: the sweep drains.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled
+    }
+
     pub fn is_cancelled_and_idle(&self) -> bool {
         self.cancelled && self.records.iter().all(|r| r.status != Status::Running)
     }

@@ -59,6 +59,31 @@ pub struct Access {
     pub max_connections: Option<usize>,
     /// Where to write the URL workers reach this coordinator by, once it serves.
     pub address_file: Option<std::path::PathBuf>,
+    /// Where to serve `grpc.health.v1.Health`: plain, without the token, for probes.
+    pub health: Option<TcpListener>,
+}
+
+/// The name the health service reports the coordinator under (and "" for the server).
+const HEALTH_NAME: &str = "bnsweep.v1.Coordinator";
+
+/// The health of the coordinator as probes see it: NOT_SERVING while it resumes and once it
+/// drains (cancelled, or done), SERVING in between.
+#[derive(Clone)]
+struct Health(Option<tonic_health::server::HealthReporter>);
+
+impl Health {
+    async fn set(&self, serving: bool) {
+        use tonic_health::ServingStatus;
+        let Some(r) = &self.0 else { return };
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for name in ["", HEALTH_NAME] {
+            r.set_service_status(name, status).await;
+        }
+    }
 }
 
 /// The URL of a listening address: the address itself, or for one on every interface
@@ -118,6 +143,27 @@ pub async fn run_sweep(
 ) -> Result<Summary> {
     let start = Instant::now();
     let grace = policy.poll_interval * 4;
+    // The health port first, NOT_SERVING until the sweep is resumed and served.
+    let (health_stop_tx, health_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let health = match access.health {
+        None => Health(None),
+        Some(listener) => {
+            let (reporter, service) = tonic_health::server::health_reporter();
+            let health = Health(Some(reporter));
+            health.set(false).await;
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        async {
+                            let _ = health_stop_rx.await;
+                        },
+                    ),
+            );
+            health
+        }
+    };
     let mut scheduler = Scheduler::new(sweep, policy);
     let restored = scheduler.resume(&resume.priors, |trial, status| {
         match results.check_trial_files(trial, status) {
@@ -214,13 +260,16 @@ pub async fn run_sweep(
         crate::results::write_atomic(path, format!("{url}\n").as_bytes())?;
         eprintln!("bnsweep: serving at {url} (written to {})", path.display());
     }
-    let outcome = watch(&shared, &mut local).await;
+    health.set(true).await;
+    let outcome = watch(&shared, &mut local, &health).await;
+    health.set(false).await;
     if outcome.is_ok() {
         // Let the workers see `sweep_done` on their next poll, then stop.
         tokio::time::sleep(grace).await;
     }
     let _ = stop_tx.send(());
     let _ = live_tx.send(());
+    let _ = health_stop_tx.send(());
     // A graceful stop waits for open connections to close; a client that keeps one open
     // without using it must not keep the coordinator alive, so the wait is bounded.
     let mut server = server;
@@ -252,7 +301,8 @@ async fn stop_signal() {
     }
 }
 
-async fn watch(shared: &Arc<Shared>, local: &mut [Child]) -> Result<Progress> {
+async fn watch(shared: &Arc<Shared>, local: &mut [Child], health: &Health) -> Result<Progress> {
+    let mut draining = false;
     let mut reporter = Reporter::default();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let stop = stop_signal();
@@ -266,11 +316,22 @@ async fn watch(shared: &Arc<Shared>, local: &mut [Child]) -> Result<Progress> {
                 return Err(Error::Interrupted);
             }
         }
-        let (lost, progress, done, cancelled) = {
+        let (lost, progress, done, cancelled, drains) = {
             let mut s = shared.scheduler();
             let lost = s.expire(Instant::now());
-            (lost, s.progress(), s.is_done(), s.is_cancelled_and_idle())
+            let drains = s.is_cancelled();
+            (
+                lost,
+                s.progress(),
+                s.is_done(),
+                s.is_cancelled_and_idle(),
+                drains,
+            )
         };
+        if drains && !draining {
+            draining = true;
+            health.set(false).await;
+        }
         for line in &lost {
             tracing::warn!("{line}");
         }

@@ -778,6 +778,77 @@ fn workers_find_a_moving_coordinator_through_its_address_file() {
     assert!(checked.ok(), "{checked:?}\n{stderr}");
 }
 
+/// The health port for cluster probes: plain gRPC without the token, SERVING while the sweep
+/// runs, NOT_SERVING once it drains (`bnsweep cancel`), before the coordinator exits.
+#[test]
+fn the_health_port_answers_probes_without_the_token() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "s3cret\n").unwrap();
+    let (addr, url) = free_addr();
+    let (health_addr, health_url) = free_addr();
+    let mut serve = serve_one_trial(
+        dir.path(),
+        &addr,
+        &["--token-file", "token", "--health-listen", &health_addr],
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let probe = |service: &str| -> Option<i32> {
+        rt.block_on(async {
+            let channel = tonic::transport::Endpoint::from_shared(health_url.clone())
+                .ok()?
+                .connect()
+                .await
+                .ok()?;
+            let mut c = HealthClient::new(channel);
+            let r = c
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .ok()?;
+            Some(r.into_inner().status)
+        })
+    };
+    let serving = ServingStatus::Serving as i32;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while probe("") != Some(serving) {
+        assert!(
+            Instant::now() < deadline,
+            "the health port never said SERVING"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(probe("bnsweep.v1.Coordinator"), Some(serving));
+    let mut worker = worker_command(&url, &["--threads", "1"])
+        .env("BNSWEEP_TOKEN_FILE", dir.path().join("token"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let cancel = run(Command::new(bnsweep_e2e::bin("bnsweep"))
+        .args(["cancel", "--coordinator", &url, "--token-file"])
+        .arg(dir.path().join("token")));
+    assert!(cancel.ok(), "{cancel:?}");
+    let not_serving = ServingStatus::NotServing as i32;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = probe("bnsweep.v1.Coordinator");
+        if got == Some(not_serving) {
+            break;
+        }
+        assert!(
+            got.is_some() && Instant::now() < deadline,
+            "draining, the coordinator still said {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = wait_within(&mut worker, 60, "stop");
+    assert_eq!(serve.wait().unwrap().code(), Some(130));
+}
+
 /// The sweep of the fault tests: one trial of 300 steps of a narrow vgg8 (seconds on a core).
 const ONE_TRIAL: &str = "name: one\nparameters:\n  lr: [0.05]\ntrain:\n  model: {width: 0.125}\n  dataset: {train_size: 512, test_size: 64}\n  batch_size: 64\n  steps: 300\n  eval_every: 100\n";
 
