@@ -1,16 +1,17 @@
 //! The live report: while a sweep runs, `bnsweep serve` and `bnsweep run` serve the page of
-//! `bnsweep report` over HTTP on a port of their own, with the sweep's progress on top. The page
-//! reloads itself every few seconds (no scripts). With a shared token, every request must carry
-//! it: `?token=SECRET` in the URL (kept across reloads) or `Authorization: Bearer SECRET`.
+//! `bnsweep report` on a port of their own, with the sweep's progress on top. The page reloads
+//! itself every few seconds (no scripts). Over HTTPS, with the coordinator's certificate, when
+//! it serves TLS. With a shared token, the page asks for it once in a form (POST /login, never
+//! in a URL) and sets an HttpOnly cookie holding a session id drawn when the coordinator
+//! started (`Secure` over HTTPS); `Authorization: Bearer SECRET` works too, for scripts.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Query, State};
+use axum::extract::{Form, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use bnsweep_proto as pb;
 use tokio::net::TcpListener;
@@ -21,54 +22,165 @@ use crate::service::Shared;
 /// How often the page reloads itself, and how long a built page is reused.
 const RELOAD: Duration = Duration::from_secs(3);
 
+/// The session cookie's name.
+const COOKIE: &str = "bnsweep_live";
+
 struct Live {
     shared: Arc<Shared>,
     token: Option<String>,
+    /// What the cookie of a logged-in viewer holds: 128 random bits, new at every start.
+    session: String,
+    /// Served over HTTPS: the cookie is `Secure`.
+    tls: bool,
     started: Instant,
     /// The last page built, and when: many viewers cost one build per period.
     cache: Mutex<Option<(Instant, String)>>,
 }
 
-/// Serves the live report on `listener` until `stop` resolves.
+/// A certificate chain and its key (PEM), to serve the page over HTTPS.
+pub struct Tls {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+/// Serves the live report on `listener` until `stop` resolves, over HTTPS with `tls`.
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     token: Option<String>,
+    tls: Option<Tls>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let state = Arc::new(Live {
         shared,
         token,
+        session: format!("{:032x}", rand::random::<u128>()),
+        tls: tls.is_some(),
         started: Instant::now(),
         cache: Mutex::new(None),
     });
-    let app = Router::new().route("/", get(page)).with_state(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
+    let app = Router::new()
+        .route("/", get(page))
+        .route("/login", post(login))
+        .with_state(state);
+    match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+        Some(tls) => serve_tls(listener, app, &tls, stop).await,
+    }
 }
 
-async fn page(
+/// The same app over TLS: each connection's handshake, then HTTP/1.1 on it.
+async fn serve_tls(
+    listener: TcpListener,
+    app: Router,
+    tls: &Tls,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&tls.cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(format!("certificate: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(&tls.key_pem).map_err(|e| bad(format!("key: {e}")))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| bad(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| bad(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    tokio::pin!(stop);
+    loop {
+        let (tcp, _) = tokio::select! {
+            accepted = listener.accept() => accepted?,
+            _ = &mut stop => return Ok(()),
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let Ok(stream) = acceptor.accept(tcp).await else {
+                return; // a failed handshake (a client that does not trust the certificate)
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+        });
+    }
+}
+
+/// The login page: one password field, posted to /login (no scripts).
+fn login_page(status: StatusCode, note: &str) -> Response {
+    let body = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>bnsweep live report</title></head>\
+         <body style=\"font-family:sans-serif;max-width:40em;margin:4em auto\"><h1>bnsweep live report</h1><p>{}</p>\
+         <form method=\"post\" action=\"/login\"><label>Token <input type=\"password\" name=\"token\" autofocus></label> \
+         <button type=\"submit\">Open</button></form></body></html>",
+        report::svg::esc(note)
+    );
+    (status, Html(body)).into_response()
+}
+
+/// Whether a request comes from a logged-in viewer (its cookie) or carries the token.
+fn allowed(live: &Live, headers: &HeaderMap) -> bool {
+    let Some(token) = &live.token else {
+        return true;
+    };
+    let bearer = pb::auth::bearer(token);
+    let sent_header = headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    let session = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .any(|v| pb::auth::same(v.as_bytes(), live.session.as_bytes()));
+    session || pb::auth::same(sent_header, bearer.as_bytes())
+}
+
+/// POST /login: the right token sets the session cookie and goes to the page.
+async fn login(
     State(live): State<Arc<Live>>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
+    Form(form): Form<std::collections::HashMap<String, String>>,
 ) -> Response {
-    if let Some(token) = &live.token {
-        let bearer = pb::auth::bearer(token);
-        let sent_header = headers
-            .get(header::AUTHORIZATION)
-            .map(|v| v.as_bytes())
-            .unwrap_or_default();
-        let sent_query = query.get("token").map(|t| t.as_bytes()).unwrap_or_default();
-        if !pb::auth::same(sent_header, bearer.as_bytes())
-            && !pb::auth::same(sent_query, token.as_bytes())
-        {
-            return (
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong token: open this page with ?token=SECRET (the coordinator's --token)",
-            )
-                .into_response();
-        }
+    let sent = form.get("token").map(|t| t.trim()).unwrap_or_default();
+    let right = live
+        .token
+        .as_ref()
+        .is_none_or(|t| pb::auth::same(sent.as_bytes(), t.as_bytes()));
+    if !right {
+        return login_page(StatusCode::UNAUTHORIZED, "Wrong token: try again.");
+    }
+    let secure = if live.tls { "; Secure" } else { "" };
+    let cookie = format!(
+        "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/{secure}",
+        live.session
+    );
+    (
+        StatusCode::SEE_OTHER,
+        [(header::SET_COOKIE, cookie), (header::LOCATION, "/".into())],
+    )
+        .into_response()
+}
+
+async fn page(State(live): State<Arc<Live>>, headers: HeaderMap) -> Response {
+    if !allowed(&live, &headers) {
+        return login_page(
+            StatusCode::UNAUTHORIZED,
+            "This coordinator has a shared token: enter it to see the sweep (once; a cookie keeps you in).",
+        );
     }
     let cached = {
         let cache = live.cache.lock().unwrap_or_else(|e| e.into_inner());

@@ -364,15 +364,20 @@ fn status(remote: &Remote) -> Result<ExitCode, Error> {
 }
 
 /// Binds the live report's port and says where it is.
-async fn live_listener(addr: SocketAddr, token: bool) -> Result<tokio::net::TcpListener, Error> {
+async fn live_listener(
+    addr: SocketAddr,
+    token: bool,
+    tls: bool,
+) -> Result<tokio::net::TcpListener, Error> {
     let listener = server::bind(addr).await?;
     let at = listener
         .local_addr()
         .map_err(|e| Error::io("listener", e))?;
     eprintln!(
-        "bnsweep: live report at http://{at}/{}",
+        "bnsweep: live report at {}://{at}/{}",
+        if tls { "https" } else { "http" },
         if token {
-            "?token=SECRET (the --token)"
+            " (it asks for the token once)"
         } else {
             ""
         }
@@ -486,7 +491,7 @@ fn run(
             ..Policy::default()
         };
         let access = server::Access {
-            live: Some(live_listener(SocketAddr::from(([127, 0, 0, 1], 0)), false).await?),
+            live: Some(live_listener(SocketAddr::from(([127, 0, 0, 1], 0)), false, false).await?),
             ..server::Access::default()
         };
         server::run_sweep(&sweep, results, resume, listener, policy, access, children).await
@@ -543,6 +548,14 @@ fn serve(
         None => None,
         Some((cert, key)) => Some(server::Access::tls_identity(cert, key)?),
     };
+    // The live page is served over HTTPS with the same certificate.
+    let live_tls = match &tls {
+        None => None,
+        Some((cert, key)) => Some(bnsweep::live::Tls {
+            cert_pem: std::fs::read(cert).map_err(|e| Error::io(cert, e))?,
+            key_pem: std::fs::read(key).map_err(|e| Error::io(key, e))?,
+        }),
+    };
     let scheme = if tls.is_some() { "https" } else { "http" };
     if token.is_none() && !listen.ip().is_loopback() {
         return Err(Error::Refused(format!(
@@ -566,13 +579,14 @@ fn serve(
             ..Policy::default()
         };
         let live = match http {
-            Some(a) => Some(live_listener(a, token.is_some()).await?),
+            Some(a) => Some(live_listener(a, token.is_some(), live_tls.is_some()).await?),
             None => None,
         };
         let access = server::Access {
             token,
             tls: identity,
             live,
+            live_tls,
             max_connections: Some(max_connections),
             address_file,
             health: match health_listen {

@@ -55,6 +55,8 @@ pub struct Access {
     pub tls: Option<tonic::transport::Identity>,
     /// Where to serve the live report (HTTP, the same token).
     pub live: Option<TcpListener>,
+    /// Serve the live report over HTTPS with this certificate.
+    pub live_tls: Option<crate::live::Tls>,
     /// Open connections held at most (None: [`crate::connections::DEFAULT_MAX`]).
     pub max_connections: Option<usize>,
     /// Where to write the URL workers reach this coordinator by, once it serves.
@@ -216,12 +218,13 @@ pub async fn run_sweep(
     .max_encoding_message_size(pb::client::MAX_MESSAGE);
     let (live_tx, live_rx) = tokio::sync::oneshot::channel::<()>();
     if let Some(listener) = access.live {
+        let live_tls = access.live_tls;
         let (shared, token) = (shared.clone(), access.token.clone());
         tokio::spawn(async move {
             let stop = async {
                 let _ = live_rx.await;
             };
-            if let Err(e) = crate::live::serve(listener, shared, token, stop).await {
+            if let Err(e) = crate::live::serve(listener, shared, token, live_tls, stop).await {
                 tracing::warn!("live report: {e}");
             }
         });
