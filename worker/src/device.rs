@@ -27,8 +27,13 @@ pub fn choose(requested: Option<&str>) -> Result<Device> {
         Some("cpu") => Ok(Device::Cpu),
         Some(r) if r == "cuda" || r.starts_with("cuda:") => {
             if !cuda {
+                let why = if Visible::from_env() == Visible::Nothing {
+                    "CUDA_VISIBLE_DEVICES hides every GPU (a job given no GPU?)"
+                } else {
+                    "is libtorch_cuda.so on LD_LIBRARY_PATH, and is there a GPU?"
+                };
                 return Err(Error::Device(format!(
-                    "--device {r}: CUDA is not available (is libtorch_cuda.so on LD_LIBRARY_PATH, and is there a GPU?)"
+                    "--device {r}: CUDA is not available ({why})"
                 )));
             }
             let index: usize = match r.strip_prefix("cuda:") {
@@ -51,10 +56,77 @@ pub fn choose(requested: Option<&str>) -> Result<Device> {
     }
 }
 
+/// What `CUDA_VISIBLE_DEVICES` says, as clusters set it: unset (every GPU), none (`""`,
+/// `-1`, or Slurm's `NoDevFiles` for a job without GPUs), or a list whose entries are
+/// indices, UUIDs (`GPU-…`, `MIG-…`: Kubernetes' device plugin, Slurm's `Flags=env_uuid`) or
+/// PCI bus ids. CUDA numbers the listed GPUs 0, 1, ... in that order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Visible {
+    All,
+    Nothing,
+    Listed(Vec<String>),
+}
+
+impl Visible {
+    pub fn parse(value: Option<&str>) -> Visible {
+        match value.map(str::trim) {
+            None => Visible::All,
+            Some("" | "-1" | "NoDevFiles") => Visible::Nothing,
+            Some(list) => Visible::Listed(
+                list.split(',')
+                    .map(|e| e.trim().to_string())
+                    .filter(|e| !e.is_empty())
+                    .collect(),
+            ),
+        }
+    }
+
+    pub fn from_env() -> Visible {
+        Visible::parse(std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref())
+    }
+
+    /// How `nvidia-smi -i` names CUDA device `index` (it takes indices in the machine's
+    /// numbering, UUIDs and PCI bus ids alike); `None` when it is not visible.
+    pub fn smi_id(&self, index: usize) -> Option<String> {
+        match self {
+            Visible::All => Some(index.to_string()),
+            Visible::Nothing => None,
+            Visible::Listed(l) => l.get(index).cloned(),
+        }
+    }
+}
+
 /// `cpu` or `cuda:N`, as the results record it.
 pub fn name(d: Device) -> String {
     match d {
         Device::Cuda(i) => format!("cuda:{i}"),
         _ => "cpu".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Visible;
+
+    #[test]
+    fn visible_devices_read_as_clusters_write_them() {
+        assert_eq!(Visible::parse(None), Visible::All);
+        for none in ["", "-1", "NoDevFiles", " NoDevFiles "] {
+            assert_eq!(Visible::parse(Some(none)), Visible::Nothing, "{none:?}");
+        }
+        let uuids =
+            "GPU-8f6b2c1e-1111-2222-3333-444455556666,MIG-0a1b2c3d-aaaa-bbbb-cccc-ddddeeeeffff";
+        let v = Visible::parse(Some(uuids));
+        // CUDA's device 1 is the second entry: nvidia-smi is asked for it by its UUID.
+        assert_eq!(
+            v.smi_id(1).as_deref(),
+            Some("MIG-0a1b2c3d-aaaa-bbbb-cccc-ddddeeeeffff")
+        );
+        assert_eq!(v.smi_id(2), None);
+        let pci = Visible::parse(Some("00000000:17:00.0, 3"));
+        assert_eq!(pci.smi_id(0).as_deref(), Some("00000000:17:00.0"));
+        assert_eq!(pci.smi_id(1).as_deref(), Some("3"));
+        assert_eq!(Visible::All.smi_id(5).as_deref(), Some("5"));
+        assert_eq!(Visible::Nothing.smi_id(0), None);
     }
 }

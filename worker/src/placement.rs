@@ -99,7 +99,16 @@ pub fn resolve(req: &Request) -> Result<Placement> {
         ));
     }
     let sharing = req.slots != SlotCount::PerDevice(1);
-    let mps = if cuda && sharing && req.mps != MpsMode::Off {
+    let site_mps = std::env::var_os("CUDA_MPS_PIPE_DIRECTORY").filter(|d| !d.is_empty());
+    let mps = if let (true, Some(dir)) = (cuda && sharing && req.mps != MpsMode::Off, &site_mps) {
+        // A site's own MPS (a cluster that runs one per node): the slots inherit its pipe
+        // directory and are its clients; a private daemon beside it would not start.
+        tracing::info!(
+            "using this machine's MPS daemon ({}): slots share each GPU",
+            std::path::Path::new(dir).display()
+        );
+        None
+    } else if cuda && sharing && req.mps != MpsMode::Off {
         match Mps::start(Path::new(mps::CONTROL)) {
             Ok(m) => {
                 tracing::info!("started a private MPS daemon: slots share each GPU");
@@ -123,10 +132,11 @@ pub fn resolve(req: &Request) -> Result<Placement> {
         SlotCount::Auto if !cuda => 1,
         SlotCount::Auto => {
             let free = devices.iter().map(|&d| free_mib(d)).min().flatten();
-            let k = auto_slots(mps.is_some(), free);
+            let under_mps = mps.is_some() || site_mps.is_some();
+            let k = auto_slots(under_mps, free);
             tracing::info!(
                 "--slots auto: {k} per GPU ({}, {})",
-                if mps.is_some() { "MPS" } else { "no MPS" },
+                if under_mps { "MPS" } else { "no MPS" },
                 match free {
                     Some(m) => format!("{m} MiB free on the fullest"),
                     None => "free memory unknown".into(),
@@ -208,16 +218,13 @@ pub fn parse_gpus(text: &str, count: usize) -> Result<Vec<Device>> {
 /// ignoring `CUDA_VISIBLE_DEVICES`); `None` when it cannot be known.
 fn free_mib(d: Device) -> Option<u64> {
     let Device::Cuda(i) = d else { return None };
-    let physical = match std::env::var("CUDA_VISIBLE_DEVICES") {
-        Ok(list) if !list.is_empty() => list.split(',').nth(i)?.trim().parse::<usize>().ok()?,
-        _ => i,
-    };
+    let physical = device::Visible::from_env().smi_id(i)?;
     let out = std::process::Command::new("nvidia-smi")
         .args([
             "--query-gpu=memory.free",
             "--format=csv,noheader,nounits",
             "-i",
-            &physical.to_string(),
+            &physical,
         ])
         .output()
         .ok()?;
