@@ -468,7 +468,65 @@ impl Scheduler {
                 got: batch.seq,
             });
         }
-        Ok(batch.seq == next)
+        let new = batch.seq == next;
+        if new {
+            self.check_row_counts(i, batch)?;
+        }
+        Ok(new)
+    }
+
+    /// Refuses a batch that would give the attempt more rows of a kind than its trial can
+    /// produce (a row per step, an evaluation every `eval_every` steps and at the last, the
+    /// measured steps' rows per layer, step size and histogram bin): a worker, buggy or
+    /// hostile, cannot grow the coordinator's memory past what the sweep asks for.
+    fn check_row_counts(&self, i: usize, batch: &pb::MetricsBatch) -> Result<()> {
+        let c = &self.records[i].trial.config;
+        let steps = c.steps;
+        let layers = crate::sweep::config::layer_count(&c.model.name, &c.model.hidden) as u64;
+        let m = self.measure.as_ref();
+        let measured = m.filter(|m| m.every > 0).map_or(0, |m| steps / m.every);
+        let etas = m.filter(|m| m.landscape).map_or(0, |m| m.eta.len() as u64);
+        let bins = m
+            .filter(|m| m.activations)
+            .map_or(0, |m| u64::from(m.bins) + 2);
+        let have = self.rows.get(&i);
+        let count = |f: fn(&AttemptRows) -> usize| have.map_or(0, |r| f(r) as u64);
+        let kinds: [(&str, u64, u64); 5] = [
+            (
+                "train",
+                count(|r| r.train.len()) + batch.train.len() as u64,
+                steps,
+            ),
+            (
+                "eval",
+                count(|r| r.eval.len()) + batch.eval.len() as u64,
+                steps / c.eval_every.max(1) + 1,
+            ),
+            (
+                "layer",
+                count(|r| r.layers.len()) + batch.layers.len() as u64,
+                measured * layers,
+            ),
+            (
+                "landscape",
+                count(|r| r.landscape.len()) + batch.landscape.len() as u64,
+                measured * etas,
+            ),
+            (
+                "activation",
+                count(|r| r.activations.len()) + batch.activations.len() as u64,
+                measured * layers * 2 * bins,
+            ),
+        ];
+        for (kind, n, max) in kinds {
+            if n > max {
+                return Err(Error::InvalidArgument(format!(
+                    "trial {} attempt {}: {n} {kind} rows, more than the trial can produce ({max})",
+                    batch.trial_id, batch.attempt
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Takes one batch of rows. A batch seen before is acknowledged and ignored.
@@ -1152,6 +1210,38 @@ mod tests {
             Err(Error::WrongSecret(_))
         ));
         assert!(second.authenticate(&a2, &a2_secret).is_ok());
+    }
+
+    /// A worker that sends more rows than its trial can produce is refused, and nothing of
+    /// the batch is taken: the coordinator's memory per attempt is bounded by the sweep.
+    #[test]
+    fn an_attempt_gets_no_more_rows_than_its_trial_can_produce() {
+        let mut s = Scheduler::new(&sweep(1), Policy::default());
+        let now = Instant::now();
+        let w = s.register("h", now);
+        let t = s.poll(&w, 1, &[], now).unwrap().trials[0].trial_id.clone();
+        s.metrics(batch(&w, &t, 1, 0, 1..8), now).unwrap();
+        // 10 steps: 3 more rows fit, 4 do not.
+        let too_many = batch(&w, &t, 1, 1, 8..12);
+        assert!(matches!(
+            s.is_new_batch(&too_many),
+            Err(Error::InvalidArgument(m)) if m.contains("11 train rows") && m.contains("(10)")
+        ));
+        assert!(s.metrics(too_many, now).is_err());
+        let evals = pb::MetricsBatch {
+            eval: (0..5).map(|_| pb::EvalRow::default()).collect(),
+            ..batch(&w, &t, 1, 1, 8..8)
+        };
+        assert!(
+            s.metrics(evals, now).is_err(),
+            "10 steps at eval_every 500: 1 evaluation"
+        );
+        s.metrics(batch(&w, &t, 1, 1, 8..11), now).unwrap();
+        let layers = pb::MetricsBatch {
+            layers: vec![pb::LayerRow::default()],
+            ..batch(&w, &t, 1, 2, 11..11)
+        };
+        assert!(s.metrics(layers, now).is_err(), "nothing is measured");
     }
 
     #[test]
