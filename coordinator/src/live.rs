@@ -100,14 +100,24 @@ async fn serve_tls(
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     tokio::pin!(stop);
     loop {
-        let (tcp, _) = tokio::select! {
-            accepted = listener.accept() => accepted?,
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
             _ = &mut stop => return Ok(()),
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of file descriptors, say: the page waits, it does not end.
+                tracing::warn!("live report: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
         };
         let (acceptor, app) = (acceptor.clone(), app.clone());
         tokio::spawn(async move {
-            let Ok(stream) = acceptor.accept(tcp).await else {
-                return; // a failed handshake (a client that does not trust the certificate)
+            let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp));
+            let Ok(Ok(stream)) = handshake.await else {
+                return; // a failed or stalled handshake (an untrusting or silent client)
             };
             let service = hyper_util::service::TowerToHyperService::new(app);
             let _ =

@@ -83,9 +83,16 @@ impl Shared {
     pub fn refuse(&self, e: Error) -> Status {
         let dir = self.results.dir().display().to_string();
         match self.storage(Err::<(), Error>(e)) {
-            Ok(_) => Status::unavailable(format!(
-                "the coordinator cannot write to {dir} now (disk full?): try again later"
-            )),
+            Ok(_) => {
+                let mut s = Status::unavailable(format!(
+                    "the coordinator cannot write to {dir} now (disk full?): try again later"
+                ));
+                // The coordinator is there, only waiting: workers do not count this against
+                // their patience.
+                s.metadata_mut()
+                    .insert(pb::WAITING_ON_DISK, "1".parse().expect("ASCII"));
+                s
+            }
             Err(e) => e.into(),
         }
     }
@@ -94,8 +101,16 @@ impl Shared {
     pub fn write_unwritten(&self) -> Result<()> {
         let waiting =
             std::mem::take(&mut *self.unwritten.lock().unwrap_or_else(|e| e.into_inner()));
-        for f in waiting {
-            self.persist(f)?;
+        let mut waiting = waiting.into_iter();
+        while let Some(f) = waiting.next() {
+            if let Err(e) = self.persist(f) {
+                // Another kind of failure (a read-only file system): the rest keep waiting.
+                self.unwritten
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(waiting);
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -353,16 +368,16 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             // On disk before it is acknowledged: no acknowledged row is lost to a crash.
             let ticket = if s.is_new_batch(&batch)? {
                 let appended = self.shared.results.journal().append(&batch);
-                Some(appended.map_err(|e| self.shared.refuse(e))?)
+                appended.map_err(|e| self.shared.refuse(e))?
             } else {
-                None
+                // A resend: acknowledged again only once what was written is on the disk
+                // (its first acknowledgement may have been lost to a failed sync).
+                self.shared.results.journal().barrier()
             };
             s.metrics(batch, Instant::now())?;
             ticket
         };
-        if let Some(t) = ticket {
-            self.sync(t).await?;
-        }
+        self.sync(ticket).await?;
         Ok(Response::new(pb::MetricsAck {}))
     }
 

@@ -14,6 +14,10 @@ pub const PROTOCOL_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The shared token: workers send it in this metadata entry as `Bearer TOKEN`, and a
 /// coordinator started with a token refuses every call without it (`UNAUTHENTICATED`).
+/// Metadata of an UNAVAILABLE answer from a coordinator that is up but cannot write its
+/// results yet (a full disk): workers retry without counting the wait against their patience.
+pub const WAITING_ON_DISK: &str = "bnsweep-waiting-on-disk";
+
 pub mod auth {
     /// The metadata key.
     pub const HEADER: &str = "authorization";

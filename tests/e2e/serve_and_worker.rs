@@ -674,7 +674,9 @@ fn a_full_disk_mid_sweep_loses_nothing_and_the_sweep_completes_once_space_is_bac
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut worker = worker_command(&url, &["--threads", "1"])
+    // A patience shorter than the disk stays full: the coordinator's "waiting on disk"
+    // answers are contact, not silence, so the worker waits it out without losing a trial.
+    let mut worker = worker_command(&url, &["--threads", "1", "--patience", "3"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -709,6 +711,16 @@ fn a_full_disk_mid_sweep_loses_nothing_and_the_sweep_completes_once_space_is_bac
         &["--trials", "4", "--steps", "200", "--eval-every", "50"],
     );
     assert!(checked.ok(), "{checked:?}\n{stderr}");
+    let attempts = run(Command::new(bnsweep_e2e::python()).args([
+        "-c",
+        "import sys, pyarrow.parquet as pq; print(sorted(r['attempts'] for r in pq.read_table(sys.argv[1]).to_pylist()))",
+        out.join("trials.parquet").to_str().unwrap(),
+    ]));
+    assert_eq!(
+        attempts.stdout.trim(),
+        "[1, 1, 1, 1]",
+        "a trial lost an attempt to the full disk: {stderr}"
+    );
 }
 
 /// Rendezvous through a file, as on a cluster: the worker starts first and waits for the

@@ -119,8 +119,11 @@ struct Context {
 
 use pb::client::Client;
 
-/// Connects to the coordinator at `url`, retrying for up to the patience.
-async fn connect(cfg: &Config, url: &str) -> Result<Client> {
+/// Connects to the coordinator at `url`, retrying for up to the patience; with an address
+/// file, each retry reads it again (a stale address left by an earlier coordinator gives way
+/// to the new one as soon as it is written). Returns the client and the URL it reached.
+async fn connect(cfg: &Config, url: &str) -> Result<(Client, String)> {
+    let mut url = url.to_string();
     let ca = match &cfg.tls_ca {
         Some(path) => Some(
             std::fs::read(path)
@@ -128,15 +131,15 @@ async fn connect(cfg: &Config, url: &str) -> Result<Client> {
         ),
         None => None,
     };
-    let endpoint = pb::client::endpoint(url, ca.as_deref())
-        .map_err(|e| Error::Device(format!("--coordinator {e}")))?;
     let auth = pb::client::Auth::new(cfg.token.as_deref())
         .map_err(|e| Error::Device(format!("--token: {e}")))?;
     let deadline = Instant::now() + cfg.patience;
     let mut wait = Duration::from_millis(100);
     loop {
+        let endpoint = pb::client::endpoint(&url, ca.as_deref())
+            .map_err(|e| Error::Device(format!("--coordinator {e}")))?;
         match endpoint.connect().await {
-            Ok(channel) => return Ok(pb::client::new(channel, auth)),
+            Ok(channel) => return Ok((pb::client::new(channel, auth), url)),
             Err(source) if Instant::now() >= deadline => {
                 return Err(Error::Connect {
                     url: url.to_string(),
@@ -147,6 +150,11 @@ async fn connect(cfg: &Config, url: &str) -> Result<Client> {
                 tracing::warn!("coordinator {url} not reachable yet ({e}); retrying");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
+                if let Coordinator::File(path) = &cfg.coordinator {
+                    if let Some(moved) = read_address(path) {
+                        url = moved;
+                    }
+                }
             }
         }
     }
@@ -201,8 +209,7 @@ struct Credentials {
 /// On SIGTERM (or Ctrl-C) it takes no more trials, gives its running trials back to the
 /// coordinator (they run again elsewhere, not counted as failures) and exits.
 pub async fn run(cfg: Config) -> Result<()> {
-    let mut url = cfg.coordinator.url(cfg.patience).await?;
-    let mut client = connect(&cfg, &url).await?;
+    let (mut client, mut url) = connect(&cfg, &cfg.coordinator.url(cfg.patience).await?).await?;
     let (id, mut poll_every) = register(&mut client, &cfg, &Credentials::default()).await?;
     let me = Arc::new(Identity {
         client: Mutex::new(client.clone()),
@@ -296,6 +303,10 @@ pub async fn run(cfg: Config) -> Result<()> {
                 poll_every = every;
                 *me.id.lock().unwrap_or_else(|e| e.into_inner()) = id;
             }
+            Err(s) if s.metadata().contains_key(pb::WAITING_ON_DISK) => {
+                last_contact = Instant::now(); // up, and waiting for disk space
+                tracing::warn!("{}; waiting", s.message());
+            }
             Err(s) if last_contact.elapsed() > cfg.patience => return Err(s.into()),
             Err(s) => {
                 tracing::warn!("poll failed: {}; retrying", s.message());
@@ -307,10 +318,10 @@ pub async fn run(cfg: Config) -> Result<()> {
                             "the coordinator's address is now {moved} ({})",
                             path.display()
                         );
-                        if let Ok(c) = connect(&cfg, &moved).await {
+                        if let Ok((c, reached)) = connect(&cfg, &moved).await {
                             client = c;
                             *me.client.lock().unwrap_or_else(|e| e.into_inner()) = client.clone();
-                            url = moved;
+                            url = reached;
                         }
                     }
                 }
@@ -553,7 +564,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), tonic::Status>>,
 {
-    let deadline = Instant::now() + me.patience;
+    let mut deadline = Instant::now() + me.patience;
     let mut wait = Duration::from_millis(100);
     loop {
         let s = match call().await {
@@ -572,6 +583,10 @@ where
         ) || (s.code() == Code::NotFound && me.id() == worker_id);
         if !passing || Instant::now() >= deadline {
             return Err(s.into());
+        }
+        if s.metadata().contains_key(pb::WAITING_ON_DISK) {
+            // The coordinator answered: it waits for disk space, not gone.
+            deadline = Instant::now() + me.patience;
         }
         tracing::warn!(
             "coordinator busy, unreachable or restarting ({}); retrying",

@@ -197,6 +197,9 @@ fn download(source: &Source, url: &str, to: &Path) -> Result<(), String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(30)))
         .timeout_recv_response(Some(Duration::from_secs(60)))
+        // A stalled transfer must not hold the cache's lock (and every slot waiting on it)
+        // for ever: 170 MB in 30 minutes is under 100 kB/s.
+        .timeout_recv_body(Some(Duration::from_secs(30 * 60)))
         .build()
         .into();
     let response = agent.get(url).call().map_err(|e| e.to_string())?;

@@ -208,6 +208,12 @@ impl Journal {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A ticket for everything written so far: synced, it makes sure a batch seen before (a
+    /// resend) is on the disk before it is acknowledged again.
+    pub fn barrier(&self) -> Ticket {
+        Ticket(self.commit.issued.load(Ordering::SeqCst))
+    }
+
     /// Makes the writes up to `ticket` durable (see [`GroupCommit`]). Blocking: call it
     /// outside any lock the rest of the coordinator needs.
     pub fn sync(&self, ticket: Ticket) -> Result<()> {

@@ -45,9 +45,11 @@ pub fn holds(dir: &Path, sweep: &Sweep) -> Result<Holding> {
     if !dir.exists() {
         return Ok(Holding::Nothing);
     }
-    let mut entries = fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let mut entries = fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter(|e| e.as_ref().map_or(true, |e| e.file_name() != ".lock"));
     if entries.next().is_none() {
-        return Ok(Holding::Nothing);
+        return Ok(Holding::Nothing); // empty, or only its lock file
     }
     let stored = dir.join("sweep.yaml");
     let Ok(text) = fs::read_to_string(&stored) else {
@@ -132,6 +134,10 @@ impl ResultsDir {
     /// it already finished are returned; one that holds anything else is refused, so that no
     /// earlier results are overwritten.
     pub fn open(dir: &Path, sweep: &Sweep) -> Result<(ResultsDir, Resume)> {
+        // Locked before anything in it is read or written: of two coordinators started at
+        // once on the same directory, the second is refused before it touches a file.
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let lock = lock(dir)?;
         let mut priors = match holds(dir, sweep)? {
             Holding::Nothing => {
                 for sub in ["", "train", "eval", "logs"] {
@@ -166,8 +172,6 @@ impl ResultsDir {
                 )))
             }
         };
-        // Before the journal: a second coordinator must not truncate the first one's.
-        let lock = lock(dir)?;
         let (journal, recovered) = Journal::open(&dir.join("journal"))?;
         priors.extend(recovered.ended.into_iter().map(prior_of));
         let results = ResultsDir {
