@@ -168,7 +168,7 @@ pub async fn run_sweep(
     };
     let mut scheduler = Scheduler::new(sweep, policy);
     let restored = scheduler.resume(&resume.priors, |trial, status| {
-        match results.check_trial_files(trial, status) {
+        match results.check_trial_files(trial, status, sweep.measure.as_ref()) {
             Ok(()) => true,
             Err(why) => {
                 eprintln!(

@@ -104,11 +104,26 @@ fn a_sweep_runs_on_two_workers_into_parquet_that_every_reader_opens() {
         .filter(|p| p.file_name() != train_file.file_name())
         .collect();
     cut(&measured[0]);
+    // A third, completed, trial lost its landscape table altogether.
+    let completed = bnsweep_e2e::run(Command::new(bnsweep_e2e::python()).args([
+        "-c",
+        "import sys, pyarrow.parquet as pq; print(' '.join(r['trial_id'] for r in pq.read_table(sys.argv[1]).to_pylist() if r['status'] == 'completed'))",
+        out.join("trials.parquet").to_str().unwrap(),
+    ]));
+    let stem = |p: &Path| p.file_stem().unwrap().to_string_lossy().into_owned();
+    let third = completed
+        .stdout
+        .split_whitespace()
+        .find(|id| *id != stem(&train_file) && *id != stem(&measured[0]))
+        .expect("a third completed trial")
+        .to_string();
+    std::fs::remove_file(out.join("landscape").join(format!("{third}.parquet"))).unwrap();
     let again = bnsweep(dir.path(), &["run", "tiny.yaml", "--out", "out"]);
     assert!(again.ok(), "{again:?}");
     assert!(
-        again.stderr.contains("14 of 16 trials already done")
-            && again.stderr.matches("running it again").count() == 2,
+        again.stderr.contains("13 of 16 trials already done")
+            && again.stderr.matches("running it again").count() == 3
+            && again.stderr.contains("its landscape table is missing"),
         "{again:?}"
     );
     let checked = check_results(

@@ -213,11 +213,14 @@ impl ResultsDir {
 
     /// Whether the tables of a trial recorded as finished (`completed` or `diverged`) hold up
     /// on resume, after a crash or a power loss: train and eval are there, every table's footer
-    /// reads, and the train table has a row per step (completed) or at least the diverging one.
+    /// reads, the train table has a row per step (completed) or at least the diverging one, and
+    /// a completed trial that reached a measured step has the measurement tables `measure`
+    /// implies (layers whenever anything is measured; landscape, activations when asked).
     pub fn check_trial_files(
         &self,
         trial: &crate::sweep::Trial,
         status: &str,
+        measure: Option<&crate::sweep::measure::MeasureConfig>,
     ) -> std::result::Result<(), String> {
         let rows = |kind: &str| -> std::result::Result<Option<i64>, String> {
             let path = self.dir.join(kind).join(format!("{}.parquet", trial.id));
@@ -228,8 +231,23 @@ impl ResultsDir {
         };
         let train = rows("train")?.ok_or("its train table is missing")?;
         let eval = rows("eval")?.ok_or("its eval table is missing")?;
-        for kind in ["layers", "landscape", "activations"] {
-            rows(kind)?;
+        let measured = measure.filter(|m| {
+            status == "completed"
+                && m.every > 0
+                && trial.config.steps >= m.every
+                && (m.ics || m.weights || m.landscape.is_some() || m.activations.is_some())
+        });
+        for (kind, needed) in [
+            ("layers", measured.is_some()),
+            ("landscape", measured.is_some_and(|m| m.landscape.is_some())),
+            (
+                "activations",
+                measured.is_some_and(|m| m.activations.is_some()),
+            ),
+        ] {
+            if rows(kind)?.is_none() && needed {
+                return Err(format!("its {kind} table is missing"));
+            }
         }
         let steps = trial.config.steps as i64;
         match status {
