@@ -85,15 +85,13 @@ impl Error {
             matches!(
                 e.kind(),
                 std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-            ) || e.raw_os_error() == Some(libc_eio())
+            ) || e.raw_os_error() == Some(EIO)
         }) || text.contains("No space left on device")
     }
 }
 
-/// EIO on Linux.
-const fn libc_eio() -> i32 {
-    5
-}
+/// EIO on Linux: the disk failed the write.
+const EIO: i32 = 5;
 
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> tonic::Status {

@@ -93,53 +93,57 @@ enum Command {
     ///
     /// Start workers with `bnsweep-worker --coordinator http://HOST:PORT`. Exits once every
     /// trial is final.
-    Serve {
-        /// The sweep file (YAML).
-        file: PathBuf,
-        /// Address to listen on, e.g. 0.0.0.0:50051 (all interfaces) or 127.0.0.1:50051.
-        #[arg(long)]
-        listen: SocketAddr,
-        /// Results directory. A directory holding this sweep's results resumes it; one holding
-        /// anything else is refused.
-        #[arg(long)]
-        out: PathBuf,
-        /// Seconds without a poll after which a worker is lost and its trials are re-queued.
-        #[arg(long, default_value_t = 30)]
-        worker_timeout: u64,
-        /// Shared secret every worker must present (workers: --token-file or --token).
-        /// Required when listening on anything but loopback. Prefer --token-file: arguments
-        /// show in `ps`.
-        #[arg(long, env = "BNSWEEP_TOKEN", hide_env_values = true)]
-        token: Option<String>,
-        /// A file holding the shared token (its first line's text), instead of --token.
-        #[arg(long, env = "BNSWEEP_TOKEN_FILE")]
-        token_file: Option<PathBuf>,
-        /// Where to serve the live report (the page of `bnsweep report`, with progress, over
-        /// HTTP; the same token), or `off`. Default: a free port on loopback.
-        #[arg(long, default_value = "127.0.0.1:0")]
-        http: String,
-        /// Serve TLS with this certificate chain (PEM); workers then use https:// URLs.
-        #[arg(long, requires = "tls_key")]
-        tls_cert: Option<PathBuf>,
-        /// The private key (PEM) of --tls-cert.
-        #[arg(long, requires = "tls_cert")]
-        tls_key: Option<PathBuf>,
-        /// Open connections held at most; more are closed as they arrive, before any token is
-        /// checked (keep it under `ulimit -n`).
-        #[arg(long, default_value_t = bnsweep::connections::DEFAULT_MAX)]
-        max_connections: usize,
-        /// Once serving, write the URL workers reach it by to this file (atomically; with
-        /// `--listen 0.0.0.0:0` the host name and the port the system chose), for workers
-        /// started with `--coordinator-file` (a cluster job's coordinator lands on a node and
-        /// port not known in advance).
-        #[arg(long)]
-        address_file: Option<PathBuf>,
-        /// Serve `grpc.health.v1.Health` on this address, plain and without the token (for
-        /// Kubernetes' gRPC probes): NOT_SERVING while resuming and once draining (cancelled
-        /// or done), SERVING in between.
-        #[arg(long)]
-        health_listen: Option<SocketAddr>,
-    },
+    Serve(ServeArgs),
+}
+
+/// `bnsweep serve`'s options.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The sweep file (YAML).
+    file: PathBuf,
+    /// Address to listen on, e.g. 0.0.0.0:50051 (all interfaces) or 127.0.0.1:50051.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Results directory. A directory holding this sweep's results resumes it; one holding
+    /// anything else is refused.
+    #[arg(long)]
+    out: PathBuf,
+    /// Seconds without a poll after which a worker is lost and its trials are re-queued.
+    #[arg(long, default_value_t = 30)]
+    worker_timeout: u64,
+    /// Shared secret every worker must present (workers: --token-file or --token).
+    /// Required when listening on anything but loopback. Prefer --token-file: arguments
+    /// show in `ps`.
+    #[arg(long, env = "BNSWEEP_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A file holding the shared token (its first line's text), instead of --token.
+    #[arg(long, env = "BNSWEEP_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Where to serve the live report (the page of `bnsweep report`, with progress, over
+    /// HTTP; the same token), or `off`. Default: a free port on loopback.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    http: String,
+    /// Serve TLS with this certificate chain (PEM); workers then use https:// URLs.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Open connections held at most; more are closed as they arrive, before any token is
+    /// checked (keep it under `ulimit -n`).
+    #[arg(long, default_value_t = bnsweep::connections::DEFAULT_MAX)]
+    max_connections: usize,
+    /// Once serving, write the URL workers reach it by to this file (atomically; with
+    /// `--listen 0.0.0.0:0` the host name and the port the system chose), for workers
+    /// started with `--coordinator-file` (a cluster job's coordinator lands on a node and
+    /// port not known in advance).
+    #[arg(long)]
+    address_file: Option<PathBuf>,
+    /// Serve `grpc.health.v1.Health` on this address, plain and without the token (for
+    /// Kubernetes' gRPC probes): NOT_SERVING while resuming and once draining (cancelled
+    /// or done), SERVING in between.
+    #[arg(long)]
+    health_listen: Option<SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -165,34 +169,7 @@ fn main() -> ExitCode {
             device,
             threads,
         } => run(&file, out, workers, slots, device, threads),
-        Command::Serve {
-            file,
-            listen,
-            out,
-            worker_timeout,
-            token,
-            token_file,
-            http,
-            tls_cert,
-            tls_key,
-            max_connections,
-            address_file,
-            health_listen,
-        } => {
-            let tls = tls_cert.zip(tls_key);
-            match bnsweep_proto::auth::token(token, token_file.as_deref()) {
-                Ok(token) => serve(
-                    &file,
-                    listen,
-                    &out,
-                    worker_timeout,
-                    (token, tls),
-                    &http,
-                    (max_connections, address_file, health_listen),
-                ),
-                Err(e) => Err(Error::Refused(e)),
-            }
-        }
+        Command::Serve(args) => serve(args),
     };
     match result {
         Ok(code) => code,
@@ -519,18 +496,26 @@ fn default_out(sweep: &Sweep) -> PathBuf {
         .expect("some name is free")
 }
 
-/// `bnsweep serve`; `secrets` are the shared token and the TLS certificate and key.
-fn serve(
-    file: &Path,
-    listen: SocketAddr,
-    out: &Path,
-    worker_timeout: u64,
-    secrets: (Option<String>, Option<(PathBuf, PathBuf)>),
-    http: &str,
-    (max_connections, address_file, health_listen): (usize, Option<PathBuf>, Option<SocketAddr>),
-) -> Result<ExitCode, Error> {
-    let (token, tls) = secrets;
-    let token = token.filter(|t| !t.is_empty());
+/// `bnsweep serve`.
+fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
+    let ServeArgs {
+        file,
+        listen,
+        out,
+        worker_timeout,
+        token,
+        token_file,
+        http,
+        tls_cert,
+        tls_key,
+        max_connections,
+        address_file,
+        health_listen,
+    } = args;
+    let (file, out, http) = (file.as_path(), out.as_path(), http.as_str());
+    let tls = tls_cert.zip(tls_key);
+    // Empty counts as none (auth::token).
+    let token = bnsweep_proto::auth::token(token, token_file.as_deref()).map_err(Error::Refused)?;
     let http: Option<SocketAddr> = match http {
         "off" => None,
         a => Some(a.parse().map_err(|e| {

@@ -27,6 +27,22 @@ train:
   optimizer: {name: sgd, momentum: 0.9}
 ";
 
+/// What `tests/read_results.py` checks of TINY's results.
+const TINY_CHECKS: [&str; 12] = [
+    "--trials",
+    "16",
+    "--steps",
+    "40",
+    "--eval-every",
+    "15",
+    "--measure-every",
+    "10",
+    "--act-layers",
+    "2",
+    "--bins",
+    "16",
+];
+
 #[test]
 fn a_sweep_runs_on_two_workers_into_parquet_that_every_reader_opens() {
     let dir = tempfile::tempdir().unwrap();
@@ -54,22 +70,7 @@ fn a_sweep_runs_on_two_workers_into_parquet_that_every_reader_opens() {
     let out = dir.path().join("out");
     let checked = check_results(
         &out,
-        &[
-            "--trials",
-            "16",
-            "--steps",
-            "40",
-            "--eval-every",
-            "15",
-            "--min-workers",
-            "2",
-            "--measure-every",
-            "10",
-            "--act-layers",
-            "2",
-            "--bins",
-            "16",
-        ],
+        &[TINY_CHECKS.as_slice(), &["--min-workers", "2"]].concat(),
     );
     assert!(checked.ok(), "{checked:?}");
     // The same sweep again on its directory resumes: nothing is run again, no file rewritten.
@@ -126,23 +127,7 @@ fn a_sweep_runs_on_two_workers_into_parquet_that_every_reader_opens() {
             && again.stderr.contains("its landscape table is missing"),
         "{again:?}"
     );
-    let checked = check_results(
-        &out,
-        &[
-            "--trials",
-            "16",
-            "--steps",
-            "40",
-            "--eval-every",
-            "15",
-            "--measure-every",
-            "10",
-            "--act-layers",
-            "2",
-            "--bins",
-            "16",
-        ],
-    );
+    let checked = check_results(&out, &TINY_CHECKS);
     assert!(checked.ok(), "{checked:?}");
     // Another sweep is refused there.
     std::fs::write(

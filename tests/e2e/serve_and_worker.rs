@@ -419,16 +419,7 @@ fn a_killed_coordinator_resumes_without_losing_or_rerunning_trials() {
         &["--trials", "3", "--steps", "150", "--eval-every", "50"],
     );
     assert!(checked.ok(), "{checked:?}");
-    let attempts = run(Command::new(bnsweep_e2e::python()).args([
-        "-c",
-        "import sys, pyarrow.parquet as pq; print(sorted(r['attempts'] for r in pq.read_table(sys.argv[1]).to_pylist()))",
-        results.join("trials.parquet").to_str().unwrap(),
-    ]));
-    assert_eq!(
-        attempts.stdout.trim(),
-        "[1, 1, 1]",
-        "a trial ran again: {attempts:?}"
-    );
+    assert_eq!(sorted_attempts(&results), "[1, 1, 1]", "a trial ran again");
     assert!(stderr.contains("were running"), "{stderr}");
     let left: Vec<_> = std::fs::read_dir(&journal).unwrap().flatten().collect();
     assert!(left.is_empty(), "journals left behind: {left:?}");
@@ -711,13 +702,8 @@ fn a_full_disk_mid_sweep_loses_nothing_and_the_sweep_completes_once_space_is_bac
         &["--trials", "4", "--steps", "200", "--eval-every", "50"],
     );
     assert!(checked.ok(), "{checked:?}\n{stderr}");
-    let attempts = run(Command::new(bnsweep_e2e::python()).args([
-        "-c",
-        "import sys, pyarrow.parquet as pq; print(sorted(r['attempts'] for r in pq.read_table(sys.argv[1]).to_pylist()))",
-        out.join("trials.parquet").to_str().unwrap(),
-    ]));
     assert_eq!(
-        attempts.stdout.trim(),
+        sorted_attempts(&out),
         "[1, 1, 1, 1]",
         "a trial lost an attempt to the full disk: {stderr}"
     );
@@ -891,6 +877,18 @@ fn start_training_worker(
     }
     let log = std::thread::spawn(move || lines.map_while(Result::ok).collect());
     (worker, log)
+}
+
+/// The attempts of every trial of a results directory, sorted, as Python prints the list
+/// (read with pyarrow from trials.parquet).
+fn sorted_attempts(out: &std::path::Path) -> String {
+    let read = run(Command::new(bnsweep_e2e::python()).args([
+        "-c",
+        "import sys, pyarrow.parquet as pq; print(sorted(r['attempts'] for r in pq.read_table(sys.argv[1]).to_pylist()))",
+        out.join("trials.parquet").to_str().unwrap(),
+    ]));
+    assert!(read.ok(), "{read:?}");
+    read.stdout.trim().to_string()
 }
 
 /// Waits for `child` to exit, failing the test after `secs` seconds (saying it did not `what`).

@@ -1535,17 +1535,26 @@ mod tests {
         t
     }
 
-    fn ics(bn: (f64, Option<f64>), no_bn: (f64, Option<f64>)) -> Vec<TrialSummary> {
+    /// Completed BN and no-BN seeds at lr 0.1, given their measurements by `with`.
+    fn bn_and_no_bn<T>(
+        bn: T,
+        no_bn: T,
+        with: impl Fn(TrialSummary, &T) -> TrialSummary,
+    ) -> Vec<TrialSummary> {
         let mut t: Vec<TrialSummary> = seeds(0.1, true, 0.0, "completed", 0.8)
             .into_iter()
-            .map(|t| with_layers(t, bn.0, bn.1))
+            .map(|t| with(t, &bn))
             .collect();
         t.extend(
             seeds(0.1, false, 0.0, "completed", 0.6)
                 .into_iter()
-                .map(|t| with_layers(t, no_bn.0, no_bn.1)),
+                .map(|t| with(t, &no_bn)),
         );
         t
+    }
+
+    fn ics(bn: (f64, Option<f64>), no_bn: (f64, Option<f64>)) -> Vec<TrialSummary> {
+        bn_and_no_bn(bn, no_bn, |t, v| with_layers(t, v.0, v.1))
     }
 
     #[test]
@@ -1600,16 +1609,7 @@ mod tests {
     }
 
     fn rough_runs(bn: f64, no_bn: f64) -> Vec<TrialSummary> {
-        let mut t: Vec<TrialSummary> = seeds(0.1, true, 0.0, "completed", 0.8)
-            .into_iter()
-            .map(|t| with_landscape(t, bn))
-            .collect();
-        t.extend(
-            seeds(0.1, false, 0.0, "completed", 0.6)
-                .into_iter()
-                .map(|t| with_landscape(t, no_bn)),
-        );
-        t
+        bn_and_no_bn(bn, no_bn, |t, v| with_landscape(t, *v))
     }
 
     #[test]
@@ -1716,24 +1716,14 @@ mod tests {
     // (e)
 
     fn distances(bn: f64, no_bn: f64) -> Vec<TrialSummary> {
-        let with = |mut t: TrialSummary, d: f64| {
+        bn_and_no_bn(bn, no_bn, |mut t, d| {
             t.layers = Some(LayerSummary {
                 steps: 10,
-                weight_dist_rel: Some(d),
+                weight_dist_rel: Some(*d),
                 ..Default::default()
             });
             t
-        };
-        let mut t: Vec<TrialSummary> = seeds(0.1, true, 0.0, "completed", 0.8)
-            .into_iter()
-            .map(|t| with(t, bn))
-            .collect();
-        t.extend(
-            seeds(0.1, false, 0.0, "completed", 0.6)
-                .into_iter()
-                .map(|t| with(t, no_bn)),
-        );
-        t
+        })
     }
 
     #[test]
@@ -1777,15 +1767,7 @@ mod tests {
             });
             t
         };
-        let mut t: Vec<TrialSummary> = seeds(0.1, true, 0.0, "completed", 0.8)
-            .into_iter()
-            .map(|t| with(t, bn))
-            .collect();
-        t.extend(
-            seeds(0.1, false, 0.0, "completed", 0.6)
-                .into_iter()
-                .map(|t| with(t, no_bn)),
-        );
+        let mut t = bn_and_no_bn(bn, no_bn, |t, v| with(t, *v));
         t.extend(
             seeds(0.1, true, 1.0, "completed", 0.78)
                 .into_iter()
