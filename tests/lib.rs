@@ -147,7 +147,9 @@ pub fn serve_command(dir: &Path, file: &str, addr: &str, out: &str, extra: &[&st
 pub fn worker_command(url: &str, extra: &[&str]) -> Command {
     let mut cmd = Command::new(bin("bnsweep-worker"));
     cmd.args(["--coordinator", url, "--device", "cpu"])
-        .args(extra);
+        .args(extra)
+        .env_remove("SLURM_JOB_END_TIME")
+        .env_remove("BNSWEEP_DEADLINE");
     cmd
 }
 

@@ -429,6 +429,9 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             .unwrap_or("?");
         self.shared.end_journals();
         match finished {
+            None if outcome.handed_back => {
+                tracing::info!(trial = %outcome.trial_id, attempt = outcome.attempt, "attempt handed back by its worker; trial re-queued (no retry used)")
+            }
             None => {
                 tracing::warn!(trial = %outcome.trial_id, error = %outcome.error, "attempt failed; trial re-queued")
             }

@@ -268,35 +268,201 @@ fn tls_with_a_self_signed_certificate() {
 /// timeout, completes on another worker, and its rows are in the results exactly once.
 #[test]
 fn a_killed_worker_s_trial_completes_elsewhere_with_its_rows_exactly_once() {
-    let doomed = interrupt_a_worker_mid_trial("KILL");
+    let (doomed, _) = interrupt_a_worker_mid_trial("KILL", false);
     assert!(!doomed.success());
 }
 
-/// SIGTERM to a worker in the middle of a trial: it gives the trial back at once and exits 0;
-/// the trial completes on another worker, its rows exactly once.
+/// SIGTERM to a worker in the middle of a trial: it gives the trial back at once and exits 75
+/// (stopped with work left); the trial completes on another worker, its rows exactly once.
 #[test]
 fn a_stopped_worker_hands_its_trial_back() {
-    let stopped = interrupt_a_worker_mid_trial("TERM");
-    assert!(stopped.success(), "{stopped:?}");
+    let (stopped, log) = interrupt_a_worker_mid_trial("TERM", false);
+    assert_eq!(stopped.code(), Some(75), "{log}");
+    assert!(
+        log.contains("handed back (the worker is stopping)"),
+        "{log}"
+    );
 }
 
-/// Runs a one-trial sweep, sends `signal` to the worker training it, lets a second worker
-/// finish the sweep, checks the results, and returns how the first worker exited.
-fn interrupt_a_worker_mid_trial(signal: &str) -> std::process::ExitStatus {
+/// SIGTERM to every process of the worker at once, its slot processes too, as Slurm signals a
+/// job at its time limit or on `scancel`: the slots ignore it, the worker stops them itself,
+/// and the trial is handed back (not lost to a killed trainer, no retry used); exit 75.
+#[test]
+fn a_signal_to_every_process_of_the_job_is_a_hand_back() {
+    let (stopped, log) = interrupt_a_worker_mid_trial("TERM", true);
+    assert_eq!(stopped.code(), Some(75), "{log}");
+    assert!(
+        log.contains("handed back (the worker is stopping)"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("crashed") && !log.contains("slot process"),
+        "{log}"
+    );
+}
+
+/// Runs a one-trial sweep, sends `signal` to the worker training it (and to its slot
+/// processes too with `whole_job`), lets a second worker finish the sweep, checks the results,
+/// and returns how the first worker exited, with its log.
+fn interrupt_a_worker_mid_trial(
+    signal: &str,
+    whole_job: bool,
+) -> (std::process::ExitStatus, String) {
     let dir = tempfile::tempdir().unwrap();
     let (addr, url) = free_addr();
     let mut serve = serve_one_trial(dir.path(), &addr, &["--worker-timeout", "2"]);
-    let (mut first, _log) = start_training_worker(&url, "first");
+    let (mut first, log) = start_training_worker(&url, "first");
     std::thread::sleep(Duration::from_secs(2));
-    let sent = run(Command::new("kill").args([&format!("-{signal}"), &first.id().to_string()]));
+    let mut pids = vec![first.id().to_string()];
+    if whole_job {
+        let slots = children(first.id());
+        assert_eq!(slots.len(), 1, "one slot process: {slots:?}");
+        pids.extend(slots);
+    }
+    let sent = run(Command::new("kill").arg(format!("-{signal}")).args(&pids));
     assert!(sent.ok(), "{sent:?}");
     let exited = wait_within(&mut first, 30, &format!("stop on SIG{signal}"));
+    let log = log.join().unwrap().join("\n");
     let rescuer = run(&mut worker_command(&url, &["--name", "rescuer"]));
     assert!(rescuer.ok(), "{rescuer:?}");
     assert!(serve.wait().unwrap().success());
-    let attempts = check_one_trial(&dir.path().join("out"), "");
-    assert_eq!(attempts, "2 w2-rescuer None");
-    exited
+    let attempts = check_one_trial(&dir.path().join("out"), &log);
+    assert_eq!(attempts, "2 w2-rescuer None", "{log}");
+    (exited, log)
+}
+
+/// The child processes of `pid` (listed per thread of the parent).
+fn children(pid: u32) -> Vec<String> {
+    let mut children = String::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let listed = task.unwrap().path().join("children");
+        children += &std::fs::read_to_string(listed).unwrap_or_default();
+    }
+    children.split_whitespace().map(String::from).collect()
+}
+
+/// The drain signal (SIGUSR1) mid-trial: the worker takes no more trials, lets its running one
+/// complete (no deadline), and exits 75 with the sweep unfinished; another worker runs the
+/// rest. Every trial completes in its first attempt, rows exactly once.
+#[test]
+fn a_drained_worker_ends_its_trial_takes_no_more_and_exits_75() {
+    let dir = tempfile::tempdir().unwrap();
+    let two = ONE_TRIAL.replace("lr: [0.05]", "lr: [0.05, 0.07]");
+    std::fs::write(dir.path().join("two.yaml"), two).unwrap();
+    let (addr, url) = free_addr();
+    let mut serve = serve_command(dir.path(), "two.yaml", &addr, "out", &[])
+        .spawn()
+        .unwrap();
+    let (mut first, log) = start_training_worker(&url, "first");
+    let sent = run(Command::new("kill").args(["-USR1", &first.id().to_string()]));
+    assert!(sent.ok(), "{sent:?}");
+    let exited = wait_within(&mut first, 120, "drain");
+    let log = log.join().unwrap().join("\n");
+    assert_eq!(exited.code(), Some(75), "{log}");
+    assert!(
+        log.contains("draining") && log.contains("ended: TRIAL_STATUS_COMPLETED"),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("starting on cpu").count(),
+        0,
+        "one trial only: {log}"
+    );
+    let rest = run(&mut worker_command(&url, &["--name", "rest"]));
+    assert!(rest.ok(), "{rest:?}");
+    assert!(serve.wait().unwrap().success());
+    let checked = check_results(
+        &dir.path().join("out"),
+        &["--trials", "2", "--steps", "300", "--eval-every", "100"],
+    );
+    assert!(checked.ok(), "{checked:?}");
+    assert_eq!(sorted_attempts(&dir.path().join("out")), "[1, 1]");
+}
+
+/// A trial far too long for the worker's time (20,000 steps), for the deadline tests.
+const LONG_TRIAL: &str = "name: long\nparameters:\n  lr: [0.05]\ntrain:\n  model: {width: 0.125}\n  dataset: {train_size: 512, test_size: 64}\n  batch_size: 64\n  steps: 20000\n  eval_every: 1000\n";
+
+/// Serves [`LONG_TRIAL`], starts a worker on it with `env` and `extra` arguments, lets `act`
+/// act on the training worker, and returns its exit status and log after it exits; then
+/// cancels the sweep and returns the trial's "attempts status error" from trials.parquet.
+fn stop_a_long_trial(
+    env: &[(&str, String)],
+    extra: &[&str],
+    act: impl FnOnce(&std::process::Child),
+) -> (std::process::ExitStatus, String, String) {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("long.yaml"), LONG_TRIAL).unwrap();
+    let (addr, url) = free_addr();
+    let mut serve = serve_command(dir.path(), "long.yaml", &addr, "out", &[])
+        .spawn()
+        .unwrap();
+    let mut args = vec!["--threads", "1", "--name", "timed"];
+    args.extend(extra);
+    let mut worker = worker_command(&url, &args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(worker.stderr.take().unwrap()).lines();
+    let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    act(&worker);
+    let exited = wait_within(&mut worker, 60, "hand the trial back in time");
+    let log = log.join().unwrap().join("\n");
+    let cancel = bnsweep_e2e::bnsweep(dir.path(), &["cancel", "--coordinator", &url]);
+    assert!(cancel.ok(), "{cancel:?}");
+    assert_eq!(serve.wait().unwrap().code(), Some(130));
+    let trial = run(Command::new(bnsweep_e2e::python()).args([
+        "-c",
+        "import sys, pyarrow.parquet as pq; t = pq.read_table(sys.argv[1]).to_pylist()[0]; \
+         print(t['attempts'], t['status'], t['error'])",
+        dir.path().join("out/trials.parquet").to_str().unwrap(),
+    ]));
+    assert!(trial.ok(), "{trial:?}");
+    (exited, log, trial.stdout.trim().to_string())
+}
+
+/// Slurm's SLURM_JOB_END_TIME is the worker's deadline: --deadline-margin before it, the
+/// running trial is handed back (not failed) and the worker exits 75.
+#[test]
+fn at_the_job_s_end_time_the_running_trial_is_handed_back() {
+    let end = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 10;
+    let started = Instant::now();
+    let (exited, log, trial) = stop_a_long_trial(
+        &[("SLURM_JOB_END_TIME", end.to_string())],
+        &["--deadline-margin", "4"],
+        |_| {},
+    );
+    assert_eq!(exited.code(), Some(75), "{log}");
+    assert!(log.contains("the deadline is near"), "{log}");
+    assert!(
+        log.contains("handed back (the worker is stopping)"),
+        "{log}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30), "{log}");
+    assert_eq!(trial, "1 queued None", "{log}");
+}
+
+/// Draining with a deadline: a running trial that, at its pace so far, would not end before
+/// the deadline is handed back at once, not at the deadline.
+#[test]
+fn a_drained_trial_that_cannot_end_before_the_deadline_is_handed_back_at_once() {
+    let mut signalled = Instant::now();
+    let (exited, log, trial) = stop_a_long_trial(&[], &["--deadline", "+600"], |worker| {
+        std::thread::sleep(Duration::from_secs(6));
+        signalled = Instant::now();
+        let sent = run(Command::new("kill").args(["-USR1", &worker.id().to_string()]));
+        assert!(sent.ok(), "{sent:?}");
+    });
+    let took = signalled.elapsed();
+    assert_eq!(exited.code(), Some(75), "{log}");
+    assert!(log.contains("would not end before the deadline"), "{log}");
+    assert!(took < Duration::from_secs(30), "{took:?}\n{log}");
+    assert_eq!(trial, "1 queued None", "{log}");
 }
 
 /// kill -9 of a worker's slot process mid-trial (as the kernel's out-of-memory killer or a
@@ -309,17 +475,11 @@ fn a_killed_slot_process_costs_one_attempt_not_the_worker() {
     let mut serve = serve_one_trial(dir.path(), &addr, &[]);
     let (mut worker, log) = start_training_worker(&url, "only");
     std::thread::sleep(Duration::from_secs(2));
-    // Children are listed per thread of the parent.
-    let mut children = String::new();
-    for task in std::fs::read_dir(format!("/proc/{}/task", worker.id())).unwrap() {
-        let listed = task.unwrap().path().join("children");
-        children += &std::fs::read_to_string(listed).unwrap_or_default();
-    }
-    let slots: Vec<&str> = children.split_whitespace().collect();
-    assert_eq!(slots.len(), 1, "one slot process: {children:?}");
+    let slots = children(worker.id());
+    assert_eq!(slots.len(), 1, "one slot process: {slots:?}");
     let cmdline = std::fs::read_to_string(format!("/proc/{}/cmdline", slots[0])).unwrap();
     assert!(cmdline.contains("slot"), "{cmdline:?}");
-    let killed = run(Command::new("kill").args(["-KILL", slots[0]]));
+    let killed = run(Command::new("kill").args(["-KILL", &slots[0]]));
     assert!(killed.ok(), "{killed:?}");
     let exited = wait_within(&mut worker, 120, "finish the sweep");
     let log = log.join().unwrap().join("\n");

@@ -35,6 +35,92 @@ pub struct Config {
     pub tls_ca: Option<std::path::PathBuf>,
     /// Where the trials run.
     pub training: Training,
+    /// When the worker must be gone (its cluster job's end), if known.
+    pub deadline: Option<Deadline>,
+    /// The signal that drains the worker (SIGUSR1 by default; `None`: no drain signal).
+    pub drain_signal: Option<i32>,
+}
+
+/// The end of the worker's allotted time (a cluster job's time limit): running trials are
+/// handed back `margin` before it, and while draining a trial that would not end before then
+/// is handed back at once.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    pub at: std::time::SystemTime,
+    pub margin: Duration,
+}
+
+impl Deadline {
+    /// A deadline as given to `--deadline` or in `SLURM_JOB_END_TIME`: seconds since the
+    /// Unix epoch, or `+` and a wait from now (`+90s`, `+45m`, `+2h`; plain seconds alone).
+    pub fn parse(text: &str) -> std::result::Result<std::time::SystemTime, String> {
+        let text = text.trim();
+        let bad = || format!("`{text}` is neither seconds since the epoch nor a wait such as +45m");
+        if let Some(wait) = text.strip_prefix('+') {
+            let (number, unit) = match wait.find(|c: char| !c.is_ascii_digit()) {
+                Some(i) => wait.split_at(i),
+                None => (wait, "s"),
+            };
+            let n: u64 = number.parse().map_err(|_| bad())?;
+            let secs = match unit {
+                "s" => n,
+                "m" => n * 60,
+                "h" => n * 3600,
+                _ => return Err(bad()),
+            };
+            return Ok(std::time::SystemTime::now() + Duration::from_secs(secs));
+        }
+        let epoch: u64 = text.parse().map_err(|_| bad())?;
+        Ok(std::time::UNIX_EPOCH + Duration::from_secs(epoch))
+    }
+
+    /// When trials are handed back, on this process's monotonic clock.
+    fn hand_back_at(&self) -> Instant {
+        let now = std::time::SystemTime::now();
+        let left = self.at.duration_since(now).unwrap_or_default();
+        Instant::now() + left.saturating_sub(self.margin)
+    }
+}
+
+/// How the worker ended, for its exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// The sweep is done or was cancelled: nothing is left for this worker (exit 0).
+    Finished,
+    /// Stopped by a signal, a drain or its deadline with the sweep unfinished, its running
+    /// trials handed back: a cluster should run it again ([`EXIT_WORK_LEFT`]).
+    WorkLeft,
+}
+
+/// The exit code of a worker that stopped with work left (EX_TEMPFAIL of sysexits.h).
+pub const EXIT_WORK_LEFT: u8 = 75;
+
+/// The number of a signal named as `kill -l` names it (`USR1`, `SIGUSR1`) or given as a
+/// number. SIGTERM, SIGINT and SIGKILL are refused: they stop the worker, or cannot be caught.
+pub fn signal_number(name: &str) -> std::result::Result<i32, String> {
+    let upper = name.trim().to_ascii_uppercase();
+    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+    let n = match bare {
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "HUP" => libc::SIGHUP,
+        "ALRM" => libc::SIGALRM,
+        "URG" => libc::SIGURG,
+        "CONT" => libc::SIGCONT,
+        "WINCH" => libc::SIGWINCH,
+        "TERM" | "INT" | "KILL" | "STOP" => {
+            return Err(format!("SIG{bare} cannot be the drain signal"))
+        }
+        other => other
+            .parse()
+            .ok()
+            .filter(|n| {
+                ![libc::SIGTERM, libc::SIGINT, libc::SIGKILL, libc::SIGSTOP].contains(n)
+                    && (1..=64).contains(n)
+            })
+            .ok_or_else(|| format!("`{name}` is not a signal the worker can drain on"))?,
+    };
+    Ok(n)
 }
 
 /// How a worker finds its coordinator.
@@ -113,8 +199,14 @@ impl Training {
 /// What every trial of this worker shares.
 struct Context {
     training: Training,
-    /// Set on SIGTERM or a cancelled sweep: trials stop and are given back.
+    /// Set on SIGTERM, at the deadline, or for a cancelled sweep: trials stop and are given
+    /// back.
     shutdown: Arc<AtomicBool>,
+    /// Set by the drain signal: no more trials are taken, and a running trial that would not
+    /// end before `hand_back_at` is given back.
+    draining: Arc<AtomicBool>,
+    /// When running trials are handed back (the deadline less its margin), if there is one.
+    hand_back_at: Option<Instant>,
 }
 
 use pb::client::Client;
@@ -206,9 +298,11 @@ struct Credentials {
 
 /// Runs until the coordinator says the sweep is done and no trial of ours is left.
 ///
-/// On SIGTERM (or Ctrl-C) it takes no more trials, gives its running trials back to the
-/// coordinator (they run again elsewhere, not counted as failures) and exits.
-pub async fn run(cfg: Config) -> Result<()> {
+/// On SIGTERM (or Ctrl-C), or at its deadline, it takes no more trials, gives its running
+/// trials back to the coordinator (they run again elsewhere, not counted as failures) and
+/// exits. On its drain signal it takes no more trials, lets its running trials end (giving
+/// back at once those that would not end before the deadline) and exits.
+pub async fn run(cfg: Config) -> Result<Exit> {
     let (mut client, mut url) = connect(&cfg, &cfg.coordinator.url(cfg.patience).await?).await?;
     let (id, mut poll_every) = register(&mut client, &cfg, &Credentials::default()).await?;
     let me = Arc::new(Identity {
@@ -219,34 +313,25 @@ pub async fn run(cfg: Config) -> Result<()> {
     });
     let running = Arc::new(AtomicUsize::new(0));
     let wake = Arc::new(Notify::new());
-    let shutdown = Arc::new(AtomicBool::new(false));
     let ctx = Arc::new(Context {
         training: cfg.training.clone(),
-        shutdown: shutdown.clone(),
+        shutdown: Arc::new(AtomicBool::new(false)),
+        draining: Arc::new(AtomicBool::new(false)),
+        hand_back_at: cfg.deadline.map(|d| d.hand_back_at()),
     });
-    {
-        let (shutdown, wake) = (shutdown.clone(), wake.clone());
-        tokio::spawn(async move {
-            stop_signal().await;
-            tracing::warn!("stopping: giving running trials back to the coordinator");
-            shutdown.store(true, Ordering::SeqCst);
-            wake.notify_one();
-        });
-    }
+    watch_for_the_end(&cfg, &ctx, &wake)?;
+    let mut cancelled = false;
     let mut retired: Option<String> = None;
     let mut last_contact = Instant::now();
     loop {
         let busy = running.load(Ordering::SeqCst) as u32;
+        let leaving = ctx.shutdown.load(Ordering::SeqCst) || ctx.draining.load(Ordering::SeqCst);
         if busy == 0 {
-            if shutdown.load(Ordering::SeqCst) {
-                tracing::info!("stopped");
-                return Ok(());
-            }
             if let Some(reason) = retired.take() {
                 return Err(Error::Retired(reason));
             }
         }
-        let taking = !shutdown.load(Ordering::SeqCst) && retired.is_none();
+        let taking = !leaving && retired.is_none();
         let credentials = me.credentials();
         let request = pb::PollWorkRequest {
             worker_id: credentials.id,
@@ -259,13 +344,16 @@ pub async fn run(cfg: Config) -> Result<()> {
             running: me.leases(),
         };
         let asked = Instant::now();
+        let mut sweep_done = false;
         match client.poll_work(request).await {
             Ok(resp) => {
                 last_contact = Instant::now();
                 let resp = resp.into_inner();
-                if resp.stop && !shutdown.load(Ordering::SeqCst) {
+                sweep_done = resp.sweep_done;
+                if resp.stop && !cancelled {
                     tracing::warn!("the sweep was cancelled: giving running trials back");
-                    shutdown.store(true, Ordering::SeqCst);
+                    cancelled = true;
+                    ctx.shutdown.store(true, Ordering::SeqCst);
                 }
                 if resp.retired && retired.is_none() {
                     tracing::error!("taken out of rotation: {}", resp.reason);
@@ -287,7 +375,7 @@ pub async fn run(cfg: Config) -> Result<()> {
                 }
                 if resp.sweep_done && running.load(Ordering::SeqCst) == 0 {
                     tracing::info!("sweep done; exiting");
-                    return Ok(());
+                    return Ok(Exit::Finished);
                 }
             }
             Err(s) if matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied) => {
@@ -327,11 +415,94 @@ pub async fn run(cfg: Config) -> Result<()> {
                 }
             }
         }
+        // Leaving, with every trial ended and its outcome told (or past telling): this poll
+        // said whether the sweep is done.
+        if leaving && running.load(Ordering::SeqCst) == 0 {
+            return Ok(if cancelled || sweep_done {
+                tracing::info!("stopped; nothing is left to run");
+                Exit::Finished
+            } else {
+                tracing::info!(
+                    "stopped with the sweep unfinished; exit code {EXIT_WORK_LEFT} (run again)"
+                );
+                Exit::WorkLeft
+            });
+        }
         tokio::select! {
             _ = tokio::time::sleep(poll_every) => {}
             _ = wake.notified() => {}
         }
     }
+}
+
+/// Starts the tasks that end the worker's time: SIGTERM or Ctrl-C and the deadline stop it
+/// (running trials are handed back), the drain signal drains it.
+fn watch_for_the_end(cfg: &Config, ctx: &Arc<Context>, wake: &Arc<Notify>) -> Result<()> {
+    {
+        let (shutdown, wake) = (ctx.shutdown.clone(), wake.clone());
+        tokio::spawn(async move {
+            stop_signal().await;
+            tracing::warn!("stopping: giving running trials back to the coordinator");
+            shutdown.store(true, Ordering::SeqCst);
+            wake.notify_one();
+        });
+    }
+    if let (Some(at), Some(deadline)) = (ctx.hand_back_at, cfg.deadline) {
+        tracing::info!(
+            "deadline in {}: running trials are handed back {} s before it",
+            describe_wait(at.saturating_duration_since(Instant::now()) + deadline.margin),
+            deadline.margin.as_secs()
+        );
+        let (shutdown, wake) = (ctx.shutdown.clone(), wake.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            tracing::warn!("the deadline is near: giving running trials back to the coordinator");
+            shutdown.store(true, Ordering::SeqCst);
+            wake.notify_one();
+        });
+    }
+    if let Some(signal) = cfg.drain_signal {
+        let kind = tokio::signal::unix::SignalKind::from_raw(signal);
+        let mut drain = tokio::signal::unix::signal(kind)
+            .map_err(|e| Error::Device(format!("--drain-signal {signal}: {e}")))?;
+        let (draining, wake) = (ctx.draining.clone(), wake.clone());
+        tokio::spawn(async move {
+            while drain.recv().await.is_some() {
+                if !draining.swap(true, Ordering::SeqCst) {
+                    tracing::warn!(
+                        "draining: taking no more trials; running trials end, or are handed \
+                         back if they would not end before the deadline"
+                    );
+                    wake.notify_one();
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+/// A wait as people say it: 95 s, 12 min, 3.5 h.
+fn describe_wait(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 120.0 {
+        format!("{s:.0} s")
+    } else if s < 7200.0 {
+        format!("{:.0} min", s / 60.0)
+    } else {
+        format!("{:.1} h", s / 3600.0)
+    }
+}
+
+/// Whether a trial `started` that has done `done` of its `total` steps will still be running
+/// at `until`, extrapolating its pace so far (from its start, so that its setup counts).
+/// Unknown (no step done yet) counts as ending in time.
+fn would_overrun(started: Instant, done: u64, total: u64, now: Instant, until: Instant) -> bool {
+    if done == 0 || done >= total {
+        return false;
+    }
+    let per_step = now.saturating_duration_since(started).as_secs_f64() / done as f64;
+    let left = Duration::from_secs_f64(per_step * (total - done) as f64);
+    now + left > until
 }
 
 /// Who this worker is to the coordinator, and the attempts it holds: shared by the poll loop
@@ -418,18 +589,26 @@ async fn run_attempt(
     let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
     // Set when the coordinator no longer leases this attempt to us: training stops.
     let abandon = Arc::new(AtomicBool::new(false));
+    // Set while draining when the attempt would not end before the deadline.
+    let give_back = Arc::new(AtomicBool::new(false));
     let stop = {
         let (shutdown, abandoned) = (ctx.shutdown.clone(), abandon.clone());
+        let give_back = give_back.clone();
         move || {
             if shutdown.load(Ordering::SeqCst) {
                 Some("the worker is stopping".to_string())
             } else if abandoned.load(Ordering::SeqCst) {
                 Some("the coordinator no longer leases this attempt".to_string())
+            } else if give_back.load(Ordering::SeqCst) {
+                Some("the worker drains and the trial would not end before its deadline".into())
             } else {
                 None
             }
         }
     };
+    let started = Instant::now();
+    let total_steps = a.spec.as_ref().map_or(0, |s| s.steps);
+    let mut steps_done = 0u64;
     let device = match &ctx.training {
         Training::Slots(slots) => {
             let mut slot = slots.take().await;
@@ -472,7 +651,10 @@ async fn run_attempt(
         let end = match msg {
             Ok(Some(Msg::Row(row))) => {
                 match row {
-                    Row::Train(r) => batch.train.push(r),
+                    Row::Train(r) => {
+                        steps_done = steps_done.max(r.step);
+                        batch.train.push(r)
+                    }
                     Row::Eval(r) => batch.eval.push(r),
                     Row::Layer(r) => batch.layers.push(r),
                     Row::Landscape(r) => batch.landscape.push(r),
@@ -484,6 +666,19 @@ async fn run_attempt(
             Ok(None) => Some(Err(Error::Crashed("the trainer vanished".into()))),
             Err(_) => None,
         };
+        if let Some(until) = ctx.hand_back_at {
+            let now = Instant::now();
+            if ctx.draining.load(Ordering::SeqCst)
+                && !give_back.load(Ordering::SeqCst)
+                && would_overrun(started, steps_done, total_steps, now, until)
+            {
+                tracing::warn!(
+                    "handing the trial back: at step {steps_done} of {total_steps} it would not \
+                     end before the deadline"
+                );
+                give_back.store(true, Ordering::SeqCst);
+            }
+        }
         let rows = batch.train.len()
             + batch.eval.len()
             + batch.layers.len()
@@ -522,6 +717,7 @@ async fn run_attempt(
     let handed_back = matches!(result, Err(Error::Stopped(_)));
     match &result {
         Ok(_) => tracing::info!("ended: {}", status.as_str_name()),
+        Err(Error::Stopped(why)) => tracing::warn!("handed back ({why})"),
         Err(e) => tracing::error!("failed: {e}"),
     }
     let outcome = pb::TrialOutcome {
@@ -594,5 +790,74 @@ where
         );
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trial_overruns_when_its_pace_so_far_ends_it_after_the_deadline() {
+        let t0 = Instant::now();
+        let now = t0 + Duration::from_secs(10);
+        // 100 of 1000 steps in 10 s: 90 s left.
+        assert!(would_overrun(
+            t0,
+            100,
+            1000,
+            now,
+            now + Duration::from_secs(89)
+        ));
+        assert!(!would_overrun(
+            t0,
+            100,
+            1000,
+            now,
+            now + Duration::from_secs(91)
+        ));
+        // No step yet: not known, kept; every step done: it ends now.
+        assert!(!would_overrun(t0, 0, 1000, now, now));
+        assert!(!would_overrun(t0, 1000, 1000, now, now));
+    }
+
+    #[test]
+    fn deadlines_and_drain_signals_read_as_clusters_write_them() {
+        let at = Deadline::parse("1800000000").unwrap();
+        assert_eq!(
+            at,
+            std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+        );
+        let soon = Deadline::parse("+45m").unwrap();
+        let left = soon.duration_since(std::time::SystemTime::now()).unwrap();
+        assert!(left > Duration::from_secs(2690) && left <= Duration::from_secs(2700));
+        assert!(Deadline::parse("+90").is_ok());
+        for bad in ["tomorrow", "+5d", "+", "-3", ""] {
+            assert!(Deadline::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(signal_number("USR1"), Ok(libc::SIGUSR1));
+        assert_eq!(signal_number("sigusr2"), Ok(libc::SIGUSR2));
+        assert_eq!(signal_number("10"), Ok(10));
+        for bad in ["TERM", "SIGINT", "9", "FOO", "0", "99"] {
+            assert!(signal_number(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_deadline_hands_back_its_margin_before_it() {
+        let d = Deadline {
+            at: std::time::SystemTime::now() + Duration::from_secs(100),
+            margin: Duration::from_secs(30),
+        };
+        let left = d.hand_back_at().saturating_duration_since(Instant::now());
+        assert!(
+            left <= Duration::from_secs(70) && left > Duration::from_secs(65),
+            "{left:?}"
+        );
+        let passed = Deadline {
+            at: std::time::SystemTime::now() - Duration::from_secs(5),
+            margin: Duration::from_secs(30),
+        };
+        assert!(passed.hand_back_at() <= Instant::now());
     }
 }

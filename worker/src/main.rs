@@ -85,6 +85,21 @@ struct Link {
     /// CA's, or its own when self-signed). Default: the system's trusted roots.
     #[arg(long, env = "BNSWEEP_TLS_CA")]
     tls_ca: Option<std::path::PathBuf>,
+    /// When this worker must be gone, e.g. its cluster job's end: seconds since the Unix
+    /// epoch, or a wait from now (+90s, +45m, +2h). Running trials are handed back
+    /// --deadline-margin before it, and the worker exits with code 75. Default: Slurm's
+    /// SLURM_JOB_END_TIME when set, else none.
+    #[arg(long, env = "BNSWEEP_DEADLINE", value_name = "EPOCH|+WAIT")]
+    deadline: Option<String>,
+    /// Seconds before the deadline at which running trials are handed back.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    deadline_margin: u64,
+    /// The signal that drains the worker (e.g. Slurm's `--signal=B:USR1@600`): it takes no
+    /// more trials, lets its running trials end (handing back at once those that would not
+    /// end before the deadline), then exits with code 75, or 0 if the sweep is done. `none`
+    /// for no drain signal.
+    #[arg(long, default_value = "USR1", value_name = "SIGNAL|none")]
+    drain_signal: String,
 }
 
 impl Link {
@@ -95,7 +110,34 @@ impl Link {
                 eprintln!("error: {e}");
                 ExitCode::from(2)
             })?;
+        let deadline = match (self.deadline, std::env::var("SLURM_JOB_END_TIME")) {
+            (Some(given), _) => Some(("--deadline", given)),
+            (None, Ok(slurm)) => Some(("SLURM_JOB_END_TIME", slurm)),
+            (None, Err(_)) => None,
+        };
+        let deadline = match deadline {
+            Some((from, text)) => {
+                let at = agent::Deadline::parse(&text).map_err(|e| {
+                    eprintln!("error: {from}: {e}");
+                    ExitCode::from(2)
+                })?;
+                Some(agent::Deadline {
+                    at,
+                    margin: Duration::from_secs(self.deadline_margin),
+                })
+            }
+            None => None,
+        };
+        let drain_signal = match self.drain_signal.as_str() {
+            "none" => None,
+            name => Some(agent::signal_number(name).map_err(|e| {
+                eprintln!("error: --drain-signal: {e}");
+                ExitCode::from(2)
+            })?),
+        };
         Ok(agent::Config {
+            deadline,
+            drain_signal,
             coordinator: match (self.coordinator, self.coordinator_file) {
                 (_, Some(file)) => agent::Coordinator::File(file),
                 (Some(url), None) => agent::Coordinator::Url(url),
@@ -266,9 +308,11 @@ fn main() -> ExitCode {
     code
 }
 
-/// Runs the agent (or the simulated agents) to the end, on a small runtime.
+/// Runs the agent (or the simulated agents) to the end, on a small runtime. Exit codes: 0
+/// when the sweep is done or cancelled, 75 when stopped with work left (SIGTERM, the drain
+/// signal, the deadline), 1 on an error.
 fn serve_until_done(
-    work: impl std::future::Future<Output = bnsweep_worker::Result<()>>,
+    work: impl std::future::Future<Output = bnsweep_worker::Result<agent::Exit>>,
 ) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -282,7 +326,8 @@ fn serve_until_done(
         }
     };
     match rt.block_on(work) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(agent::Exit::Finished) => ExitCode::SUCCESS,
+        Ok(agent::Exit::WorkLeft) => ExitCode::from(agent::EXIT_WORK_LEFT),
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

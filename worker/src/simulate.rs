@@ -97,7 +97,7 @@ pub fn train(
 
 /// Runs `args.agents` simulated workers against the coordinator of `base` until the sweep is
 /// done; prints one JSON line: agents, trials started, dispatch latency percentiles, wall time.
-pub async fn run(args: &SimulateArgs, base: Config) -> Result<()> {
+pub async fn run(args: &SimulateArgs, base: Config) -> Result<agent::Exit> {
     let Training::Simulated { sim, .. } = base.training.clone() else {
         return Err(Error::Device(
             "simulate: given a worker that trains for real".into(),
@@ -112,10 +112,11 @@ pub async fn run(args: &SimulateArgs, base: Config) -> Result<()> {
         };
         tasks.push(tokio::spawn(agent::run(cfg)));
     }
-    let mut failed = 0;
+    let (mut failed, mut left) = (0, false);
     for t in tasks {
         match t.await {
-            Ok(Ok(())) => {}
+            Ok(Ok(agent::Exit::Finished)) => {}
+            Ok(Ok(agent::Exit::WorkLeft)) => left = true,
             Ok(Err(e)) => {
                 failed += 1;
                 tracing::error!("a simulated worker failed: {e}");
@@ -156,5 +157,9 @@ pub async fn run(args: &SimulateArgs, base: Config) -> Result<()> {
             args.agents
         )));
     }
-    Ok(())
+    Ok(if left {
+        agent::Exit::WorkLeft
+    } else {
+        agent::Exit::Finished
+    })
 }

@@ -7,7 +7,8 @@
 //! The worker writes [`pb::SlotCommand`]s to the slot's stdin, the slot writes
 //! [`pb::SlotEvent`]s to its stdout (the attempt's rows as they are known, then its end), each
 //! framed by its length as 4 little-endian bytes. The slot logs to the worker's stderr. A slot
-//! whose worker is gone (its stdin closes, or the kernel's parent-death signal) stops at once.
+//! whose worker is gone (its stdin closes, or the kernel's parent-death signal) stops at once;
+//! signals sent to the whole job (SIGTERM, SIGINT, SIGHUP, SIGUSR1/2, SIGALRM) are ignored.
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
@@ -34,6 +35,15 @@ use crate::trainer::{self, Ending, HostData, Row};
 const MAX_FRAME: usize = 64 << 20;
 /// How often a running attempt's stop condition is looked at (and a stop sent again).
 const STOP_CHECK: Duration = Duration::from_millis(250);
+/// Signals slot processes ignore: those a cluster scheduler sends to every process of a job.
+const JOB_SIGNALS: [libc::c_int; 6] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGALRM,
+];
 
 /// What an attempt tells the worker while it runs.
 pub enum Msg {
@@ -447,13 +457,21 @@ impl Slots {
             .kill_on_drop(true);
         // SAFETY: only async-signal-safe calls between fork and exec. The slot is killed when
         // the worker dies, and is in a process group of its own, so that a terminal's Ctrl-C
-        // reaches the worker (which stops its trials cleanly), not the slots.
+        // reaches the worker (which stops its trials cleanly), not the slots. It ignores the
+        // signals a cluster sends to every process of a job (Slurm at a time limit or
+        // `scancel`, `--signal` without `B:`), inherited through exec: only its worker stops
+        // it, handing the trial back instead of losing it to a crash.
         unsafe {
             cmd.pre_exec(|| {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
                     || libc::setpgid(0, 0) != 0
                 {
                     return Err(io::Error::last_os_error());
+                }
+                for signal in JOB_SIGNALS {
+                    if libc::signal(signal, libc::SIG_IGN) == libc::SIG_ERR {
+                        return Err(io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
