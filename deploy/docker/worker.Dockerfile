@@ -42,7 +42,8 @@ COPY --from=build /out/pytorch /opt/pytorch
 COPY --from=build /out/bnsweep-worker /usr/local/bin/bnsweep-worker
 # The worker loads libtorch_cuda.so from the library path and trains on the GPUs when it can;
 # the NVIDIA libraries are found through libtorch's RPATH. The container runtime mounts the
-# node's driver (and nvidia-cuda-mps-control, for --mps) for these capabilities.
+# node's driver (and, with `compute`, nvidia-cuda-mps-control for --mps; `utility` brings
+# nvidia-smi).
 ENV LD_LIBRARY_PATH=/opt/pytorch/torch/lib \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     BNSWEEP_DATA=/data
