@@ -430,7 +430,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         self.shared.end_journals();
         match finished {
             None if outcome.handed_back => {
-                tracing::info!(trial = %outcome.trial_id, attempt = outcome.attempt, "attempt handed back by its worker; trial re-queued (no retry used)")
+                tracing::warn!(trial = %outcome.trial_id, attempt = outcome.attempt, "attempt handed back by its worker; trial re-queued (no retry used)")
             }
             None => {
                 tracing::warn!(trial = %outcome.trial_id, error = %outcome.error, "attempt failed; trial re-queued")

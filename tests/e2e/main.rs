@@ -6,4 +6,5 @@ mod live;
 mod protocol;
 mod run_sweep;
 mod serve_and_worker;
+mod slurm;
 mod validate;
