@@ -190,51 +190,59 @@ fn slug(s: &str) -> String {
 }
 
 pub fn build(results: &Results) -> Result<Report> {
-    let mut trials = Vec::new();
-    for info in &results.trials {
-        let table = |kind| results.table(kind, &info.id);
-        trials.push(TrialData {
-            info: info.clone(),
-            train: table("train")?,
-            eval: table("eval")?,
-            layers: table("layers")?,
-            landscape: table("landscape")?,
-            activations: table("activations")?,
-        });
-    }
-    let findings = findings_of(results, &trials);
-    let panels = results.panels();
-    let variants = results.variants();
-    let color = |v: &Variant| {
-        let i = variants.iter().position(|x| x == v).unwrap_or(0);
-        PALETTE[i % PALETTE.len()].to_string()
-    };
-    let in_group = |p: &str, v: &Variant| -> Vec<&TrialData> {
-        trials
-            .iter()
-            .filter(|t| t.info.panel == p && &t.info.variant == v)
-            .collect()
-    };
-    // One line per variant: its seeds' runs (what `run` takes from a trial's tables, None when
-    // they are not there) averaged, their spread shaded.
-    let add_lines = |chart: &mut Chart, p: &str, run: &dyn Fn(&TrialData) -> Option<Line>| {
-        for v in &variants {
-            let runs: Vec<Line> = in_group(p, v).into_iter().filter_map(run).collect();
-            if runs.is_empty() {
-                continue;
-            }
-            let (points, band) = over_seeds(&runs);
-            chart.series.push(Series {
-                label: v.label(),
-                color: color(v),
-                points,
-                band,
-                dashed: v.noise > 0.0,
-            });
+    let trials = load_trials(results)?;
+    let figures = Figures::of(results, &trials);
+    let mut training = Vec::new();
+    let mut landscape = Vec::new();
+    let mut ics = Vec::new();
+    let mut ridges = Vec::new();
+    for p in &results.panels() {
+        let title_p = if p.is_empty() {
+            String::new()
+        } else {
+            format!(" — {p}")
+        };
+        training.extend(figures.training(p, &title_p));
+        if figures.has(|t| t.landscape.is_some()) {
+            landscape.extend(figures.landscape(p, &title_p));
         }
-    };
+        if figures.has(|t| t.layers.is_some()) {
+            ics.extend(figures.ics(p, &title_p));
+        }
+        if figures.has(|t| t.activations.is_some()) {
+            ridges.extend(figures.ridges(p, &title_p));
+        }
+    }
+    Ok(Report {
+        title: format!("bnsweep report: {}", results.sweep.name),
+        status: sweep_status(results, &trials),
+        table: accuracy_table(results, &figures),
+        findings: findings_of(results, &trials),
+        sections: sections(training, landscape, ics, ridges),
+    })
+}
 
-    // Where the sweep stands.
+/// Every trial's tables (those that are there).
+fn load_trials(results: &Results) -> Result<Vec<TrialData>> {
+    results
+        .trials
+        .iter()
+        .map(|info| {
+            let table = |kind| results.table(kind, &info.id);
+            Ok(TrialData {
+                info: info.clone(),
+                train: table("train")?,
+                eval: table("eval")?,
+                layers: table("layers")?,
+                landscape: table("landscape")?,
+                activations: table("activations")?,
+            })
+        })
+        .collect()
+}
+
+/// Where the sweep stands, and what is missing.
+fn sweep_status(results: &Results, trials: &[TrialData]) -> Vec<String> {
     let total = results.sweep.trials.len();
     let count = |s: &str| results.trials.iter().filter(|t| t.status == s).count();
     let (completed, diverged, failed) = (count("completed"), count("diverged"), count("failed"));
@@ -250,23 +258,23 @@ pub fn build(results: &Results) -> Result<Report> {
             total.saturating_sub(results.trials.len())
         ));
     }
-    let with = |f: fn(&TrialData) -> bool| trials.iter().filter(|t| f(t)).count();
-    let (n_layers, n_land, n_act) = (
-        with(|t| t.layers.is_some()),
-        with(|t| t.landscape.is_some()),
-        with(|t| t.activations.is_some()),
-    );
-    if finished > 0 && n_layers + n_land + n_act == 0 {
+    let measured = trials
+        .iter()
+        .any(|t| t.layers.is_some() || t.landscape.is_some() || t.activations.is_some());
+    if finished > 0 && !measured {
         status.push(
             "No measurements (ICS, landscape, activations): the sweep file has no `measure:` section.".into(),
         );
     }
+    status
+}
 
-    // Final test accuracy.
+/// Final test accuracy of each panel's variants: mean and spread over the completed seeds.
+fn accuracy_table(results: &Results, figures: &Figures<'_>) -> Vec<AccuracyRow> {
     let mut table = Vec::new();
-    for p in &panels {
-        for v in &variants {
-            let g = in_group(p, v);
+    for p in &results.panels() {
+        for v in &figures.variants {
+            let g = figures.group(p, v);
             if g.is_empty() {
                 continue;
             }
@@ -289,183 +297,16 @@ pub fn build(results: &Results) -> Result<Report> {
             });
         }
     }
+    table
+}
 
-    let steps = results
-        .sweep
-        .trials
-        .iter()
-        .map(|t| t.config.steps)
-        .max()
-        .unwrap_or(1);
-    let window = (steps as usize / 50).max(1);
-    let mut training = Vec::new();
-    let mut landscape = Vec::new();
-    let mut ics = Vec::new();
-    let mut ridges = Vec::new();
-    for p in &panels {
-        let title_p = if p.is_empty() {
-            String::new()
-        } else {
-            format!(" — {p}")
-        };
-        // Training curves.
-        for (col, what, y_label) in [
-            ("loss", "Training loss", "cross-entropy (moving average)"),
-            (
-                "acc",
-                "Training accuracy",
-                "batch accuracy (moving average)",
-            ),
-        ] {
-            let mut chart = Chart::new(&format!("{what}{title_p}"), "training step", y_label);
-            if col == "loss" {
-                // Twice the loss of a uniform guess over 10 classes: above, a run is lost.
-                chart.y_max = Some(2.0 * 10f64.ln());
-            }
-            add_lines(&mut chart, p, &|t| {
-                let train = t.train.as_ref()?;
-                Some(smooth(&xy(train, "step", col, |_| true), window))
-            });
-            training.push(Figure {
-                name: slug(&format!("{col}-{p}")),
-                caption: format!(
-                    "{what}{title_p}: mean over seeds, shaded from the lowest to the highest seed; a moving average over {window} steps. A line that stops has diverged{}.",
-                    if col == "loss" { "; losses above 4.6 (twice that of a uniform guess) are drawn at 4.6" } else { "" }
-                ),
-                svg: chart.render(),
-            });
-        }
-        let mut chart = Chart::new(
-            &format!("Test accuracy{title_p}"),
-            "training step",
-            "test accuracy",
-        );
-        add_lines(&mut chart, p, &|t| {
-            Some(xy(t.eval.as_ref()?, "step", "test_acc", |_| true))
-        });
-        training.push(Figure {
-            name: slug(&format!("test-acc-{p}")),
-            caption: format!("Test accuracy{title_p} at each evaluation, mean over seeds."),
-            svg: chart.render(),
-        });
-
-        // Landscape: one row per (step, eta); the bands are the same on every row of a step.
-        if n_land > 0 {
-            for (lo, hi, what, y_label, log) in [
-                (
-                    "loss_min",
-                    "loss_max",
-                    "Loss variation along the gradient",
-                    "loss L(w − η g)",
-                    false,
-                ),
-                (
-                    "gradpred_min",
-                    "gradpred_max",
-                    "Gradient predictiveness",
-                    "‖∇L(w − η g) − ∇L(w)‖",
-                    true,
-                ),
-            ] {
-                let mut chart = Chart::new(&format!("{what}{title_p}"), "training step", y_label);
-                chart.log_y = log;
-                for v in &variants {
-                    let tables: Vec<&Table> = in_group(p, v)
-                        .iter()
-                        .filter_map(|t| t.landscape.as_ref())
-                        .collect();
-                    if tables.is_empty() {
-                        continue;
-                    }
-                    let lows: Vec<_> = tables.iter().map(|t| xy(t, "step", lo, |_| true)).collect();
-                    let highs: Vec<_> =
-                        tables.iter().map(|t| xy(t, "step", hi, |_| true)).collect();
-                    let (low, _) = over_seeds(&lows);
-                    let (high, _) = over_seeds(&highs);
-                    let band = low
-                        .iter()
-                        .zip(&high)
-                        .map(|(&(x, l), &(_, h))| (x, l, h))
-                        .collect();
-                    chart.series.push(Series {
-                        label: v.label(),
-                        color: color(v),
-                        points: Vec::new(),
-                        band,
-                        dashed: v.noise > 0.0,
-                    });
-                }
-                landscape.push(Figure {
-                    name: slug(&format!("{lo}-{p}")),
-                    caption: format!("{what}{title_p}: at each measured step, the range over the step sizes η along the gradient (mean over seeds of its ends)."),
-                    svg: chart.render(),
-                });
-            }
-            let mut chart = Chart::new(
-                &format!("β-smoothness{title_p}"),
-                "training step",
-                "max over η of ‖Δ∇L‖ / ‖η g‖",
-            );
-            chart.log_y = true;
-            add_lines(&mut chart, p, &|t| {
-                Some(xy(t.landscape.as_ref()?, "step", "beta_smoothness", |_| {
-                    true
-                }))
-            });
-            landscape.push(Figure {
-                name: slug(&format!("beta-{p}")),
-                caption: format!(
-                    "Effective β-smoothness{title_p}: lower is smoother (mean over seeds)."
-                ),
-                svg: chart.render(),
-            });
-        }
-
-        // ICS per layer, for up to four layers spread over the depth.
-        if n_layers > 0 {
-            let names = layer_names(trials.iter().filter_map(|t| t.layers.as_ref()));
-            for (col, what) in [("ics_l2", "ICS ‖G − G′‖₂"), ("ics_cos", "ICS cos(G, G′)")]
-            {
-                for (layer, name) in spread(&names, 4) {
-                    let mut chart =
-                        Chart::new(&format!("{what}, {name}{title_p}"), "training step", what);
-                    chart.width = 340.0;
-                    chart.height = 240.0;
-                    add_lines(&mut chart, p, &|t| {
-                        let layers = t.layers.as_ref()?;
-                        let l = layers.f64s("layer");
-                        Some(xy(layers, "step", col, |i| l[i] == Some(layer as f64)))
-                    });
-                    ics.push(Figure {
-                        name: slug(&format!("{col}-{name}-{p}")),
-                        caption: format!("{what} of layer {name}{title_p}: how much the layer's gradient changes when the layers before it are updated (ℓ2: 0 is none; cosine: 1 is none)."),
-                        svg: chart.render(),
-                    });
-                }
-            }
-        }
-
-        // Activation histograms over training, one layer two thirds deep.
-        if n_act > 0 {
-            let names = layer_names(trials.iter().filter_map(|t| t.activations.as_ref()));
-            if let Some((layer, name)) = names.get(names.len() * 2 / 3).cloned() {
-                for v in &variants {
-                    let Some(t) = in_group(p, v)
-                        .into_iter()
-                        .find_map(|t| t.activations.as_ref())
-                    else {
-                        continue;
-                    };
-                    let rows = histograms(t, layer, "post", 8);
-                    ridges.push(Figure {
-                        name: slug(&format!("activations-{name}-{}-{p}", v.label())),
-                        caption: format!("Activations at the end of block {name}, {}{title_p} (first seed): the histogram of one batch at each measured step, top to bottom.", v.label()),
-                        svg: svg::ridge(&format!("Activations, {name}, {}{title_p}", v.label()), "activation value", &rows, &color(v)),
-                    });
-                }
-            }
-        }
-    }
+/// The report's sections, those without figures left out (but Training).
+fn sections(
+    training: Vec<Figure>,
+    landscape: Vec<Figure>,
+    ics: Vec<Figure>,
+    ridges: Vec<Figure>,
+) -> Vec<Section> {
     let mut sections = vec![Section {
         heading: "Training".into(),
         intro: "Loss and accuracy for every learning rate, BatchNorm on and off, with and without injected noise.".into(),
@@ -492,13 +333,243 @@ pub fn build(results: &Results) -> Result<Report> {
             figures: ridges,
         });
     }
-    Ok(Report {
-        title: format!("bnsweep report: {}", results.sweep.name),
-        status,
-        table,
-        findings,
-        sections,
-    })
+    sections
+}
+
+/// What the figures draw from: the trials' tables, grouped by panel and variant (one line per
+/// variant, its color fixed across the report).
+struct Figures<'a> {
+    trials: &'a [TrialData],
+    variants: Vec<Variant>,
+    /// The moving average of the training curves, in steps.
+    window: usize,
+}
+
+impl<'a> Figures<'a> {
+    fn of(results: &Results, trials: &'a [TrialData]) -> Figures<'a> {
+        let steps = results
+            .sweep
+            .trials
+            .iter()
+            .map(|t| t.config.steps)
+            .max()
+            .unwrap_or(1);
+        Figures {
+            trials,
+            variants: results.variants(),
+            window: (steps as usize / 50).max(1),
+        }
+    }
+
+    /// Whether any trial has what `f` looks for.
+    fn has(&self, f: impl Fn(&TrialData) -> bool) -> bool {
+        self.trials.iter().any(f)
+    }
+
+    fn color(&self, v: &Variant) -> String {
+        let i = self.variants.iter().position(|x| x == v).unwrap_or(0);
+        PALETTE[i % PALETTE.len()].to_string()
+    }
+
+    /// The trials (seeds) of one variant in one panel.
+    fn group(&self, p: &str, v: &Variant) -> Vec<&'a TrialData> {
+        self.trials
+            .iter()
+            .filter(|t| t.info.panel == p && &t.info.variant == v)
+            .collect()
+    }
+
+    /// One line per variant: its seeds' runs (what `run` takes from a trial's tables, None
+    /// when they are not there) averaged, their spread shaded.
+    fn add_lines(&self, chart: &mut Chart, p: &str, run: &dyn Fn(&TrialData) -> Option<Line>) {
+        for v in &self.variants {
+            let runs: Vec<Line> = self.group(p, v).into_iter().filter_map(run).collect();
+            if runs.is_empty() {
+                continue;
+            }
+            let (points, band) = over_seeds(&runs);
+            chart.series.push(Series {
+                label: v.label(),
+                color: self.color(v),
+                points,
+                band,
+                dashed: v.noise > 0.0,
+            });
+        }
+    }
+
+    /// Training loss and accuracy (moving averages), and test accuracy.
+    fn training(&self, p: &str, title_p: &str) -> Vec<Figure> {
+        let window = self.window;
+        let mut figures = Vec::new();
+        for (col, what, y_label) in [
+            ("loss", "Training loss", "cross-entropy (moving average)"),
+            (
+                "acc",
+                "Training accuracy",
+                "batch accuracy (moving average)",
+            ),
+        ] {
+            let mut chart = Chart::new(&format!("{what}{title_p}"), "training step", y_label);
+            if col == "loss" {
+                // Twice the loss of a uniform guess over 10 classes: above, a run is lost.
+                chart.y_max = Some(2.0 * 10f64.ln());
+            }
+            self.add_lines(&mut chart, p, &|t| {
+                let train = t.train.as_ref()?;
+                Some(smooth(&xy(train, "step", col, |_| true), window))
+            });
+            figures.push(Figure {
+                name: slug(&format!("{col}-{p}")),
+                caption: format!(
+                    "{what}{title_p}: mean over seeds, shaded from the lowest to the highest seed; a moving average over {window} steps. A line that stops has diverged{}.",
+                    if col == "loss" { "; losses above 4.6 (twice that of a uniform guess) are drawn at 4.6" } else { "" }
+                ),
+                svg: chart.render(),
+            });
+        }
+        let mut chart = Chart::new(
+            &format!("Test accuracy{title_p}"),
+            "training step",
+            "test accuracy",
+        );
+        self.add_lines(&mut chart, p, &|t| {
+            Some(xy(t.eval.as_ref()?, "step", "test_acc", |_| true))
+        });
+        figures.push(Figure {
+            name: slug(&format!("test-acc-{p}")),
+            caption: format!("Test accuracy{title_p} at each evaluation, mean over seeds."),
+            svg: chart.render(),
+        });
+        figures
+    }
+
+    /// The landscape's bands (one row per step and η; the ends are the same on every row of a
+    /// step) and β-smoothness.
+    fn landscape(&self, p: &str, title_p: &str) -> Vec<Figure> {
+        let mut figures = Vec::new();
+        for (lo, hi, what, y_label, log) in [
+            (
+                "loss_min",
+                "loss_max",
+                "Loss variation along the gradient",
+                "loss L(w − η g)",
+                false,
+            ),
+            (
+                "gradpred_min",
+                "gradpred_max",
+                "Gradient predictiveness",
+                "‖∇L(w − η g) − ∇L(w)‖",
+                true,
+            ),
+        ] {
+            let mut chart = Chart::new(&format!("{what}{title_p}"), "training step", y_label);
+            chart.log_y = log;
+            for v in &self.variants {
+                let tables: Vec<&Table> = self
+                    .group(p, v)
+                    .iter()
+                    .filter_map(|t| t.landscape.as_ref())
+                    .collect();
+                if tables.is_empty() {
+                    continue;
+                }
+                let lows: Vec<_> = tables.iter().map(|t| xy(t, "step", lo, |_| true)).collect();
+                let highs: Vec<_> = tables.iter().map(|t| xy(t, "step", hi, |_| true)).collect();
+                let (low, _) = over_seeds(&lows);
+                let (high, _) = over_seeds(&highs);
+                let band = low
+                    .iter()
+                    .zip(&high)
+                    .map(|(&(x, l), &(_, h))| (x, l, h))
+                    .collect();
+                chart.series.push(Series {
+                    label: v.label(),
+                    color: self.color(v),
+                    points: Vec::new(),
+                    band,
+                    dashed: v.noise > 0.0,
+                });
+            }
+            figures.push(Figure {
+                name: slug(&format!("{lo}-{p}")),
+                caption: format!("{what}{title_p}: at each measured step, the range over the step sizes η along the gradient (mean over seeds of its ends)."),
+                svg: chart.render(),
+            });
+        }
+        let mut chart = Chart::new(
+            &format!("β-smoothness{title_p}"),
+            "training step",
+            "max over η of ‖Δ∇L‖ / ‖η g‖",
+        );
+        chart.log_y = true;
+        self.add_lines(&mut chart, p, &|t| {
+            Some(xy(t.landscape.as_ref()?, "step", "beta_smoothness", |_| {
+                true
+            }))
+        });
+        figures.push(Figure {
+            name: slug(&format!("beta-{p}")),
+            caption: format!(
+                "Effective β-smoothness{title_p}: lower is smoother (mean over seeds)."
+            ),
+            svg: chart.render(),
+        });
+        figures
+    }
+
+    /// ICS per layer, for up to four layers spread over the depth.
+    fn ics(&self, p: &str, title_p: &str) -> Vec<Figure> {
+        let names = layer_names(self.trials.iter().filter_map(|t| t.layers.as_ref()));
+        let mut figures = Vec::new();
+        for (col, what) in [("ics_l2", "ICS ‖G − G′‖₂"), ("ics_cos", "ICS cos(G, G′)")]
+        {
+            for (layer, name) in spread(&names, 4) {
+                let mut chart =
+                    Chart::new(&format!("{what}, {name}{title_p}"), "training step", what);
+                chart.width = 340.0;
+                chart.height = 240.0;
+                self.add_lines(&mut chart, p, &|t| {
+                    let layers = t.layers.as_ref()?;
+                    let l = layers.f64s("layer");
+                    Some(xy(layers, "step", col, |i| l[i] == Some(layer as f64)))
+                });
+                figures.push(Figure {
+                    name: slug(&format!("{col}-{name}-{p}")),
+                    caption: format!("{what} of layer {name}{title_p}: how much the layer's gradient changes when the layers before it are updated (ℓ2: 0 is none; cosine: 1 is none)."),
+                    svg: chart.render(),
+                });
+            }
+        }
+        figures
+    }
+
+    /// Activation histograms over training, one layer two thirds deep, per variant (its first
+    /// seed).
+    fn ridges(&self, p: &str, title_p: &str) -> Vec<Figure> {
+        let names = layer_names(self.trials.iter().filter_map(|t| t.activations.as_ref()));
+        let Some((layer, name)) = names.get(names.len() * 2 / 3).cloned() else {
+            return Vec::new();
+        };
+        let mut figures = Vec::new();
+        for v in &self.variants {
+            let Some(t) = self
+                .group(p, v)
+                .into_iter()
+                .find_map(|t| t.activations.as_ref())
+            else {
+                continue;
+            };
+            let rows = histograms(t, layer, "post", 8);
+            figures.push(Figure {
+                name: slug(&format!("activations-{name}-{}-{p}", v.label())),
+                caption: format!("Activations at the end of block {name}, {}{title_p} (first seed): the histogram of one batch at each measured step, top to bottom.", v.label()),
+                svg: svg::ridge(&format!("Activations, {name}, {}{title_p}", v.label()), "activation value", &rows, &self.color(v)),
+            });
+        }
+        figures
+    }
 }
 
 /// The findings from the trials' tables.

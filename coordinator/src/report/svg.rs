@@ -107,16 +107,36 @@ impl Chart {
         let Some((x0, x1, y0, y1)) = self.range() else {
             return no_data(out, w, h);
         };
-        let (pw, ph) = (w - LEFT - RIGHT, h - TOP - BOTTOM);
-        let sx = |x: f64| LEFT + (x - x0) / (x1 - x0) * pw;
-        let sy = |y: f64| TOP + (1.0 - (y - y0) / (y1 - y0)) * ph;
-        // Axes, grid and ticks.
+        let frame = Frame {
+            x0,
+            x1,
+            y0,
+            y1,
+            pw: w - LEFT - RIGHT,
+            ph: h - TOP - BOTTOM,
+        };
+        self.axes(&mut out, &frame);
+        self.bands(&mut out, &frame);
+        self.lines(&mut out, &frame);
+        self.legend(&mut out, frame.pw);
+        out.push_str("</svg>");
+        out
+    }
+
+    /// Whether a value can be drawn on the y axis.
+    fn drawable(&self, y: f64) -> bool {
+        y.is_finite() && (!self.log_y || y > 0.0)
+    }
+
+    /// The frame, grid, ticks and axis labels.
+    fn axes(&self, out: &mut String, f: &Frame) {
+        let (pw, ph) = (f.pw, f.ph);
         let _ = write!(
             out,
             r##"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>"##
         );
-        for t in ticks(x0, x1) {
-            let x = sx(t);
+        for t in ticks(f.x0, f.x1) {
+            let x = f.sx(t);
             let _ = write!(
                 out,
                 r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#eee"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
@@ -125,25 +145,8 @@ impl Chart {
                 fmt_num(t)
             );
         }
-        let yticks = if self.log_y {
-            let v: Vec<f64> = (y0.ceil() as i32..=y1.floor() as i32)
-                .map(f64::from)
-                .collect();
-            if v.len() >= 2 {
-                v
-            } else {
-                // Under a decade: round values, placed on the log scale.
-                ticks(10f64.powf(y0), 10f64.powf(y1))
-                    .into_iter()
-                    .filter(|t| *t > 0.0)
-                    .map(f64::log10)
-                    .collect()
-            }
-        } else {
-            ticks(y0, y1)
-        };
-        for t in yticks {
-            let y = sy(t);
+        for t in self.y_ticks(f.y0, f.y1) {
+            let y = f.sy(t);
             let label = if self.log_y {
                 fmt_num(10f64.powf(t))
             } else {
@@ -161,7 +164,7 @@ impl Chart {
             out,
             r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
             LEFT + pw / 2.0,
-            h - 8.0,
+            self.height - 8.0,
             esc(&self.x_label)
         );
         let _ = write!(
@@ -170,40 +173,67 @@ impl Chart {
             TOP + ph / 2.0,
             esc(&self.y_label)
         );
-        // Bands, then lines.
-        let ok = |y: f64| y.is_finite() && (!self.log_y || y > 0.0);
+    }
+
+    /// The y ticks in plot units: decades on a log axis (round values under a decade).
+    fn y_ticks(&self, y0: f64, y1: f64) -> Vec<f64> {
+        if !self.log_y {
+            return ticks(y0, y1);
+        }
+        let v: Vec<f64> = (y0.ceil() as i32..=y1.floor() as i32)
+            .map(f64::from)
+            .collect();
+        if v.len() >= 2 {
+            v
+        } else {
+            // Under a decade: round values, placed on the log scale.
+            ticks(10f64.powf(y0), 10f64.powf(y1))
+                .into_iter()
+                .filter(|t| *t > 0.0)
+                .map(f64::log10)
+                .collect()
+        }
+    }
+
+    /// Each series' band, shaded (drawn under the lines).
+    fn bands(&self, out: &mut String, f: &Frame) {
         for s in &self.series {
             let band: Vec<&(f64, f64, f64)> = s
                 .band
                 .iter()
-                .filter(|(_, lo, hi)| ok(*lo) && ok(*hi))
+                .filter(|(_, lo, hi)| self.drawable(*lo) && self.drawable(*hi))
                 .collect();
-            if band.len() >= 2 {
-                let mut d = String::new();
-                for (i, (x, _, hi)) in band.iter().enumerate() {
-                    let _ = write!(
-                        d,
-                        "{}{:.1},{:.1}",
-                        if i == 0 { "M" } else { "L" },
-                        sx(*x),
-                        sy(self.ty(*hi))
-                    );
-                }
-                for (x, lo, _) in band.iter().rev() {
-                    let _ = write!(d, "L{:.1},{:.1}", sx(*x), sy(self.ty(*lo)));
-                }
+            if band.len() < 2 {
+                continue;
+            }
+            let mut d = String::new();
+            for (i, (x, _, hi)) in band.iter().enumerate() {
                 let _ = write!(
-                    out,
-                    r#"<path d="{d}Z" fill="{}" fill-opacity="0.18" stroke="none"/>"#,
-                    s.color
+                    d,
+                    "{}{:.1},{:.1}",
+                    if i == 0 { "M" } else { "L" },
+                    f.sx(*x),
+                    f.sy(self.ty(*hi))
                 );
             }
+            for (x, lo, _) in band.iter().rev() {
+                let _ = write!(d, "L{:.1},{:.1}", f.sx(*x), f.sy(self.ty(*lo)));
+            }
+            let _ = write!(
+                out,
+                r#"<path d="{d}Z" fill="{}" fill-opacity="0.18" stroke="none"/>"#,
+                s.color
+            );
         }
+    }
+
+    /// Each series' line, lifted over points that cannot be drawn.
+    fn lines(&self, out: &mut String, f: &Frame) {
         for s in &self.series {
             let mut d = String::new();
             let mut pen_up = true;
             for &(x, y) in &s.points {
-                if !ok(y) {
+                if !self.drawable(y) {
                     pen_up = true;
                     continue;
                 }
@@ -211,24 +241,23 @@ impl Chart {
                     d,
                     "{}{:.1},{:.1}",
                     if pen_up { "M" } else { "L" },
-                    sx(x),
-                    sy(self.ty(y))
+                    f.sx(x),
+                    f.sy(self.ty(y))
                 );
                 pen_up = false;
             }
-            let dash = if s.dashed {
-                r#" stroke-dasharray="5 3""#
-            } else {
-                ""
-            };
             let _ = write!(
                 out,
-                r#"<path d="{d}" fill="none" stroke="{}" stroke-width="1.6"{dash}><title>{}</title></path>"#,
+                r#"<path d="{d}" fill="none" stroke="{}" stroke-width="1.6"{}><title>{}</title></path>"#,
                 s.color,
+                dash(s),
                 esc(&s.label)
             );
         }
-        // Legend, top right inside the plot.
+    }
+
+    /// The legend, top right inside the plot.
+    fn legend(&self, out: &mut String, pw: f64) {
         let lw = self
             .series
             .iter()
@@ -248,24 +277,47 @@ impl Chart {
         }
         for (i, s) in self.series.iter().enumerate() {
             let y = TOP + 14.0 + i as f64 * 14.0;
-            let dash = if s.dashed {
-                r#" stroke-dasharray="5 3""#
-            } else {
-                ""
-            };
             let _ = write!(
                 out,
-                r#"<line x1="{:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{}" stroke-width="2"{dash}/><text x="{:.1}" y="{:.1}">{}</text>"#,
+                r#"<line x1="{:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{}" stroke-width="2"{}/><text x="{:.1}" y="{:.1}">{}</text>"#,
                 lx + 4.0,
                 lx + 22.0,
                 s.color,
+                dash(s),
                 lx + 26.0,
                 y + 4.0,
                 esc(&s.label)
             );
         }
-        out.push_str("</svg>");
-        out
+    }
+}
+
+/// The dash pattern of a series' line (noisy variants are dashed).
+fn dash(s: &Series) -> &'static str {
+    if s.dashed {
+        r#" stroke-dasharray="5 3""#
+    } else {
+        ""
+    }
+}
+
+/// The plot area: the data range (plot units) and the size it is drawn at.
+struct Frame {
+    x0: f64,
+    x1: f64,
+    y0: f64,
+    y1: f64,
+    pw: f64,
+    ph: f64,
+}
+
+impl Frame {
+    fn sx(&self, x: f64) -> f64 {
+        LEFT + (x - self.x0) / (self.x1 - self.x0) * self.pw
+    }
+
+    fn sy(&self, y: f64) -> f64 {
+        TOP + (1.0 - (y - self.y0) / (self.y1 - self.y0)) * self.ph
     }
 }
 
