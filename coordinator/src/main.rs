@@ -498,56 +498,25 @@ fn default_out(sweep: &Sweep) -> PathBuf {
 
 /// `bnsweep serve`.
 fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
+    let guard = Guard::check(&args)?;
     let ServeArgs {
         file,
         listen,
         out,
         worker_timeout,
-        token,
-        token_file,
-        http,
-        tls_cert,
-        tls_key,
         max_connections,
         address_file,
         health_listen,
+        ..
     } = args;
-    let (file, out, http) = (file.as_path(), out.as_path(), http.as_str());
-    let tls = tls_cert.zip(tls_key);
-    // Empty counts as none (auth::token).
-    let token = bnsweep_proto::auth::token(token, token_file.as_deref()).map_err(Error::Refused)?;
-    let http: Option<SocketAddr> = match http {
-        "off" => None,
-        a => Some(a.parse().map_err(|e| {
-            Error::Refused(format!(
-                "--http {a}: {e} (an address like 127.0.0.1:8080, or off)"
-            ))
-        })?),
-    };
-    if let Some(h) = http.filter(|h| !h.ip().is_loopback() && token.is_none()) {
-        return Err(Error::Refused(format!(
-            "--http {h} serves the report to other machines, so it needs a shared token: pass --token SECRET (or set BNSWEEP_TOKEN)"
-        )));
-    }
-    let identity = match &tls {
-        None => None,
-        Some((cert, key)) => Some(server::Access::tls_identity(cert, key)?),
-    };
-    // The live page is served over HTTPS with the same certificate.
-    let live_tls = match &tls {
-        None => None,
-        Some((cert, key)) => Some(bnsweep::live::Tls {
-            cert_pem: std::fs::read(cert).map_err(|e| Error::io(cert, e))?,
-            key_pem: std::fs::read(key).map_err(|e| Error::io(key, e))?,
-        }),
-    };
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    if token.is_none() && !listen.ip().is_loopback() {
-        return Err(Error::Refused(format!(
-            "--listen {listen} accepts connections from other machines, so it needs a shared token: \
-             pass --token SECRET (or set BNSWEEP_TOKEN) here and to every worker"
-        )));
-    }
+    let (file, out) = (file.as_path(), out.as_path());
+    let Guard {
+        token,
+        http,
+        identity,
+        live_tls,
+    } = guard;
+    let scheme = if identity.is_some() { "https" } else { "http" };
     let sweep = load(file)?;
     let (results, resume) = ResultsDir::open(out, &sweep)?;
     let rt = runtime()?;
@@ -582,4 +551,60 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
         server::run_sweep(&sweep, results, resume, listener, policy, access, Vec::new()).await
     })?;
     Ok(report(&summary, out))
+}
+
+/// What guards `serve`, checked before anything runs: the shared token, the live page's
+/// address, and the TLS certificate (for gRPC and the live page alike).
+struct Guard {
+    token: Option<String>,
+    http: Option<SocketAddr>,
+    identity: Option<tonic::transport::Identity>,
+    live_tls: Option<bnsweep::live::Tls>,
+}
+
+impl Guard {
+    fn check(args: &ServeArgs) -> Result<Guard, Error> {
+        // Empty counts as none (auth::token).
+        let token = bnsweep_proto::auth::token(args.token.clone(), args.token_file.as_deref())
+            .map_err(Error::Refused)?;
+        let http: Option<SocketAddr> = match args.http.as_str() {
+            "off" => None,
+            a => Some(a.parse().map_err(|e| {
+                Error::Refused(format!(
+                    "--http {a}: {e} (an address like 127.0.0.1:8080, or off)"
+                ))
+            })?),
+        };
+        if let Some(h) = http.filter(|h| !h.ip().is_loopback() && token.is_none()) {
+            return Err(Error::Refused(format!(
+                "--http {h} serves the report to other machines, so it needs a shared token: pass --token SECRET (or set BNSWEEP_TOKEN)"
+            )));
+        }
+        let tls = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
+        let identity = match tls {
+            None => None,
+            Some((cert, key)) => Some(server::Access::tls_identity(cert, key)?),
+        };
+        // The live page is served over HTTPS with the same certificate.
+        let live_tls = match tls {
+            None => None,
+            Some((cert, key)) => Some(bnsweep::live::Tls {
+                cert_pem: std::fs::read(cert).map_err(|e| Error::io(cert, e))?,
+                key_pem: std::fs::read(key).map_err(|e| Error::io(key, e))?,
+            }),
+        };
+        if token.is_none() && !args.listen.ip().is_loopback() {
+            return Err(Error::Refused(format!(
+                "--listen {} accepts connections from other machines, so it needs a shared token: \
+                 pass --token SECRET (or set BNSWEEP_TOKEN) here and to every worker",
+                args.listen
+            )));
+        }
+        Ok(Guard {
+            token,
+            http,
+            identity,
+            live_tls,
+        })
+    }
 }

@@ -748,110 +748,130 @@ pub fn claim_a(trials: &[TrialSummary], ctx: &Context) -> Finding {
         "Without BatchNorm the net does not train at the higher learning rate; with BatchNorm it does.",
     );
     need_bn_and_no_bn(&mut d, trials);
-    const TRAINS: &str = "trains (fraction of seeds)";
-    const ACC: &str = "final test accuracy (diverged: 0.1)";
     for (setting, ts) in by_key(trials, |t| &t.setting) {
-        let at = |lr: f64| -> Vec<&TrialSummary> {
-            ts.iter().copied().filter(|t| t.lr == Some(lr)).collect()
-        };
-        let mut lrs: Vec<f64> = ts.iter().filter_map(|t| t.lr).collect();
-        lrs.sort_by(f64::total_cmp);
-        lrs.dedup();
-        lrs.retain(|&lr| {
-            let g = groups(&at(lr));
-            g.contains(&Group::NoBn) && g.contains(&Group::Bn)
-        });
+        let lrs = rates_with_bn_and_no_bn(&ts);
         if lrs.len() < 2 {
             if !lrs.is_empty() {
                 d.add(ADD_LR);
             }
             continue;
         }
-        for &lr in &lrs {
-            let here = at(lr);
-            let panel = format!("{}lr = {}", with_comma(&setting), fmt_num(lr));
-            for g in groups(&here) {
-                let done: Vec<&TrialSummary> = in_group(&here, g)
-                    .into_iter()
-                    .filter(|t| finished(t))
-                    .collect();
-                let t: Vec<f64> = done
-                    .iter()
-                    .filter_map(|t| trains(t).map(|b| f64::from(u8::from(b))))
-                    .collect();
-                let a: Vec<f64> = done.iter().filter_map(|t| accuracy(t)).collect();
-                d.number(&panel, TRAINS, &g.label(), &t);
-                d.number(&panel, ACC, &g.label(), &a);
-            }
-        }
-        let high = lrs[lrs.len() - 1];
-        let panel = format!("{}lr = {}", with_comma(&setting), fmt_num(high));
-        let here = at(high);
-        let value = |t: &TrialSummary| trains(t).map(|b| f64::from(u8::from(b)));
-        let (o, b) = (
-            Side::of(&here, Group::NoBn, &value),
-            Side::of(&here, Group::Bn, &value),
-        );
-        d.seeds(&panel, &o);
-        d.seeds(&panel, &b);
-        let (Some(so), Some(sb)) = (Stat::of(&o.plain()), Stat::of(&b.plain())) else {
-            d.panel(
-                &panel,
-                Verdict::NotEnoughData,
-                &["its BN and no-BN trials have not finished yet".into()],
-            );
-            continue;
-        };
-        let verdict = if sb.mean <= so.mean {
-            Verdict::NotSupported
-        } else if so.mean == 0.0 && sb.mean == 1.0 {
-            Verdict::Supported
-        } else {
-            Verdict::Mixed
-        };
-        let count = |s: &Side| s.values.iter().filter(|v| v.1 > 0.5).count();
-        let paired: Vec<(f64, f64)> = b
-            .values
-            .iter()
-            .filter_map(|(seed, x)| Some((*x, o.values.iter().find(|v| v.0 == *seed)?.1)))
-            .collect();
-        let agree = paired.iter().filter(|(x, y)| *x > 0.5 && *y < 0.5).count();
-        let mut parts = vec![format!(
-            "the highest learning rate with both: no BN trains in {} of {} seeds, BN in {} of {}; seed by seed BN trains and no BN does not in {agree} of {}",
-            count(&o),
-            o.values.len(),
-            count(&b),
-            b.values.len(),
-            paired.len()
-        )];
-        // Where no BN trains at a lower rate, the failure is the learning rate's.
-        let lower: Vec<&TrialSummary> = ts
-            .iter()
-            .copied()
-            .filter(|t| t.lr.is_some_and(|lr| lr < high && lrs.contains(&lr)))
-            .filter(|t| Group::of(t) == Some(Group::NoBn) && finished(t))
-            .collect();
-        if !lower.is_empty() {
-            let ok = lower.iter().filter(|t| trains(t) == Some(true)).count();
-            parts.push(format!(
-                "at the lower learning rates no BN trains in {ok} of {} trials",
-                lower.len()
-            ));
-            if ok == 0 {
-                let at = if setting.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({setting})")
-                };
-                d.caveat(format!(
-                    "Without BN the net trains at none of the learning rates swept{at}, the lowest ({}) included: its failure may not be the learning rate's; add a lower `lr`.",
-                    fmt_num(lrs[0])
-                ));
-            }
-        }
-        d.panel(&panel, verdict, &parts);
+        claim_a_numbers(&mut d, &setting, &ts, &lrs);
+        claim_a_highest_rate(&mut d, &setting, &ts, &lrs);
     }
     d.finish(trials, ctx)
+}
+
+/// The trials of `ts` at learning rate `lr`.
+fn at_rate<'a>(ts: &[&'a TrialSummary], lr: f64) -> Vec<&'a TrialSummary> {
+    ts.iter().copied().filter(|t| t.lr == Some(lr)).collect()
+}
+
+/// The learning rates of `ts` that have both BN and no-BN trials, in increasing order.
+fn rates_with_bn_and_no_bn(ts: &[&TrialSummary]) -> Vec<f64> {
+    let mut lrs: Vec<f64> = ts.iter().filter_map(|t| t.lr).collect();
+    lrs.sort_by(f64::total_cmp);
+    lrs.dedup();
+    lrs.retain(|&lr| {
+        let g = groups(&at_rate(ts, lr));
+        g.contains(&Group::NoBn) && g.contains(&Group::Bn)
+    });
+    lrs
+}
+
+/// (a)'s numbers: at each learning rate, per group, whether each finished seed trains and its
+/// final accuracy.
+fn claim_a_numbers(d: &mut Draft, setting: &str, ts: &[&TrialSummary], lrs: &[f64]) {
+    const TRAINS: &str = "trains (fraction of seeds)";
+    const ACC: &str = "final test accuracy (diverged: 0.1)";
+    for &lr in lrs {
+        let here = at_rate(ts, lr);
+        let panel = format!("{}lr = {}", with_comma(setting), fmt_num(lr));
+        for g in groups(&here) {
+            let done: Vec<&TrialSummary> = in_group(&here, g)
+                .into_iter()
+                .filter(|t| finished(t))
+                .collect();
+            let t: Vec<f64> = done
+                .iter()
+                .filter_map(|t| trains(t).map(|b| f64::from(u8::from(b))))
+                .collect();
+            let a: Vec<f64> = done.iter().filter_map(|t| accuracy(t)).collect();
+            d.number(&panel, TRAINS, &g.label(), &t);
+            d.number(&panel, ACC, &g.label(), &a);
+        }
+    }
+}
+
+/// (a)'s verdict for one setting, at the highest learning rate with both BN and no BN, with
+/// what the lower rates say about it.
+fn claim_a_highest_rate(d: &mut Draft, setting: &str, ts: &[&TrialSummary], lrs: &[f64]) {
+    let high = lrs[lrs.len() - 1];
+    let panel = format!("{}lr = {}", with_comma(setting), fmt_num(high));
+    let here = at_rate(ts, high);
+    let value = |t: &TrialSummary| trains(t).map(|b| f64::from(u8::from(b)));
+    let (o, b) = (
+        Side::of(&here, Group::NoBn, &value),
+        Side::of(&here, Group::Bn, &value),
+    );
+    d.seeds(&panel, &o);
+    d.seeds(&panel, &b);
+    let (Some(so), Some(sb)) = (Stat::of(&o.plain()), Stat::of(&b.plain())) else {
+        d.panel(
+            &panel,
+            Verdict::NotEnoughData,
+            &["its BN and no-BN trials have not finished yet".into()],
+        );
+        return;
+    };
+    let verdict = if sb.mean <= so.mean {
+        Verdict::NotSupported
+    } else if so.mean == 0.0 && sb.mean == 1.0 {
+        Verdict::Supported
+    } else {
+        Verdict::Mixed
+    };
+    let count = |s: &Side| s.values.iter().filter(|v| v.1 > 0.5).count();
+    let paired: Vec<(f64, f64)> = b
+        .values
+        .iter()
+        .filter_map(|(seed, x)| Some((*x, o.values.iter().find(|v| v.0 == *seed)?.1)))
+        .collect();
+    let agree = paired.iter().filter(|(x, y)| *x > 0.5 && *y < 0.5).count();
+    let mut parts = vec![format!(
+        "the highest learning rate with both: no BN trains in {} of {} seeds, BN in {} of {}; seed by seed BN trains and no BN does not in {agree} of {}",
+        count(&o),
+        o.values.len(),
+        count(&b),
+        b.values.len(),
+        paired.len()
+    )];
+    // Where no BN trains at a lower rate, the failure is the learning rate's.
+    let lower: Vec<&TrialSummary> = ts
+        .iter()
+        .copied()
+        .filter(|t| t.lr.is_some_and(|lr| lr < high && lrs.contains(&lr)))
+        .filter(|t| Group::of(t) == Some(Group::NoBn) && finished(t))
+        .collect();
+    if !lower.is_empty() {
+        let ok = lower.iter().filter(|t| trains(t) == Some(true)).count();
+        parts.push(format!(
+            "at the lower learning rates no BN trains in {ok} of {} trials",
+            lower.len()
+        ));
+        if ok == 0 {
+            let at = if setting.is_empty() {
+                String::new()
+            } else {
+                format!(" ({setting})")
+            };
+            d.caveat(format!(
+                "Without BN the net trains at none of the learning rates swept{at}, the lowest ({}) included: its failure may not be the learning rate's; add a lower `lr`.",
+                fmt_num(lrs[0])
+            ));
+        }
+    }
+    d.panel(&panel, verdict, &parts);
 }
 
 /// (b): in each panel with no BN, BN and noisy BN, for each noise level: noisy BN's mean accuracy
