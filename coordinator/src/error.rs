@@ -23,8 +23,48 @@ pub enum Error {
     },
     #[error("building a results table: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),
+    /// A results directory this sweep cannot use (another sweep's, taken, unreadable).
     #[error("{0}")]
     Refused(String),
+    /// Command-line options that do not go together, or a value they cannot take.
+    #[error("{0}")]
+    Usage(String),
+    /// The shared token (or its file) cannot be read or sent.
+    #[error("{0}")]
+    Token(String),
+    /// `--tls-cert`/`--tls-key` that do not make a usable certificate.
+    #[error("{0}")]
+    Tls(String),
+    /// A sweep whose data is not on this machine (`bnsweep run`).
+    #[error("{0}")]
+    MissingData(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `status` or `cancel` could not reach the coordinator.
+    #[error("cannot reach the coordinator at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    /// The worker program `bnsweep run` starts.
+    #[error("cannot start the worker `{}`: {source} (build it with `cargo build --release`, or set BNSWEEP_WORKER_BIN)", program.display())]
+    WorkerProgram {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Every local worker of `bnsweep run` exited with trials left.
+    #[error("every worker exited before the sweep was done; their logs are in {}", .0.display())]
+    WorkersGone(PathBuf),
+    /// A directory `bnsweep report` cannot read as results.
+    #[error("{}: {source} (is {} a bnsweep results directory?)", stored.display(), dir.display())]
+    NotResults {
+        dir: PathBuf,
+        stored: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("unknown worker `{0}`: register first (the coordinator may have restarted)")]
     UnknownWorker(String),
     #[error("unknown trial `{0}`")]
@@ -50,6 +90,8 @@ pub enum Error {
     InvalidArgument(String),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("gRPC server task: {0}")]
+    ServerTask(tokio::task::JoinError),
     #[error("interrupted; finished trials are kept: run the same command again to resume")]
     Interrupted,
     #[error("cancelled; finished trials are kept: run the same command again to resume")]
@@ -103,7 +145,17 @@ impl From<Error> for tonic::Status {
                 Code::FailedPrecondition
             }
             Error::InvalidArgument(_) | Error::Sweep(_) => Code::InvalidArgument,
-            Error::Refused(_) => Code::FailedPrecondition,
+            Error::Refused(_)
+            | Error::Usage(_)
+            | Error::Token(_)
+            | Error::Tls(_)
+            | Error::MissingData(_)
+            | Error::NotResults { .. } => Code::FailedPrecondition,
+            Error::Listen { .. }
+            | Error::Unreachable { .. }
+            | Error::WorkerProgram { .. }
+            | Error::WorkersGone(_)
+            | Error::ServerTask(_) => Code::Internal,
             Error::Interrupted | Error::Cancelled => Code::Unavailable,
             e if e.is_storage() => Code::Unavailable,
             Error::Io { .. } | Error::Parquet { .. } | Error::Arrow(_) | Error::Transport(_) => {

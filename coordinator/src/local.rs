@@ -61,11 +61,9 @@ pub fn spawn(spec: &LocalWorkers, coordinator_url: &str, logs: &Path) -> Result<
             if let Some(d) = &spec.device {
                 cmd.arg("--device").arg(d);
             }
-            cmd.spawn().map_err(|e| {
-                Error::Refused(format!(
-                    "cannot start the worker `{}`: {e} (build it with `cargo build --release`, or set BNSWEEP_WORKER_BIN)",
-                    spec.binary.display()
-                ))
+            cmd.spawn().map_err(|source| Error::WorkerProgram {
+                program: spec.binary.clone(),
+                source,
             })
         })
         .collect()

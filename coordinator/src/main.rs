@@ -267,19 +267,22 @@ async fn client(r: &Remote) -> Result<bnsweep_proto::client::Client, Error> {
         None => None,
     };
     let channel = client::endpoint(url, ca.as_deref())
-        .map_err(Error::Refused)?
+        .map_err(Error::Usage)?
         .connect()
         .await
         .map_err(|e| unreachable_at(url, bnsweep_proto::error_chain(&e)))?;
     let token = bnsweep_proto::auth::token(r.token.clone(), r.token_file.as_deref())
-        .map_err(Error::Refused)?;
+        .map_err(Error::Token)?;
     let auth =
-        client::Auth::new(token.as_deref()).map_err(|e| Error::Refused(format!("--token: {e}")))?;
+        client::Auth::new(token.as_deref()).map_err(|e| Error::Token(format!("--token: {e}")))?;
     Ok(client::new(channel, auth))
 }
 
-fn unreachable_at(url: &str, e: String) -> Error {
-    Error::Refused(format!("cannot reach the coordinator at {url}: {e}"))
+fn unreachable_at(url: &str, reason: String) -> Error {
+    Error::Unreachable {
+        url: url.to_string(),
+        reason,
+    }
 }
 
 fn cancel(remote: &Remote) -> Result<ExitCode, Error> {
@@ -426,14 +429,14 @@ fn run(
     let sweep = load(file)?;
     let missing = sweep::missing_dataset_dirs(&sweep);
     if !missing.is_empty() {
-        return Err(Error::Refused(format!(
+        return Err(Error::MissingData(format!(
             "{}: {} (see docs/sweep-file.md for how to get CIFAR-10)",
             file.display(),
             missing.join("; ")
         )));
     }
     if workers == 0 || slots == 0 {
-        return Err(Error::Refused(
+        return Err(Error::Usage(
             "--workers and --slots must be at least 1".into(),
         ));
     }
@@ -566,17 +569,17 @@ impl Guard {
     fn check(args: &ServeArgs) -> Result<Guard, Error> {
         // Empty counts as none (auth::token).
         let token = bnsweep_proto::auth::token(args.token.clone(), args.token_file.as_deref())
-            .map_err(Error::Refused)?;
+            .map_err(Error::Token)?;
         let http: Option<SocketAddr> = match args.http.as_str() {
             "off" => None,
             a => Some(a.parse().map_err(|e| {
-                Error::Refused(format!(
+                Error::Usage(format!(
                     "--http {a}: {e} (an address like 127.0.0.1:8080, or off)"
                 ))
             })?),
         };
         if let Some(h) = http.filter(|h| !h.ip().is_loopback() && token.is_none()) {
-            return Err(Error::Refused(format!(
+            return Err(Error::Usage(format!(
                 "--http {h} serves the report to other machines, so it needs a shared token: pass --token SECRET (or set BNSWEEP_TOKEN)"
             )));
         }
@@ -594,7 +597,7 @@ impl Guard {
             }),
         };
         if token.is_none() && !args.listen.ip().is_loopback() {
-            return Err(Error::Refused(format!(
+            return Err(Error::Usage(format!(
                 "--listen {} accepts connections from other machines, so it needs a shared token: \
                  pass --token SECRET (or set BNSWEEP_TOKEN) here and to every worker",
                 args.listen

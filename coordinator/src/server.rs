@@ -113,7 +113,7 @@ impl Access {
         tonic::transport::Server::builder()
             .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity.clone()))
             .map_err(|e| {
-                Error::Refused(format!(
+                Error::Tls(format!(
                     "--tls-cert {} / --tls-key {}: not a usable certificate and key: {e}",
                     cert.display(),
                     key.display()
@@ -127,7 +127,7 @@ impl Access {
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     TcpListener::bind(addr)
         .await
-        .map_err(|e| Error::Refused(format!("cannot listen on {addr}: {e}")))
+        .map_err(|source| Error::Listen { addr, source })
 }
 
 /// Serves the sweep until every trial is final and written, taking over what `resume` (an
@@ -240,7 +240,7 @@ pub async fn run_sweep(
     if let Some(identity) = access.tls {
         builder = builder
             .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-            .map_err(|e| Error::Refused(format!("TLS certificate or key: {e}")))?;
+            .map_err(|e| Error::Tls(format!("TLS certificate or key: {e}")))?;
     }
     let max_connections = access
         .max_connections
@@ -279,7 +279,7 @@ pub async fn run_sweep(
     match tokio::time::timeout(Duration::from_secs(5), &mut server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => return Err(e.into()),
-        Ok(Err(e)) => return Err(Error::Refused(format!("gRPC server task: {e}"))),
+        Ok(Err(e)) => return Err(Error::ServerTask(e)),
         Err(_) => {
             tracing::warn!("connections still open after the sweep ended; closing them");
             server.abort();
@@ -365,10 +365,7 @@ async fn watch(shared: &Arc<Shared>, local: &mut [Child], health: &Health) -> Re
             }
             if alive == 0 {
                 reporter.finish(&progress);
-                return Err(Error::Refused(format!(
-                    "every worker exited before the sweep was done; their logs are in {}",
-                    shared.results.logs_dir().display()
-                )));
+                return Err(Error::WorkersGone(shared.results.logs_dir()));
             }
         }
     }

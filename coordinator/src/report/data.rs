@@ -212,12 +212,10 @@ pub struct Results {
 impl Results {
     pub fn open(dir: &Path) -> Result<Results> {
         let stored = dir.join("sweep.yaml");
-        let text = std::fs::read_to_string(&stored).map_err(|e| {
-            Error::Refused(format!(
-                "{}: {e} (is {} a bnsweep results directory?)",
-                stored.display(),
-                dir.display()
-            ))
+        let text = std::fs::read_to_string(&stored).map_err(|source| Error::NotResults {
+            dir: dir.to_path_buf(),
+            stored: stored.clone(),
+            source,
         })?;
         let sweep = Sweep::parse(&stored.display().to_string(), &text).map_err(Error::Sweep)?;
         let path = dir.join("trials.parquet");
