@@ -8,6 +8,7 @@
 pub mod config;
 pub mod diagnostic;
 pub mod expand;
+pub mod fields;
 pub mod measure;
 pub mod yaml;
 

@@ -667,3 +667,20 @@ fn every_field_reaches_the_worker() {
         ("fp32", "element")
     );
 }
+
+#[test]
+fn the_sweep_file_reference_lists_every_training_field_in_order() {
+    let doc = include_str!("../../../docs/sweep-file.md");
+    let table = doc
+        .split("## Training fields")
+        .nth(1)
+        .and_then(|s| s.split("\n\n").find(|p| p.starts_with("| field |")))
+        .expect("docs/sweep-file.md has a table of the training fields");
+    let documented: Vec<&str> = table
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.strip_prefix("| `")?.split('`').next())
+        .collect();
+    let declared: Vec<&str> = config::FIELDS.iter().map(|f| f.path).collect();
+    assert_eq!(documented, declared);
+}
