@@ -845,51 +845,7 @@ pub fn measure_spec(m: &crate::sweep::measure::MeasureConfig) -> pb::MeasureSpec
 
 /// The wire form of a trial's configuration.
 pub fn spec(t: &Trial, measure: Option<pb::MeasureSpec>) -> pb::TrialSpec {
-    let c = &t.config;
-    pb::TrialSpec {
-        seed: c.seed,
-        lr: c.lr,
-        bn: c.bn,
-        noise: c.noise,
-        noise_draws: c.noise_options.draws.clone(),
-        noise_moments: c.noise_options.moments.clone(),
-        noise_spread: c.noise_options.spread.clone(),
-        noise_head: c.noise_options.head,
-        model: Some(pb::ModelSpec {
-            name: c.model.name.clone(),
-            width: c.model.width,
-            hidden: c.model.hidden.clone(),
-            init: c.model.init.clone(),
-            bn_momentum: c.model.bn_momentum,
-        }),
-        dataset: Some(pb::DatasetSpec {
-            name: c.dataset.name.clone(),
-            path: c.dataset.path.clone(),
-            augment: c.dataset.augment,
-            train_size: c.dataset.train_size,
-            test_size: c.dataset.test_size,
-            data_seed: c.dataset.seed,
-        }),
-        optimizer: Some(pb::OptimizerSpec {
-            name: c.optimizer.name.clone(),
-            momentum: c.optimizer.momentum,
-            weight_decay: c.optimizer.weight_decay,
-            nesterov: c.optimizer.nesterov,
-            beta1: c.optimizer.beta1,
-            beta2: c.optimizer.beta2,
-            eps: c.optimizer.eps,
-        }),
-        batch_size: c.batch_size,
-        steps: c.steps,
-        eval_every: c.eval_every,
-        divergence: Some(pb::DivergenceSpec {
-            loss_above: c.divergence.loss_above,
-            for_steps: c.divergence.for_steps,
-        }),
-        measure,
-        precision: c.precision.clone(),
-        channels_last: c.channels_last,
-    }
+    t.config.to_spec(measure)
 }
 
 #[cfg(test)]

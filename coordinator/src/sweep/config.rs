@@ -1,10 +1,13 @@
-//! What one trial trains: the training fields a sweep file may set or sweep, their types and
-//! defaults, and the step that turns the settings of one trial into a checked [`TrialConfig`].
+//! What one trial trains: the training fields a sweep file may set or sweep, declared once in
+//! [`TrialConfig`]'s `training_fields!` (paths, types, defaults, rules, wire), the reading of
+//! `train:`, and the step that turns the settings of one trial into a checked configuration.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+
+use bnsweep_proto as pb;
 
 use super::diagnostic::Diagnostic;
+use super::fields::{training_fields, Build, Canonical, Get, Reader, Rule, Wire};
 use super::yaml::{Node, Pos, Scalar, Value};
 
 /// The type of a training field, and so of its column in the results.
@@ -36,149 +39,153 @@ pub struct Field {
     pub kind: Kind,
 }
 
-/// Every training field. A path with a dot lives in a nested mapping (`model: {width: 0.5}`).
-pub const FIELDS: &[Field] = &[
-    Field {
-        path: "lr",
-        kind: Kind::Float,
-    },
-    Field {
-        path: "bn",
-        kind: Kind::Bool,
-    },
-    Field {
-        path: "noise",
-        kind: Kind::Float,
-    },
-    Field {
-        path: "noise_draws",
-        kind: Kind::Str,
-    },
-    Field {
-        path: "noise_moments",
-        kind: Kind::Str,
-    },
-    Field {
-        path: "noise_spread",
-        kind: Kind::Str,
-    },
-    Field {
-        path: "noise_head",
-        kind: Kind::Bool,
-    },
-    Field {
-        path: "batch_size",
-        kind: Kind::Int,
-    },
-    Field {
-        path: "steps",
-        kind: Kind::Int,
-    },
-    Field {
-        path: "eval_every",
-        kind: Kind::Int,
-    },
-    Field {
-        path: "model.name",
-        kind: Kind::Str,
-    },
-    Field {
-        path: "model.width",
-        kind: Kind::Float,
-    },
-    Field {
-        path: "model.hidden",
-        kind: Kind::IntList,
-    },
-    Field {
-        path: "model.init",
-        kind: Kind::Str,
-    },
-    Field {
-        path: "model.bn_momentum",
-        kind: Kind::Float,
-    },
-    Field {
-        path: "dataset.name",
-        kind: Kind::Str,
-    },
-    Field {
-        path: "dataset.path",
-        kind: Kind::Str,
-    },
-    Field {
-        path: "dataset.augment",
-        kind: Kind::Bool,
-    },
-    Field {
-        path: "dataset.train_size",
-        kind: Kind::Int,
-    },
-    Field {
-        path: "dataset.test_size",
-        kind: Kind::Int,
-    },
-    Field {
-        path: "dataset.seed",
-        kind: Kind::Int,
-    },
-    Field {
-        path: "optimizer.name",
-        kind: Kind::Str,
-    },
-    Field {
-        path: "optimizer.momentum",
-        kind: Kind::Float,
-    },
-    Field {
-        path: "optimizer.weight_decay",
-        kind: Kind::Float,
-    },
-    Field {
-        path: "optimizer.nesterov",
-        kind: Kind::Bool,
-    },
-    Field {
-        path: "optimizer.beta1",
-        kind: Kind::Float,
-    },
-    Field {
-        path: "optimizer.beta2",
-        kind: Kind::Float,
-    },
-    Field {
-        path: "optimizer.eps",
-        kind: Kind::Float,
-    },
-    Field {
-        path: "divergence.loss_above",
-        kind: Kind::Float,
-    },
-    Field {
-        path: "divergence.for_steps",
-        kind: Kind::Int,
-    },
-    Field {
-        path: "precision",
-        kind: Kind::Str,
-    },
-    Field {
-        path: "channels_last",
-        kind: Kind::Bool,
-    },
-];
-
-/// Fields added after the first release, with their defaults: at its default such a field is
-/// left out of a trial's id, so that the ids of sweeps started before it stay the same (and
-/// their results directories resume).
-const LATER_FIELDS: &[(&str, &str)] = &[
-    ("precision", "fp32"),
-    ("channels_last", "false"),
-    ("noise_draws", "element"),
-    ("noise_moments", "layer"),
-    ("noise_spread", "std"),
-    ("noise_head", "false"),
-];
+training_fields! {
+    /// The complete, checked configuration of one trial: every training field, declared once.
+    ///
+    /// Each field's path under `train:` (its name under `parameters:`), type, default, rule
+    /// and place in the worker's `TrialSpec` (when not its own) are here, in the order of a
+    /// trial id's text and of docs/sweep-file.md's table. A new field takes `later: true` and
+    /// a default that trains as before, so that existing ids stay the same. Rules across
+    /// fields are in `check_across`.
+    TrialConfig {
+        /// Constant learning rate.
+        lr: f64 = "lr" { rule: Rule::Number(|v| v > 0.0, "learning rate must be > 0") };
+        /// BatchNorm after every conv, before the ReLU.
+        bn: bool = "bn" { default: true };
+        /// The noise level v (docs/training.md).
+        noise: f64 = "noise" {
+            default: 0.0,
+            rule: Rule::Number(|v| v >= 0.0, "noise level must be >= 0"),
+        };
+        /// Where the noise definitions leave a choice (docs/training.md, "The noise").
+        noise_options: NoiseOptions {
+            /// `element`: m and s drawn per element; `channel`: one per channel (or feature).
+            draws: String = "noise_draws" {
+                default: NOISE_DRAWS[0],
+                rule: Rule::OneOf(NOISE_DRAWS, "noise draw"),
+                later: true,
+            } => noise_draws;
+            /// `layer`: mu_t and sigma_t once per layer and step; `channel`: once per channel.
+            moments: String = "noise_moments" {
+                default: NOISE_MOMENTS[0],
+                rule: Rule::OneOf(NOISE_MOMENTS, "noise moment"),
+                later: true,
+            } => noise_moments;
+            /// `std`: s ~ N(sigma_t, (0.1 v)^2); `variance`: s ~ N(sigma_t, 0.1 v).
+            spread: String = "noise_spread" {
+                default: NOISE_SPREADS[0],
+                rule: Rule::OneOf(NOISE_SPREADS, "noise spread"),
+                later: true,
+            } => noise_spread;
+            /// Noise in a VGG head's hidden linear layers too (before their ReLU).
+            head: bool = "noise_head" { default: false, later: true } => noise_head;
+        }
+        batch_size: u32 = "batch_size" { default: 128, rule: Rule::Range(1, 65_536) };
+        steps: u64 = "steps" { default: 1000, rule: Rule::Range(1, i64::MAX) };
+        eval_every: u64 = "eval_every" { default: 500, rule: Rule::Range(1, i64::MAX) };
+        model: ModelConfig {
+            name: String = "model.name" { default: "vgg8", rule: Rule::OneOf(MODELS, "model") };
+            width: f64 = "model.width" {
+                default: 1.0,
+                rule: Rule::Number(|v| v > 0.0 && v <= 16.0, "width must be in (0, 16]"),
+            };
+            /// mlp: hidden layer sizes.
+            hidden: Vec<i64> = "model.hidden" {
+                default: vec![256, 128, 64],
+                rule: Rule::Each(
+                    |h| (1..=1_000_000).contains(&h),
+                    "hidden layer sizes must be in [1, 1000000]",
+                ),
+            };
+            /// How the initial weights are drawn (one of [`INITS`]).
+            init: String = "model.init" {
+                default: "pytorch",
+                rule: Rule::OneOf(INITS, "initialisation"),
+            };
+            /// BatchNorm's running-statistics momentum, PyTorch's convention.
+            bn_momentum: f64 = "model.bn_momentum" {
+                default: 0.1,
+                rule: Rule::Number(
+                    |v| v > 0.0 && v <= 1.0,
+                    "BatchNorm momentum must be in (0, 1] (PyTorch's convention: flax's 0.99 is 0.01)",
+                ),
+            };
+        }
+        dataset: DatasetConfig {
+            name: String = "dataset.name" {
+                default: "synthetic",
+                rule: Rule::OneOf(DATASETS, "dataset"),
+            };
+            /// Empty: the official release, from the workers' cache (downloaded once).
+            path: String = "dataset.path" {
+                default: "",
+                rule: Rule::Text(
+                    |p| !p.is_empty(),
+                    "must not be empty (leave it out to use the downloaded release)",
+                ),
+                id_if_empty: FORMER_DEFAULT_PATH,
+            };
+            augment: bool = "dataset.augment" { default: false };
+            /// 0 means the whole set (cifar10, mnist).
+            train_size: u32 = "dataset.train_size" {
+                default_from: |c| Sizes::of(c).train as u32,
+                rule_from: |c| Rule::Range(Sizes::of(c).min, Sizes::of(c).train_max),
+            };
+            test_size: u32 = "dataset.test_size" {
+                default_from: |c| Sizes::of(c).test as u32,
+                rule_from: |c| Rule::Range(Sizes::of(c).min, Sizes::of(c).test_max),
+            };
+            seed: u64 = "dataset.seed" { default: 0, rule: Rule::Range(0, i64::MAX) }
+                => dataset.data_seed;
+        }
+        optimizer: OptimizerConfig {
+            name: String = "optimizer.name" {
+                default: "sgd",
+                rule: Rule::OneOf(OPTIMIZERS, "optimizer"),
+            };
+            momentum: f64 = "optimizer.momentum" {
+                default: 0.0,
+                rule: Rule::Number(|v| (0.0..1.0).contains(&v), "momentum must be in [0, 1)"),
+            };
+            weight_decay: f64 = "optimizer.weight_decay" {
+                default: 0.0,
+                rule: Rule::Number(|v| v >= 0.0, "weight decay must be >= 0"),
+            };
+            nesterov: bool = "optimizer.nesterov" { default: false };
+            beta1: f64 = "optimizer.beta1" {
+                default: 0.9,
+                rule: Rule::Number(|v| (0.0..1.0).contains(&v), "beta1 must be in [0, 1)"),
+            };
+            beta2: f64 = "optimizer.beta2" {
+                default: 0.999,
+                rule: Rule::Number(|v| (0.0..1.0).contains(&v), "beta2 must be in [0, 1)"),
+            };
+            eps: f64 = "optimizer.eps" {
+                default: 1e-8,
+                rule: Rule::Number(|v| v > 0.0, "eps must be > 0"),
+            };
+        }
+        /// When a finite loss counts as diverged: above `loss_above` for `for_steps` steps
+        /// running.
+        divergence: DivergenceConfig {
+            loss_above: f64 = "divergence.loss_above" {
+                default: 100.0,
+                rule: Rule::NumberOrInf(|v| v > 0.0, "must be > 0 (.inf turns the bound off)"),
+            };
+            for_steps: u64 = "divergence.for_steps" {
+                default: 20,
+                rule: Rule::Range(1, i64::MAX),
+            };
+        }
+        /// How training steps compute: fp32 (exact), bf16 or fp16 (autocast).
+        precision: String = "precision" {
+            default: "fp32",
+            rule: Rule::OneOf(PRECISIONS, "precision"),
+            later: true,
+        };
+        channels_last: bool = "channels_last" { default: false, later: true };
+    }
+}
 
 pub const MODELS: &[&str] = &["vgg8", "vgg10", "vgg11", "vgg13", "vgg16", "vgg19", "mlp"];
 pub const DATASETS: &[&str] = &["cifar10", "mnist", "synthetic"];
@@ -358,80 +365,6 @@ pub fn keys_under(prefix: &str) -> String {
     keys.join(", ")
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModelConfig {
-    pub name: String,
-    pub width: f64,
-    /// mlp: hidden layer sizes.
-    pub hidden: Vec<i64>,
-    /// How the initial weights are drawn (one of [`INITS`]).
-    pub init: String,
-    /// BatchNorm's running-statistics momentum, PyTorch's convention.
-    pub bn_momentum: f64,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct DatasetConfig {
-    pub name: String,
-    pub path: String,
-    pub augment: bool,
-    /// 0 means the whole set (cifar10).
-    pub train_size: u32,
-    pub test_size: u32,
-    pub seed: u64,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct OptimizerConfig {
-    pub name: String,
-    pub momentum: f64,
-    pub weight_decay: f64,
-    pub nesterov: bool,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-}
-
-/// Where the noise definitions leave a choice (docs/training.md, "The noise").
-#[derive(Debug, Clone, PartialEq)]
-pub struct NoiseOptions {
-    /// `element`: m and s drawn per element; `channel`: one per channel (or feature).
-    pub draws: String,
-    /// `layer`: mu_t and sigma_t once per layer and step; `channel`: once per channel.
-    pub moments: String,
-    /// `std`: s ~ N(sigma_t, (0.1 v)^2); `variance`: s ~ N(sigma_t, 0.1 v).
-    pub spread: String,
-    /// Noise in a VGG head's hidden linear layers too (before their ReLU).
-    pub head: bool,
-}
-
-/// When a finite loss counts as diverged: above `loss_above` for `for_steps` steps running.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DivergenceConfig {
-    pub loss_above: f64,
-    pub for_steps: u64,
-}
-
-/// The complete, checked configuration of one trial.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TrialConfig {
-    pub seed: u64,
-    pub lr: f64,
-    pub bn: bool,
-    pub noise: f64,
-    pub noise_options: NoiseOptions,
-    pub model: ModelConfig,
-    pub dataset: DatasetConfig,
-    pub optimizer: OptimizerConfig,
-    pub batch_size: u32,
-    pub steps: u64,
-    pub eval_every: u64,
-    pub divergence: DivergenceConfig,
-    /// How training steps compute: fp32 (exact), bf16 or fp16 (autocast).
-    pub precision: String,
-    pub channels_last: bool,
-}
-
 /// Number of images in the CIFAR-10 training and test sets.
 pub const CIFAR10_TRAIN: i64 = 50_000;
 pub const CIFAR10_TEST: i64 = 10_000;
@@ -443,346 +376,134 @@ pub const MNIST_TEST: i64 = 10_000;
 /// then stay the same (the same official files, wherever they live).
 const FORMER_DEFAULT_PATH: &str = "data/cifar-10-batches-bin";
 
-impl TrialConfig {
-    /// Applies defaults and checks every value; every problem found is returned.
-    pub fn build(seed: u64, s: &Settings) -> Result<TrialConfig, Vec<Diagnostic>> {
-        let mut r = Reader {
-            s,
-            diags: Vec::new(),
-        };
-        let lr = r.float("lr", None, |v| v > 0.0, "learning rate must be > 0");
-        let noise = r.float("noise", Some(0.0), |v| v >= 0.0, "noise level must be >= 0");
-        let bn = r.bool("bn", true);
-        let noise_options = NoiseOptions {
-            draws: r.choice("noise_draws", NOISE_DRAWS[0], NOISE_DRAWS, "noise draw"),
-            moments: r.choice(
-                "noise_moments",
-                NOISE_MOMENTS[0],
-                NOISE_MOMENTS,
-                "noise moment",
-            ),
-            spread: r.choice(
-                "noise_spread",
-                NOISE_SPREADS[0],
-                NOISE_SPREADS,
-                "noise spread",
-            ),
-            head: r.bool("noise_head", false),
-        };
-        let model_name = r.choice("model.name", "vgg8", MODELS, "model");
-        let width = r.float(
-            "model.width",
-            Some(1.0),
-            |v| v > 0.0 && v <= 16.0,
-            "width must be in (0, 16]",
-        );
-        let hidden = match s.get("model.hidden") {
-            Some((ParamValue::IntList(h), _)) => h.clone(),
-            _ => vec![256, 128, 64],
-        };
-        if hidden.iter().any(|&h| !(1..=1_000_000).contains(&h)) {
-            r.fail(
-                "model.hidden",
-                "hidden layer sizes must be in [1, 1000000]".into(),
-            );
-        }
-        let init = r.choice("model.init", "pytorch", INITS, "initialisation");
-        let bn_momentum = r.float(
-            "model.bn_momentum",
-            Some(0.1),
-            |v| v > 0.0 && v <= 1.0,
-            "BatchNorm momentum must be in (0, 1] (PyTorch's convention: flax's 0.99 is 0.01)",
-        );
-        let dataset_name = r.choice("dataset.name", "synthetic", DATASETS, "dataset");
-        let synthetic = dataset_name == "synthetic";
-        let (train_default, test_default, train_max, test_max) = match dataset_name.as_str() {
+/// The sizes a dataset allows and defaults to.
+struct Sizes {
+    train: i64,
+    test: i64,
+    /// 1 for synthetic (at least one image), else 0 (the whole set).
+    min: i64,
+    train_max: i64,
+    test_max: i64,
+}
+
+impl Sizes {
+    fn of(c: &TrialConfig) -> Sizes {
+        let (train, test, train_max, test_max) = match c.dataset.name.as_str() {
             "synthetic" => (5000, 1000, 1_000_000, 1_000_000),
             "mnist" => (0, 0, MNIST_TRAIN, MNIST_TEST),
             _ => (0, 0, CIFAR10_TRAIN, CIFAR10_TEST),
         };
-        let min_size = i64::from(synthetic);
-        let train_size = r.int("dataset.train_size", train_default, min_size, train_max);
-        let test_size = r.int("dataset.test_size", test_default, min_size, test_max);
-        // Left out: the official release, from the workers' cache (downloaded once).
-        let path = r.string("dataset.path", "");
-        if path.is_empty() && s.get("dataset.path").is_some() {
-            r.fail(
-                "dataset.path",
-                "must not be empty (leave it out to use the downloaded release)".into(),
-            );
+        Sizes {
+            train,
+            test,
+            min: i64::from(c.dataset.name == "synthetic"),
+            train_max,
+            test_max,
         }
-        let augment = r.bool("dataset.augment", false);
-        if dataset_name == "mnist" {
-            if model_name != "mlp" {
-                // On the model when the file names one, else on the dataset.
-                let at = if s.get("model.name").is_some() {
-                    "model.name"
-                } else {
-                    "dataset.name"
-                };
-                r.fail(
-                    at,
-                    format!("`{model_name}` takes 32x32 colour images; MNIST's are 28x28 grey: use `model.name: mlp`"),
-                );
-            }
-            if augment {
-                r.fail(
-                    "dataset.augment",
-                    "random crops and flips are for CIFAR-10's images, not MNIST's digits".into(),
-                );
-            }
-        }
-        let data_seed = r.int("dataset.seed", 0, 0, i64::MAX);
-        let batch_size = r.int("batch_size", 128, 1, 65_536);
-        let available = if train_size > 0 {
-            train_size
+    }
+}
+
+impl TrialConfig {
+    /// Applies defaults and checks every value; every problem found is returned.
+    pub fn build(seed: u64, s: &Settings) -> Result<TrialConfig, Vec<Diagnostic>> {
+        let mut b = Build {
+            config: TrialConfig {
+                seed,
+                ..TrialConfig::default()
+            },
+            reader: Reader {
+                settings: s,
+                diags: Vec::new(),
+            },
+        };
+        TrialConfig::visit(&mut b);
+        check_across(&b.config, &mut b.reader);
+        if b.reader.diags.is_empty() {
+            Ok(b.config)
         } else {
-            train_max
-        };
-        if batch_size > available {
-            r.fail(
-                "batch_size",
-                format!(
-                    "batch size {batch_size} is larger than the training set ({available} images)"
-                ),
-            );
+            Err(b.reader.diags)
         }
-        let steps = r.int("steps", 1000, 1, i64::MAX);
-        let eval_every = r.int("eval_every", 500, 1, i64::MAX);
-        let opt_name = r.choice("optimizer.name", "sgd", OPTIMIZERS, "optimizer");
-        let momentum = r.float(
-            "optimizer.momentum",
-            Some(0.0),
-            |v| (0.0..1.0).contains(&v),
-            "momentum must be in [0, 1)",
-        );
-        let weight_decay = r.float(
-            "optimizer.weight_decay",
-            Some(0.0),
-            |v| v >= 0.0,
-            "weight decay must be >= 0",
-        );
-        let nesterov = r.bool("optimizer.nesterov", false);
-        let beta1 = r.float(
-            "optimizer.beta1",
-            Some(0.9),
-            |v| (0.0..1.0).contains(&v),
-            "beta1 must be in [0, 1)",
-        );
-        let beta2 = r.float(
-            "optimizer.beta2",
-            Some(0.999),
-            |v| (0.0..1.0).contains(&v),
-            "beta2 must be in [0, 1)",
-        );
-        let eps = r.float("optimizer.eps", Some(1e-8), |v| v > 0.0, "eps must be > 0");
-        let loss_above = match s.get("divergence.loss_above") {
-            Some((ParamValue::Float(v), _)) => {
-                if v.is_nan() || *v <= 0.0 {
-                    r.fail(
-                        "divergence.loss_above",
-                        format!("must be > 0 (.inf turns the bound off), got {v}"),
-                    );
-                }
-                *v
-            }
-            _ => 100.0,
-        };
-        let for_steps = r.int("divergence.for_steps", 20, 1, i64::MAX);
-        let precision = r.choice("precision", "fp32", PRECISIONS, "precision");
-        let channels_last = r.bool("channels_last", false);
-        if nesterov && momentum == 0.0 {
-            r.fail(
-                "optimizer.nesterov",
-                "Nesterov momentum needs optimizer.momentum > 0".into(),
-            );
-        }
-        if !r.diags.is_empty() {
-            return Err(r.diags);
-        }
-        Ok(TrialConfig {
-            seed,
-            lr,
-            bn,
-            noise,
-            noise_options,
-            model: ModelConfig {
-                name: model_name,
-                width,
-                hidden,
-                init,
-                bn_momentum,
-            },
-            dataset: DatasetConfig {
-                name: dataset_name,
-                path,
-                augment,
-                train_size: train_size as u32,
-                test_size: test_size as u32,
-                seed: data_seed as u64,
-            },
-            optimizer: OptimizerConfig {
-                name: opt_name,
-                momentum,
-                weight_decay,
-                nesterov,
-                beta1,
-                beta2,
-                eps,
-            },
-            batch_size: batch_size as u32,
-            steps: steps as u64,
-            eval_every: eval_every as u64,
-            divergence: DivergenceConfig {
-                loss_above,
-                for_steps: for_steps as u64,
-            },
-            precision,
-            channels_last,
-        })
     }
 
     /// The value of a training field, by its path.
     pub fn get(&self, path: &str) -> ParamValue {
-        use ParamValue::*;
-        match path {
-            "lr" => Float(self.lr),
-            "bn" => Bool(self.bn),
-            "noise" => Float(self.noise),
-            "noise_draws" => Str(self.noise_options.draws.clone()),
-            "noise_moments" => Str(self.noise_options.moments.clone()),
-            "noise_spread" => Str(self.noise_options.spread.clone()),
-            "noise_head" => Bool(self.noise_options.head),
-            "batch_size" => Int(self.batch_size.into()),
-            "steps" => Int(self.steps as i64),
-            "eval_every" => Int(self.eval_every as i64),
-            "model.name" => Str(self.model.name.clone()),
-            "model.width" => Float(self.model.width),
-            "model.hidden" => IntList(self.model.hidden.clone()),
-            "model.init" => Str(self.model.init.clone()),
-            "model.bn_momentum" => Float(self.model.bn_momentum),
-            "dataset.name" => Str(self.dataset.name.clone()),
-            "dataset.path" => Str(self.dataset.path.clone()),
-            "dataset.augment" => Bool(self.dataset.augment),
-            "dataset.train_size" => Int(self.dataset.train_size.into()),
-            "dataset.test_size" => Int(self.dataset.test_size.into()),
-            "dataset.seed" => Int(self.dataset.seed as i64),
-            "optimizer.name" => Str(self.optimizer.name.clone()),
-            "optimizer.momentum" => Float(self.optimizer.momentum),
-            "optimizer.weight_decay" => Float(self.optimizer.weight_decay),
-            "optimizer.nesterov" => Bool(self.optimizer.nesterov),
-            "optimizer.beta1" => Float(self.optimizer.beta1),
-            "optimizer.beta2" => Float(self.optimizer.beta2),
-            "optimizer.eps" => Float(self.optimizer.eps),
-            "divergence.loss_above" => Float(self.divergence.loss_above),
-            "divergence.for_steps" => Int(self.divergence.for_steps as i64),
-            "precision" => Str(self.precision.clone()),
-            "channels_last" => Bool(self.channels_last),
-            other => unreachable!("no training field `{other}`"),
-        }
+        let mut g = Get {
+            config: self,
+            path,
+            found: None,
+        };
+        TrialConfig::visit(&mut g);
+        g.found
+            .unwrap_or_else(|| unreachable!("no training field `{path}`"))
     }
 
     /// Every field and the seed, in a fixed order and an exact notation: what a trial id hashes.
     pub fn canonical(&self) -> String {
-        let mut out = format!("seed={}", self.seed);
-        for f in FIELDS {
-            let value = self.get(f.path);
-            if LATER_FIELDS.contains(&(f.path, value.to_string().as_str())) {
-                continue;
-            }
-            let _ = match value {
-                ParamValue::Str(p) if f.path == "dataset.path" && p.is_empty() => {
-                    write!(out, ";{}={FORMER_DEFAULT_PATH}", f.path)
-                }
-                // `{:?}` writes the shortest text that reads back as the same f64.
-                ParamValue::Float(v) => write!(out, ";{}={v:?}", f.path),
-                v => write!(out, ";{}={v}", f.path),
-            };
-        }
-        out
-    }
-}
-
-struct Reader<'a> {
-    s: &'a Settings,
-    diags: Vec<Diagnostic>,
-}
-
-impl Reader<'_> {
-    fn fail(&mut self, path: &str, message: String) {
-        let (pos, shown) = match self.s.get(path) {
-            Some((_, o)) => (o.pos, o.path.clone()),
-            None => (Pos { line: 1, col: 1 }, format!("train.{path}")),
+        let mut c = Canonical {
+            config: self,
+            out: format!("seed={}", self.seed),
         };
-        self.diags.push(Diagnostic::new(pos, shown, message));
+        TrialConfig::visit(&mut c);
+        c.out
     }
 
-    fn float(
-        &mut self,
-        path: &str,
-        default: Option<f64>,
-        ok: impl Fn(f64) -> bool,
-        rule: &str,
-    ) -> f64 {
-        match (self.s.get(path), default) {
-            (Some((ParamValue::Float(v), _)), _) => {
-                let v = *v;
-                if !v.is_finite() || !ok(v) {
-                    self.fail(path, format!("{rule}, got {v}"));
-                }
-                v
-            }
-            (_, Some(d)) => d,
-            (_, None) => {
-                self.fail(
-                    path,
-                    format!("missing: set `{path}` under `train` or sweep it under `parameters`"),
-                );
-                f64::NAN
-            }
-        }
+    /// What a worker is sent to train this configuration.
+    pub fn to_spec(&self, measure: Option<pb::MeasureSpec>) -> pb::TrialSpec {
+        let mut w = Wire {
+            config: self,
+            spec: pb::TrialSpec {
+                seed: self.seed,
+                measure,
+                ..Default::default()
+            },
+        };
+        TrialConfig::visit(&mut w);
+        w.spec
     }
+}
 
-    fn int(&mut self, path: &str, default: i64, min: i64, max: i64) -> i64 {
-        match self.s.get(path) {
-            Some((ParamValue::Int(v), _)) => {
-                let v = *v;
-                if v < min || v > max {
-                    let rule = if max == i64::MAX {
-                        format!("must be >= {min}")
-                    } else {
-                        format!("must be in [{min}, {max}]")
-                    };
-                    self.fail(path, format!("{rule}, got {v}"));
-                }
-                v.clamp(min, max)
-            }
-            _ => default,
-        }
-    }
-
-    fn bool(&mut self, path: &str, default: bool) -> bool {
-        match self.s.get(path) {
-            Some((ParamValue::Bool(v), _)) => *v,
-            _ => default,
-        }
-    }
-
-    fn string(&mut self, path: &str, default: &str) -> String {
-        match self.s.get(path) {
-            Some((ParamValue::Str(v), _)) => v.clone(),
-            _ => default.to_string(),
-        }
-    }
-
-    fn choice(&mut self, path: &str, default: &str, known: &[&str], what: &str) -> String {
-        let v = self.string(path, default);
-        if !known.contains(&v.as_str()) {
-            self.fail(
-                path,
-                format!("unknown {what} `{v}` (known: {})", known.join(", ")),
+/// The rules that tie fields together, once each field is read and checked on its own.
+fn check_across(c: &TrialConfig, r: &mut Reader) {
+    if c.dataset.name == "mnist" {
+        if c.model.name != "mlp" {
+            // On the model when the file names one, else on the dataset.
+            let at = if r.settings.contains_key("model.name") {
+                "model.name"
+            } else {
+                "dataset.name"
+            };
+            r.fail(
+                at,
+                format!(
+                    "`{}` takes 32x32 colour images; MNIST's are 28x28 grey: use `model.name: mlp`",
+                    c.model.name
+                ),
             );
         }
-        v
+        if c.dataset.augment {
+            r.fail(
+                "dataset.augment",
+                "random crops and flips are for CIFAR-10's images, not MNIST's digits".into(),
+            );
+        }
+    }
+    let available = match c.dataset.train_size {
+        0 => Sizes::of(c).train_max,
+        n => i64::from(n),
+    };
+    if i64::from(c.batch_size) > available {
+        r.fail(
+            "batch_size",
+            format!(
+                "batch size {} is larger than the training set ({available} images)",
+                c.batch_size
+            ),
+        );
+    }
+    if c.optimizer.nesterov && c.optimizer.momentum == 0.0 {
+        r.fail(
+            "optimizer.nesterov",
+            "Nesterov momentum needs optimizer.momentum > 0".into(),
+        );
     }
 }

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod diagnostic;
 pub mod expand;
+pub mod fields;
 pub mod measure;
 pub mod yaml;
 
@@ -196,6 +197,13 @@ impl Sweep {
     }
 }
 
+/// A top-level mapping's entry by key.
+type Entries = [(String, Pos, Node)];
+
+fn entry<'a>(entries: &'a Entries, key: &str) -> Option<&'a Node> {
+    entries.iter().find(|(k, _, _)| k == key).map(|(_, _, n)| n)
+}
+
 impl SweepFile {
     /// Checks the top level of the file and its `parameters` and `train` sections.
     pub fn from_tree(root: &Node, diags: &mut Vec<Diagnostic>) -> SweepFile {
@@ -218,7 +226,7 @@ impl SweepFile {
             ));
             return out;
         };
-        let get = |key: &str| entries.iter().find(|(k, _, _)| k == key).map(|(_, _, n)| n);
+        let get = |key: &str| entry(entries, key);
         for (key, pos, _) in entries {
             if !TOP_KEYS.contains(&key.as_str()) {
                 diags.push(Diagnostic::new(
@@ -231,27 +239,7 @@ impl SweepFile {
                 ));
             }
         }
-        match get("name") {
-            Some(Node {
-                value: Value::Scalar(Scalar::Str(s)),
-                pos,
-            }) => {
-                if let Err(why) = check_name(s) {
-                    diags.push(Diagnostic::new(*pos, "name", why));
-                }
-                out.name = s.clone();
-            }
-            Some(n) => diags.push(Diagnostic::new(
-                n.pos,
-                "name",
-                format!("expected a string, got {}", n.kind()),
-            )),
-            None => diags.push(Diagnostic::new(
-                FILE_START,
-                "name",
-                "missing: every sweep needs a `name`",
-            )),
-        }
+        out.name = read_name(get("name"), diags);
         if let Some(n) = get("description") {
             if !matches!(n.value, Value::Scalar(Scalar::Str(_))) {
                 diags.push(Diagnostic::new(
@@ -261,63 +249,10 @@ impl SweepFile {
                 ));
             }
         }
-        let seed = match get("seed") {
-            Some(n) => non_negative(n, "seed", diags),
-            None => 0,
-        };
-        let random = match get("method") {
-            None => false,
-            Some(Node {
-                value: Value::Scalar(Scalar::Str(m)),
-                pos,
-            }) => match m.as_str() {
-                "grid" => false,
-                "random" => true,
-                other => {
-                    diags.push(Diagnostic::new(
-                        *pos,
-                        "method",
-                        format!("unknown method `{other}` (known: grid, random)"),
-                    ));
-                    false
-                }
-            },
-            Some(n) => {
-                diags.push(Diagnostic::new(
-                    n.pos,
-                    "method",
-                    format!("expected grid or random, got {}", n.kind()),
-                ));
-                false
-            }
-        };
-        match (get("samples"), random) {
-            (Some(n), true) => {
-                let samples = non_negative(n, "samples", diags);
-                if samples == 0 || samples > 1_000_000 {
-                    diags.push(Diagnostic::new(
-                        n.pos,
-                        "samples",
-                        format!("must be in [1, 1000000], got {samples}"),
-                    ));
-                }
-                out.method = Method::Random {
-                    samples: samples.clamp(1, 1_000_000) as u32,
-                    seed,
-                };
-            }
-            (None, true) => diags.push(Diagnostic::new(
-                FILE_START,
-                "samples",
-                "missing: `method: random` needs `samples`",
-            )),
-            (Some(n), false) => diags.push(Diagnostic::new(
-                n.pos,
-                "samples",
-                "only `method: random` takes `samples`",
-            )),
-            (None, false) => {}
-        }
+        out.method = read_method(entries, diags);
+        // Distributions are read as random even when `samples` is missing (reported above).
+        let random = get("method")
+            .is_some_and(|m| matches!(&m.value, Value::Scalar(Scalar::Str(s)) if s == "random"));
         if let Some(n) = get("seeds") {
             out.seeds = read_seeds(n, diags);
         }
@@ -341,16 +276,28 @@ impl SweepFile {
         if let Some(n) = get("measure") {
             out.measure = Some(measure::read(n, diags));
         }
-        if let Some(n) = get("train") {
-            out.base = config::read_train(n, &mut out.broken, diags);
+        out.read_training(get("train"), get("parameters"), random, diags);
+        out
+    }
+
+    /// The `train` settings and the `parameters` axes; a field may be in one, not both.
+    fn read_training(
+        &mut self,
+        train: Option<&Node>,
+        parameters: Option<&Node>,
+        random: bool,
+        diags: &mut Vec<Diagnostic>,
+    ) {
+        if let Some(n) = train {
+            self.base = config::read_train(n, &mut self.broken, diags);
         }
-        if let Some(n) = get("parameters") {
+        if let Some(n) = parameters {
             let (axes, broken) = read_axes(n, random, diags);
-            out.axes = axes;
-            out.broken.extend(broken);
+            self.axes = axes;
+            self.broken.extend(broken);
         }
-        for axis in &out.axes {
-            if let Some((_, origin)) = out.base.get(axis.field) {
+        for axis in &self.axes {
+            if let Some((_, origin)) = self.base.get(axis.field) {
                 diags.push(Diagnostic::new(
                     origin.pos,
                     origin.path.clone(),
@@ -361,8 +308,99 @@ impl SweepFile {
                 ));
             }
         }
-        out
     }
+}
+
+fn read_name(n: Option<&Node>, diags: &mut Vec<Diagnostic>) -> String {
+    match n {
+        Some(Node {
+            value: Value::Scalar(Scalar::Str(s)),
+            pos,
+        }) => {
+            if let Err(why) = check_name(s) {
+                diags.push(Diagnostic::new(*pos, "name", why));
+            }
+            s.clone()
+        }
+        Some(n) => {
+            diags.push(Diagnostic::new(
+                n.pos,
+                "name",
+                format!("expected a string, got {}", n.kind()),
+            ));
+            String::new()
+        }
+        None => {
+            diags.push(Diagnostic::new(
+                FILE_START,
+                "name",
+                "missing: every sweep needs a `name`",
+            ));
+            String::new()
+        }
+    }
+}
+
+/// `method`, with `samples` and `seed` for a random sweep.
+fn read_method(entries: &Entries, diags: &mut Vec<Diagnostic>) -> Method {
+    let seed = match entry(entries, "seed") {
+        Some(n) => non_negative(n, "seed", diags),
+        None => 0,
+    };
+    let random = match entry(entries, "method") {
+        None => false,
+        Some(Node {
+            value: Value::Scalar(Scalar::Str(m)),
+            pos,
+        }) => match m.as_str() {
+            "grid" => false,
+            "random" => true,
+            other => {
+                diags.push(Diagnostic::new(
+                    *pos,
+                    "method",
+                    format!("unknown method `{other}` (known: grid, random)"),
+                ));
+                false
+            }
+        },
+        Some(n) => {
+            diags.push(Diagnostic::new(
+                n.pos,
+                "method",
+                format!("expected grid or random, got {}", n.kind()),
+            ));
+            false
+        }
+    };
+    match (entry(entries, "samples"), random) {
+        (Some(n), true) => {
+            let samples = non_negative(n, "samples", diags);
+            if samples == 0 || samples > 1_000_000 {
+                diags.push(Diagnostic::new(
+                    n.pos,
+                    "samples",
+                    format!("must be in [1, 1000000], got {samples}"),
+                ));
+            }
+            return Method::Random {
+                samples: samples.clamp(1, 1_000_000) as u32,
+                seed,
+            };
+        }
+        (None, true) => diags.push(Diagnostic::new(
+            FILE_START,
+            "samples",
+            "missing: `method: random` needs `samples`",
+        )),
+        (Some(n), false) => diags.push(Diagnostic::new(
+            n.pos,
+            "samples",
+            "only `method: random` takes `samples`",
+        )),
+        (None, false) => {}
+    }
+    Method::Grid
 }
 
 fn non_negative(n: &Node, path: &str, diags: &mut Vec<Diagnostic>) -> u64 {

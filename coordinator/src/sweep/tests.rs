@@ -531,3 +531,156 @@ fn a_sweep_name_is_a_plain_directory_name() {
         );
     }
 }
+
+/// A file that sets every training field away from its default.
+const EVERY_FIELD: &str = "\
+name: every
+seeds: [7]
+parameters:
+  lr: [0.05, 1e-3]
+  noise_draws: [channel]
+train:
+  bn: false
+  noise: 0.25
+  noise_moments: channel
+  noise_spread: variance
+  noise_head: true
+  batch_size: 64
+  steps: 300
+  eval_every: 30
+  model: {name: mlp, width: 0.75, hidden: [32, 16], init: kaiming_normal, bn_momentum: 0.01}
+  dataset: {name: cifar10, path: /data/c10, augment: true, train_size: 1000, test_size: 200, seed: 3}
+  optimizer: {name: sgd, momentum: 0.9, weight_decay: 5e-4, nesterov: true, beta1: 0.8, beta2: 0.99, eps: 1e-9}
+  divergence: {loss_above: .inf, for_steps: 5}
+  precision: bf16
+  channels_last: true
+";
+
+#[test]
+fn golden_ids_pin_every_field_s_canonical_form() {
+    // Pinned, text and id: an id that changes orphans every results directory holding it.
+    // Every field away from its default, then the defaults, the cache's dataset path (hashed
+    // as the former default) and random floats (in their shortest round-trip notation).
+    let files = [
+        EVERY_FIELD,
+        "name: d\ntrain: {lr: 0.1}\n",
+        "name: c\ntrain: {lr: 0.1, dataset: {name: mnist}, model: {name: mlp}}\n",
+        "name: r\nmethod: random\nsamples: 2\nseed: 5\nparameters:\n  lr: {distribution: log_uniform, min: 0.0001, max: 1}\n  batch_size: {distribution: int_uniform, min: 8, max: 256}\n",
+    ];
+    let got: Vec<(String, String)> = files
+        .iter()
+        .flat_map(|f| parse(f).unwrap().trials)
+        .map(|t| (t.config.canonical(), t.id))
+        .collect();
+    let want = [
+        (
+            "seed=7;lr=0.05;bn=false;noise=0.25;noise_draws=channel;noise_moments=channel;noise_spread=variance;noise_head=true;batch_size=64;steps=300;eval_every=30;model.name=mlp;model.width=0.75;model.hidden=[32, 16];model.init=kaiming_normal;model.bn_momentum=0.01;dataset.name=cifar10;dataset.path=/data/c10;dataset.augment=true;dataset.train_size=1000;dataset.test_size=200;dataset.seed=3;optimizer.name=sgd;optimizer.momentum=0.9;optimizer.weight_decay=0.0005;optimizer.nesterov=true;optimizer.beta1=0.8;optimizer.beta2=0.99;optimizer.eps=1e-9;divergence.loss_above=inf;divergence.for_steps=5;precision=bf16;channels_last=true",
+            "tee22eb1a1ab3",
+        ),
+        (
+            "seed=7;lr=0.001;bn=false;noise=0.25;noise_draws=channel;noise_moments=channel;noise_spread=variance;noise_head=true;batch_size=64;steps=300;eval_every=30;model.name=mlp;model.width=0.75;model.hidden=[32, 16];model.init=kaiming_normal;model.bn_momentum=0.01;dataset.name=cifar10;dataset.path=/data/c10;dataset.augment=true;dataset.train_size=1000;dataset.test_size=200;dataset.seed=3;optimizer.name=sgd;optimizer.momentum=0.9;optimizer.weight_decay=0.0005;optimizer.nesterov=true;optimizer.beta1=0.8;optimizer.beta2=0.99;optimizer.eps=1e-9;divergence.loss_above=inf;divergence.for_steps=5;precision=bf16;channels_last=true",
+            "t1e97322c298f",
+        ),
+        (
+            "seed=0;lr=0.1;bn=true;noise=0.0;batch_size=128;steps=1000;eval_every=500;model.name=vgg8;model.width=1.0;model.hidden=[256, 128, 64];model.init=pytorch;model.bn_momentum=0.1;dataset.name=synthetic;dataset.path=data/cifar-10-batches-bin;dataset.augment=false;dataset.train_size=5000;dataset.test_size=1000;dataset.seed=0;optimizer.name=sgd;optimizer.momentum=0.0;optimizer.weight_decay=0.0;optimizer.nesterov=false;optimizer.beta1=0.9;optimizer.beta2=0.999;optimizer.eps=1e-8;divergence.loss_above=100.0;divergence.for_steps=20",
+            "tf763f4be3814",
+        ),
+        (
+            "seed=0;lr=0.1;bn=true;noise=0.0;batch_size=128;steps=1000;eval_every=500;model.name=mlp;model.width=1.0;model.hidden=[256, 128, 64];model.init=pytorch;model.bn_momentum=0.1;dataset.name=mnist;dataset.path=data/cifar-10-batches-bin;dataset.augment=false;dataset.train_size=0;dataset.test_size=0;dataset.seed=0;optimizer.name=sgd;optimizer.momentum=0.0;optimizer.weight_decay=0.0;optimizer.nesterov=false;optimizer.beta1=0.9;optimizer.beta2=0.999;optimizer.eps=1e-8;divergence.loss_above=100.0;divergence.for_steps=20",
+            "t0820f142d3b3",
+        ),
+        (
+            "seed=0;lr=0.0006382617422862233;bn=true;noise=0.0;batch_size=186;steps=1000;eval_every=500;model.name=vgg8;model.width=1.0;model.hidden=[256, 128, 64];model.init=pytorch;model.bn_momentum=0.1;dataset.name=synthetic;dataset.path=data/cifar-10-batches-bin;dataset.augment=false;dataset.train_size=5000;dataset.test_size=1000;dataset.seed=0;optimizer.name=sgd;optimizer.momentum=0.0;optimizer.weight_decay=0.0;optimizer.nesterov=false;optimizer.beta1=0.9;optimizer.beta2=0.999;optimizer.eps=1e-8;divergence.loss_above=100.0;divergence.for_steps=20",
+            "tfa22bd3b39c2",
+        ),
+        (
+            "seed=0;lr=0.18456795268420959;bn=true;noise=0.0;batch_size=223;steps=1000;eval_every=500;model.name=vgg8;model.width=1.0;model.hidden=[256, 128, 64];model.init=pytorch;model.bn_momentum=0.1;dataset.name=synthetic;dataset.path=data/cifar-10-batches-bin;dataset.augment=false;dataset.train_size=5000;dataset.test_size=1000;dataset.seed=0;optimizer.name=sgd;optimizer.momentum=0.0;optimizer.weight_decay=0.0;optimizer.nesterov=false;optimizer.beta1=0.9;optimizer.beta2=0.999;optimizer.eps=1e-8;divergence.loss_above=100.0;divergence.for_steps=20",
+            "tf9c41e18a445",
+        ),
+    ];
+    assert_eq!(got.len(), want.len(), "{got:#?}");
+    for ((text, id), (want_text, want_id)) in got.iter().zip(want) {
+        assert_eq!((text.as_str(), id.as_str()), (want_text, want_id));
+    }
+}
+
+#[test]
+fn every_field_reaches_the_worker() {
+    use bnsweep_proto as pb;
+    let every = parse(EVERY_FIELD).unwrap();
+    let measure = pb::MeasureSpec {
+        every: 10,
+        ..Default::default()
+    };
+    let spec = crate::scheduler::spec(&every.trials[1], Some(measure.clone()));
+    let want = pb::TrialSpec {
+        seed: 7,
+        lr: 1e-3,
+        bn: false,
+        noise: 0.25,
+        noise_draws: "channel".into(),
+        noise_moments: "channel".into(),
+        noise_spread: "variance".into(),
+        noise_head: true,
+        model: Some(pb::ModelSpec {
+            name: "mlp".into(),
+            width: 0.75,
+            hidden: vec![32, 16],
+            init: "kaiming_normal".into(),
+            bn_momentum: 0.01,
+        }),
+        dataset: Some(pb::DatasetSpec {
+            name: "cifar10".into(),
+            path: "/data/c10".into(),
+            augment: true,
+            train_size: 1000,
+            test_size: 200,
+            data_seed: 3,
+        }),
+        optimizer: Some(pb::OptimizerSpec {
+            name: "sgd".into(),
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            nesterov: true,
+            beta1: 0.8,
+            beta2: 0.99,
+            eps: 1e-9,
+        }),
+        batch_size: 64,
+        steps: 300,
+        eval_every: 30,
+        divergence: Some(pb::DivergenceSpec {
+            loss_above: f64::INFINITY,
+            for_steps: 5,
+        }),
+        measure: Some(measure),
+        precision: "bf16".into(),
+        channels_last: true,
+    };
+    assert_eq!(spec, want);
+    // At the defaults, every message is there (a worker never guesses a default).
+    let plain = crate::scheduler::spec(&parse(GRID).unwrap().trials[0], None);
+    assert!(plain.model.is_some() && plain.dataset.is_some());
+    assert!(plain.optimizer.is_some() && plain.divergence.is_some());
+    assert_eq!(
+        (plain.precision.as_str(), plain.noise_draws.as_str()),
+        ("fp32", "element")
+    );
+}
+
+#[test]
+fn the_sweep_file_reference_lists_every_training_field_in_order() {
+    let doc = include_str!("../../../docs/sweep-file.md");
+    let table = doc
+        .split("## Training fields")
+        .nth(1)
+        .and_then(|s| s.split("\n\n").find(|p| p.starts_with("| field |")))
+        .expect("docs/sweep-file.md has a table of the training fields");
+    let documented: Vec<&str> = table
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.strip_prefix("| `")?.split('`').next())
+        .collect();
+    let declared: Vec<&str> = config::FIELDS.iter().map(|f| f.path).collect();
+    assert_eq!(documented, declared);
+}
