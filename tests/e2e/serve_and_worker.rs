@@ -865,21 +865,10 @@ fn the_health_port_answers_probes_without_the_token() {
         dir.path(),
         &["--token-file", "token", "--health-listen", "127.0.0.1:0"],
     );
-    // The coordinator does not say which port the system chose for probes: it is the one it
-    // listens on besides the workers' (bound just after that one).
-    let grpc_port: u16 = addr_of(&url).rsplit(':').next().unwrap().parse().unwrap();
-    let mut others = Vec::new();
-    wait_until("the health port", Duration::from_secs(30), || {
-        others = listening_ports(serve.id());
-        others.retain(|&p| p != grpc_port);
-        !others.is_empty()
-    });
-    assert_eq!(others.len(), 1, "{others:?}");
-    let health_url = format!("http://127.0.0.1:{}", others[0]);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let probe = |service: &str| -> Option<i32> {
+    let probe_at = |health_url: &str, service: &str| -> Option<i32> {
         rt.block_on(async {
-            let channel = tonic::transport::Endpoint::from_shared(health_url.clone())
+            let channel = tonic::transport::Endpoint::from_shared(health_url.to_string())
                 .ok()?
                 .connect()
                 .await
@@ -894,6 +883,22 @@ fn the_health_port_answers_probes_without_the_token() {
             Some(r.into_inner().status)
         })
     };
+    // The coordinator does not say which port the system chose for probes: it is the one,
+    // of those it listens on besides the workers', that answers a health check.
+    let grpc_port: u16 = addr_of(&url).rsplit(':').next().unwrap().parse().unwrap();
+    let mut health_url = String::new();
+    wait_until("the health port", Duration::from_secs(30), || {
+        let ports = listening_ports(serve.id());
+        let found = ports
+            .into_iter()
+            .filter(|&p| p != grpc_port)
+            .find(|p| probe_at(&format!("http://127.0.0.1:{p}"), "").is_some());
+        if let Some(p) = found {
+            health_url = format!("http://127.0.0.1:{p}");
+        }
+        found.is_some()
+    });
+    let probe = |service: &str| probe_at(&health_url, service);
     let serving = ServingStatus::Serving as i32;
     wait_until(
         "the health port to say SERVING",
