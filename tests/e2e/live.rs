@@ -1,11 +1,20 @@
 //! The live report of `bnsweep serve`, opened in headless Chromium while the sweep runs.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bnsweep_e2e::{
-    bnsweep, chromium, chromium_window, free_addr, python, run, serve_command, worker_command,
+    bnsweep, chromium, chromium_window, python, run, serve, wait_until, within, worker_command,
+    Running,
 };
+
+/// The address of the live report that `serve` reports ("bnsweep: live report at
+/// SCHEME://ADDR/..."), started with `--http 127.0.0.1:0`.
+fn live_addr(serve: &mut Running) -> String {
+    let line = serve.wait_to_say("bnsweep: live report at ", Duration::from_secs(60));
+    let url = line.split_whitespace().nth(4).expect("a URL");
+    bnsweep_e2e::addr_of(url).trim_end_matches('/').to_string()
+}
 
 /// The page renders its figures, and its progress line moves on as trials end (without a token
 /// here: the token's login is tested below, by plain HTTP clients).
@@ -14,23 +23,13 @@ fn the_live_page_renders_its_figures_and_follows_the_sweep() {
     let dir = tempfile::tempdir().unwrap();
     let text = "name: live\nparameters:\n  lr: [0.05]\n  bn: [true, false]\nmeasure: {every: 50, ics: true, landscape: {eta: [1, 2]}}\ntrain:\n  model: {width: 0.125}\n  dataset: {train_size: 512, test_size: 64}\n  batch_size: 64\n  steps: 300\n  eval_every: 100\n";
     std::fs::write(dir.path().join("live.yaml"), text).unwrap();
-    let (addr, url) = free_addr();
-    let (http, page) = free_addr();
-    let mut serve = serve_command(dir.path(), "live.yaml", &addr, "out", &["--http", &http])
-        .spawn()
-        .unwrap();
-    let mut worker = worker_command(&url, &["--threads", "1"])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut serve, url) = serve(dir.path(), "live.yaml", "out", &["--http", "127.0.0.1:0"]);
+    let mut worker =
+        Running::spawn(worker_command(&url, &["--threads", "1"]).stderr(Stdio::null()));
 
-    // The page, once the coordinator serves it.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(&http).is_err() {
-        assert!(Instant::now() < deadline, "no live page on {http}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let with_token = format!("{page}/");
+    // The page, at the address the coordinator reports once its port is bound.
+    let http = live_addr(&mut serve);
+    let with_token = format!("http://{http}/");
     let dom = |what: &str| {
         let ran = run(chromium().args(["--dump-dom", &with_token]));
         assert!(ran.ok(), "chromium ({what}): {ran:?}");
@@ -41,15 +40,14 @@ fn the_live_page_renders_its_figures_and_follows_the_sweep() {
         dom[at..at + 200].to_string()
     };
     let status = |want: &str| {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
+        let mut last = None;
+        let seen = within(Duration::from_secs(120), || {
             let s = bnsweep(dir.path(), &["status", "--coordinator", &url]);
-            if s.stdout.contains(want) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "never `{want}`: {s:?}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+            let seen = s.stdout.contains(want);
+            last = Some(s);
+            seen
+        });
+        assert!(seen, "never `{want}`: {last:?}");
     };
     status("0/2 trials done");
     status("| 1 running |");
@@ -64,13 +62,13 @@ fn the_live_page_renders_its_figures_and_follows_the_sweep() {
         "the page reloads itself"
     );
     status("1/2 trials done");
-    std::thread::sleep(Duration::from_secs(4)); // the page is rebuilt every 3 s at most
-    let second = dom("after the first trial");
-    assert!(
-        progress(&second).contains("1/2 trials done"),
-        "{}",
-        progress(&second)
-    );
+    // The page is rebuilt every 3 s at most: it follows within a few of its reloads.
+    let mut second = String::new();
+    let followed = within(Duration::from_secs(15), || {
+        second = dom("after the first trial");
+        progress(&second).contains("1/2 trials done")
+    });
+    assert!(followed, "{}", progress(&second));
     let figures = second.matches("<figure").count();
     assert!(figures >= 6, "{figures} figures");
     assert!(
@@ -98,8 +96,8 @@ fn the_live_page_renders_its_figures_and_follows_the_sweep() {
         "only {coloured} pixels of the lines' colours: nothing drawn?"
     );
 
-    assert!(worker.wait().unwrap().success());
-    assert!(serve.wait().unwrap().success());
+    assert!(worker.wait().success());
+    assert!(serve.wait().success());
 }
 
 /// With a token, the page asks for it once, in a form posted over HTTPS (the coordinator's own
@@ -114,26 +112,22 @@ fn the_live_page_asks_for_the_token_once_and_keeps_it_in_a_cookie() {
     std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
     std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
     std::fs::write(dir.path().join("token"), "tok\n").unwrap();
-    let (addr, _) = free_addr();
-    let (http, _) = free_addr();
-    let mut serve = serve_command(
+    let (mut serve, _) = serve(
         dir.path(),
         "login.yaml",
-        &addr,
         "out",
         &[
             "--token-file",
             "token",
             "--http",
-            &http,
+            "127.0.0.1:0",
             "--tls-cert",
             "cert.pem",
             "--tls-key",
             "key.pem",
         ],
-    )
-    .spawn()
-    .unwrap();
+    );
+    let http = live_addr(&mut serve);
     let page = format!("https://{http}/");
     // curl: -k trusts the self-signed certificate; -i shows the status line and headers.
     let curl = |args: &[&str]| -> String {
@@ -142,15 +136,15 @@ fn the_live_page_asks_for_the_token_once_and_keeps_it_in_a_cookie() {
             .args(args));
         ran.stdout
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let first = loop {
-        let got = curl(&[&page]);
-        if !got.is_empty() {
-            break got;
-        }
-        assert!(Instant::now() < deadline, "no live page on {page}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let mut first = String::new();
+    wait_until(
+        &format!("the live page on {page}"),
+        Duration::from_secs(30),
+        || {
+            first = curl(&[&page]);
+            !first.is_empty()
+        },
+    );
     assert!(first.starts_with("HTTP/1.1 401"), "{first}");
     assert!(
         first.contains("<form method=\"post\" action=\"/login\">"),
@@ -198,6 +192,5 @@ fn the_live_page_asks_for_the_token_once_and_keeps_it_in_a_cookie() {
     // Plain HTTP to the TLS port: no page.
     let plain = curl(&[&format!("http://{http}/")]);
     assert!(!plain.contains("HTTP/1.1 200"), "{plain}");
-    let _ = serve.kill();
-    let _ = serve.wait();
+    // `serve` (a sweep of 3000 steps, no worker) is killed as it goes out of scope.
 }

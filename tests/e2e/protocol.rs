@@ -1,7 +1,11 @@
 //! The coordinator answers malformed, stale and oversized messages with the documented codes,
 //! keeps serving, and reports where the sweep stands (`bnsweep status`).
 
-use bnsweep_e2e::{bnsweep, check_results, free_addr, run, serve_command, worker_command};
+use std::time::Duration;
+
+use bnsweep_e2e::{
+    addr_of, bnsweep, check_results, run, serve, serve_at, within, worker_command, Running,
+};
 use bnsweep_proto as pb;
 use pb::coordinator_client::CoordinatorClient;
 use tonic::Code;
@@ -16,22 +20,15 @@ fn bad_requests_are_refused_and_the_coordinator_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let text = "name: proto\nparameters:\n  lr: [0.1, 0.2]\ntrain:\n  model: {width: 0.125}\n  dataset: {train_size: 64, test_size: 16}\n  batch_size: 16\n  steps: 3\n";
     std::fs::write(dir.path().join("proto.yaml"), text).unwrap();
-    let (addr, url) = free_addr();
-    let mut serve = serve_command(dir.path(), "proto.yaml", &addr, "out", &[])
-        .spawn()
-        .unwrap();
+    let (mut serve, url) = serve(dir.path(), "proto.yaml", "out", &[]);
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut c = loop {
-            match CoordinatorClient::connect(url.clone()).await {
-                Ok(c) => break c,
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
-            }
-        };
+        // Its socket is bound: the connection waits, if need be, to be accepted.
+        let mut c = CoordinatorClient::connect(url.clone()).await.unwrap();
         let reg = |version: &str, slots: u32| pb::RegisterRequest {
             host: "probe".into(),
             devices: vec!["cpu".into()],
@@ -177,7 +174,7 @@ fn bad_requests_are_refused_and_the_coordinator_keeps_serving() {
 
     let worker = run(&mut worker_command(&url, &[]));
     assert!(worker.ok(), "{worker:?}");
-    assert!(serve.wait().unwrap().success());
+    assert!(serve.wait().success());
     let checked = check_results(
         &dir.path().join("out"),
         &["--trials", "2", "--steps", "3", "--eval-every", "500"],
@@ -192,26 +189,18 @@ fn a_cancelled_sweep_stops_cleanly_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let text = "name: cancel\nparameters:\n  lr: [0.01, 0.02]\ntrain:\n  model: {width: 0.125}\n  dataset: {train_size: 512, test_size: 64}\n  batch_size: 64\n  steps: 200\n  eval_every: 100\n";
     std::fs::write(dir.path().join("cancel.yaml"), text).unwrap();
-    let (addr, url) = free_addr();
-    let mut serve = serve_command(dir.path(), "cancel.yaml", &addr, "out", &[])
-        .spawn()
-        .unwrap();
-    let mut worker = worker_command(&url, &["--threads", "1"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let status = bnsweep(dir.path(), &["status", "--coordinator", &url]);
-        if status.stdout.contains("| 1 running |") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no trial started: {status:?}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    let (mut serve, url) = serve(dir.path(), "cancel.yaml", "out", &[]);
+    let mut worker = Running::spawn(
+        worker_command(&url, &["--threads", "1"]).stderr(std::process::Stdio::null()),
+    );
+    let mut status = None;
+    let started = within(Duration::from_secs(60), || {
+        let s = bnsweep(dir.path(), &["status", "--coordinator", &url]);
+        let running = s.stdout.contains("| 1 running |");
+        status = Some(s);
+        running
+    });
+    assert!(started, "no trial started: {status:?}");
     let cancelled = bnsweep(dir.path(), &["cancel", "--coordinator", &url]);
     assert!(cancelled.ok(), "{cancelled:?}");
     assert!(
@@ -220,8 +209,8 @@ fn a_cancelled_sweep_stops_cleanly_and_resumes() {
             .contains("1 running trial(s) are being given back"),
         "{cancelled:?}"
     );
-    assert_eq!(serve.wait().unwrap().code(), Some(130));
-    assert!(worker.wait().unwrap().success(), "the worker exits cleanly");
+    assert_eq!(serve.wait().code(), Some(130));
+    assert!(worker.wait().success(), "the worker exits cleanly");
 
     // A report of the unfinished sweep says what is missing.
     let partial = bnsweep(dir.path(), &["report", "out"]);
@@ -234,12 +223,12 @@ fn a_cancelled_sweep_stops_cleanly_and_resumes() {
     let page = std::fs::read_to_string(dir.path().join("out/report.html")).unwrap();
     assert!(page.contains("no data yet") && page.contains("Partial results"));
 
-    let mut again = serve_command(dir.path(), "cancel.yaml", &addr, "out", &[])
-        .spawn()
-        .unwrap();
+    // The same command again: on the address the first run reported.
+    let (mut again, again_url) = serve_at(dir.path(), "cancel.yaml", addr_of(&url), "out", &[]);
+    assert_eq!(again_url, url);
     let worker = run(&mut worker_command(&url, &[]));
     assert!(worker.ok(), "{worker:?}");
-    assert!(again.wait().unwrap().success());
+    assert!(again.wait().success());
     let checked = check_results(
         &dir.path().join("out"),
         &["--trials", "2", "--steps", "200", "--eval-every", "100"],

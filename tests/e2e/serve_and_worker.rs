@@ -3,7 +3,10 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bnsweep_e2e::{bin, check_results, free_addr, run, serve_command, worker_command};
+use bnsweep_e2e::{
+    addr_of, bin, check_results, listening_ports, run, serve, serve_at, serve_command,
+    wait_for_rows, wait_until, worker_command, Running,
+};
 
 /// A worker lacking the dataset fails the trial at once, without retries, naming the path.
 #[test]
@@ -11,24 +14,12 @@ fn a_worker_without_the_data_fails_the_trial_naming_the_path() {
     let dir = tempfile::tempdir().unwrap();
     let text = "name: remote\nparameters:\n  lr: [0.1, 0.2]\ntrain:\n  dataset: {name: cifar10, path: /data/not-here}\n  steps: 5\n";
     std::fs::write(dir.path().join("remote.yaml"), text).unwrap();
-    let (addr, url) = free_addr();
-    let mut serve = serve_command(dir.path(), "remote.yaml", &addr, "out", &[])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut serve, url) = serve(dir.path(), "remote.yaml", "out", &[]);
     let worker = run(worker_command(&url, &["--name", "remote-box"]).current_dir(dir.path()));
     assert!(worker.ok(), "{worker:?}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = serve.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "serve did not exit");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let served = bnsweep_e2e::Ran::from(serve.wait_with_output().unwrap());
-    assert_eq!(status.code(), Some(1), "{served:?}");
+    serve.exit_within("exit", Duration::from_secs(60));
+    let served = serve.ran();
+    assert_eq!(served.code, Some(1), "{served:?}");
     assert!(
         served.stdout.contains("0 completed, 0 diverged, 2 failed"),
         "{served:?}"
@@ -42,7 +33,8 @@ fn a_worker_without_the_data_fails_the_trial_naming_the_path() {
 
 #[test]
 fn a_worker_without_a_coordinator_gives_up_with_a_clear_error() {
-    let (_, url) = free_addr();
+    // Port 1 (tcpmux): privileged and unused, so nothing answers there.
+    let url = "http://127.0.0.1:1".to_string();
     let ran = run(&mut worker_command(&url, &["--patience", "1"]));
     assert_eq!(ran.code, Some(1), "{ran:?}");
     assert!(
@@ -90,10 +82,7 @@ train:
     );
     assert!(ran.ok(), "{ran:?}");
 
-    let (addr, url) = free_addr();
-    let mut serve = serve_command(dir.path(), "slots.yaml", &addr, "b", &[])
-        .spawn()
-        .unwrap();
+    let (mut serve, url) = serve(dir.path(), "slots.yaml", "b", &[]);
     let worker = run(Command::new(bin("bnsweep-worker"))
         .current_dir(dir.path())
         .args([
@@ -107,7 +96,7 @@ train:
             "cpu",
         ]));
     assert!(worker.ok(), "{worker:?}");
-    assert!(serve.wait().unwrap().success());
+    assert!(serve.wait().success());
     let a = dir.path().join("a");
     let args = [
         "--trials",
@@ -149,11 +138,10 @@ fn the_shared_token_is_required_and_enforced() {
     // The token from a file (a newline at its end is not part of it), as the README advises.
     std::fs::write(dir.path().join("token"), "s3cret\n").unwrap();
     std::fs::write(dir.path().join("empty"), "").unwrap();
-    let (addr, url) = free_addr();
     let empty = run(serve_command(
         dir.path(),
         "tok.yaml",
-        &addr,
+        "127.0.0.1:0",
         "empty",
         &["--token-file", "empty"],
     )
@@ -163,15 +151,7 @@ fn the_shared_token_is_required_and_enforced() {
         empty.stderr.contains("token file empty is empty"),
         "{empty:?}"
     );
-    let mut serve = serve_command(
-        dir.path(),
-        "tok.yaml",
-        &addr,
-        "out",
-        &["--token-file", "token"],
-    )
-    .spawn()
-    .unwrap();
+    let (mut serve, url) = serve(dir.path(), "tok.yaml", "out", &["--token-file", "token"]);
     for (token, what) in [(None, "no token"), (Some("wrong"), "a wrong token")] {
         let mut cmd = worker_command(&url, &[]);
         cmd.env_remove("BNSWEEP_TOKEN");
@@ -191,7 +171,7 @@ fn the_shared_token_is_required_and_enforced() {
         .env_remove("BNSWEEP_TOKEN")
         .env("BNSWEEP_TOKEN_FILE", dir.path().join("token")));
     assert!(worker.ok(), "{worker:?}");
-    assert!(serve.wait().unwrap().success());
+    assert!(serve.wait().success());
     let checked = check_results(
         &dir.path().join("out"),
         &["--trials", "1", "--steps", "3", "--eval-every", "500"],
@@ -212,11 +192,10 @@ fn tls_with_a_self_signed_certificate() {
     std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
     std::fs::write(dir.path().join("bad.pem"), "not a key").unwrap();
 
-    let (addr, _) = free_addr();
     let bad = run(serve_command(
         dir.path(),
         "tls.yaml",
-        &addr,
+        "127.0.0.1:0",
         "bad",
         &["--tls-cert", "cert.pem", "--tls-key", "bad.pem"],
     )
@@ -225,16 +204,15 @@ fn tls_with_a_self_signed_certificate() {
     assert!(bad.stderr.contains("bad.pem"), "{bad:?}");
     assert!(!dir.path().join("bad").exists(), "nothing runs");
 
-    let mut serve = serve_command(
+    let (mut serve, url) = serve(
         dir.path(),
         "tls.yaml",
-        &addr,
         "out",
         &["--tls-cert", "cert.pem", "--tls-key", "key.pem"],
-    )
-    .spawn()
-    .unwrap();
-    let url = format!("https://localhost:{}", addr.rsplit(':').next().unwrap());
+    );
+    // The certificate is for localhost.
+    let url = url.replace("https://127.0.0.1:", "https://localhost:");
+    assert!(url.starts_with("https://localhost:"), "{url}");
     let untrusting = run(worker_command(&url, &["--patience", "2"]).env_remove("BNSWEEP_TLS_CA"));
     assert_eq!(untrusting.code, Some(1), "{untrusting:?}");
     assert!(
@@ -256,7 +234,7 @@ fn tls_with_a_self_signed_certificate() {
         &["--tls-ca", ca.to_str().unwrap()],
     ));
     assert!(worker.ok(), "{worker:?}");
-    assert!(serve.wait().unwrap().success());
+    assert!(serve.wait().success());
     let checked = check_results(
         &dir.path().join("out"),
         &["--trials", "1", "--steps", "3", "--eval-every", "500"],
@@ -309,10 +287,9 @@ fn interrupt_a_worker_mid_trial(
     whole_job: bool,
 ) -> (std::process::ExitStatus, String) {
     let dir = tempfile::tempdir().unwrap();
-    let (addr, url) = free_addr();
-    let mut serve = serve_one_trial(dir.path(), &addr, &["--worker-timeout", "2"]);
-    let (mut first, log) = start_training_worker(&url, "first");
-    std::thread::sleep(Duration::from_secs(2));
+    let (mut serve, url) = serve_one_trial(dir.path(), &["--worker-timeout", "2"]);
+    let mut first = start_training_worker(&url, "first");
+    wait_for_rows(&url, None, Duration::from_secs(60));
     let mut pids = vec![first.id().to_string()];
     if whole_job {
         let slots = children(first.id());
@@ -321,11 +298,11 @@ fn interrupt_a_worker_mid_trial(
     }
     let sent = run(Command::new("kill").arg(format!("-{signal}")).args(&pids));
     assert!(sent.ok(), "{sent:?}");
-    let exited = wait_within(&mut first, 30, &format!("stop on SIG{signal}"));
-    let log = log.join().unwrap().join("\n");
+    let exited = first.exit_within(&format!("stop on SIG{signal}"), Duration::from_secs(30));
+    let log = training_log(&first);
     let rescuer = run(&mut worker_command(&url, &["--name", "rescuer"]));
     assert!(rescuer.ok(), "{rescuer:?}");
-    assert!(serve.wait().unwrap().success());
+    assert!(serve.wait().success());
     let attempts = check_one_trial(&dir.path().join("out"), &log);
     assert_eq!(attempts, "2 w2-rescuer None", "{log}");
     (exited, log)
@@ -349,15 +326,11 @@ fn a_drained_worker_ends_its_trial_takes_no_more_and_exits_75() {
     let dir = tempfile::tempdir().unwrap();
     let two = ONE_TRIAL.replace("lr: [0.05]", "lr: [0.05, 0.07]");
     std::fs::write(dir.path().join("two.yaml"), two).unwrap();
-    let (addr, url) = free_addr();
-    let mut serve = serve_command(dir.path(), "two.yaml", &addr, "out", &[])
-        .spawn()
-        .unwrap();
-    let (mut first, log) = start_training_worker(&url, "first");
-    let sent = run(Command::new("kill").args(["-USR1", &first.id().to_string()]));
-    assert!(sent.ok(), "{sent:?}");
-    let exited = wait_within(&mut first, 120, "drain");
-    let log = log.join().unwrap().join("\n");
+    let (mut serve, url) = serve(dir.path(), "two.yaml", "out", &[]);
+    let mut first = start_training_worker(&url, "first");
+    first.signal("USR1");
+    let exited = first.exit_within("drain", Duration::from_secs(120));
+    let log = training_log(&first);
     assert_eq!(exited.code(), Some(75), "{log}");
     assert!(
         log.contains("draining") && log.contains("ended: TRIAL_STATUS_COMPLETED"),
@@ -370,7 +343,7 @@ fn a_drained_worker_ends_its_trial_takes_no_more_and_exits_75() {
     );
     let rest = run(&mut worker_command(&url, &["--name", "rest"]));
     assert!(rest.ok(), "{rest:?}");
-    assert!(serve.wait().unwrap().success());
+    assert!(serve.wait().success());
     let checked = check_results(
         &dir.path().join("out"),
         &["--trials", "2", "--steps", "300", "--eval-every", "100"],
@@ -383,35 +356,27 @@ fn a_drained_worker_ends_its_trial_takes_no_more_and_exits_75() {
 const LONG_TRIAL: &str = "name: long\nparameters:\n  lr: [0.05]\ntrain:\n  model: {width: 0.125}\n  dataset: {train_size: 512, test_size: 64}\n  batch_size: 64\n  steps: 20000\n  eval_every: 1000\n";
 
 /// Serves [`LONG_TRIAL`], starts a worker on it with `env` and `extra` arguments, lets `act`
-/// act on the training worker, and returns its exit status and log after it exits; then
-/// cancels the sweep and returns the trial's "attempts status error" from trials.parquet.
+/// act on the training worker (given the coordinator's URL), and returns its exit status and
+/// log after it exits; then cancels the sweep and returns the trial's "attempts status error"
+/// from trials.parquet.
 fn stop_a_long_trial(
     env: &[(&str, String)],
     extra: &[&str],
-    act: impl FnOnce(&std::process::Child),
+    act: impl FnOnce(&Running, &str),
 ) -> (std::process::ExitStatus, String, String) {
-    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("long.yaml"), LONG_TRIAL).unwrap();
-    let (addr, url) = free_addr();
-    let mut serve = serve_command(dir.path(), "long.yaml", &addr, "out", &[])
-        .spawn()
-        .unwrap();
+    let (mut serve, url) = serve(dir.path(), "long.yaml", "out", &[]);
     let mut args = vec!["--threads", "1", "--name", "timed"];
     args.extend(extra);
-    let mut worker = worker_command(&url, &args)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = BufReader::new(worker.stderr.take().unwrap()).lines();
-    let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
-    act(&worker);
-    let exited = wait_within(&mut worker, 60, "hand the trial back in time");
-    let log = log.join().unwrap().join("\n");
+    let mut worker =
+        Running::logged(worker_command(&url, &args).envs(env.iter().map(|(k, v)| (k, v))));
+    act(&worker, &url);
+    let exited = worker.exit_within("hand the trial back in time", Duration::from_secs(60));
+    let log = worker.stderr();
     let cancel = bnsweep_e2e::bnsweep(dir.path(), &["cancel", "--coordinator", &url]);
     assert!(cancel.ok(), "{cancel:?}");
-    assert_eq!(serve.wait().unwrap().code(), Some(130));
+    assert_eq!(serve.wait().code(), Some(130));
     let trial = run(Command::new(bnsweep_e2e::python()).args([
         "-c",
         "import sys, pyarrow.parquet as pq; t = pq.read_table(sys.argv[1]).to_pylist()[0]; \
@@ -435,7 +400,7 @@ fn at_the_job_s_end_time_the_running_trial_is_handed_back() {
     let (exited, log, trial) = stop_a_long_trial(
         &[("SLURM_JOB_END_TIME", end.to_string())],
         &["--deadline-margin", "4"],
-        |_| {},
+        |_, _| {},
     );
     assert_eq!(exited.code(), Some(75), "{log}");
     assert!(log.contains("the deadline is near"), "{log}");
@@ -452,11 +417,11 @@ fn at_the_job_s_end_time_the_running_trial_is_handed_back() {
 #[test]
 fn a_drained_trial_that_cannot_end_before_the_deadline_is_handed_back_at_once() {
     let mut signalled = Instant::now();
-    let (exited, log, trial) = stop_a_long_trial(&[], &["--deadline", "+600"], |worker| {
-        std::thread::sleep(Duration::from_secs(6));
+    let (exited, log, trial) = stop_a_long_trial(&[], &["--deadline", "+600"], |worker, url| {
+        // Under way, with rows to tell its pace by.
+        wait_for_rows(url, None, Duration::from_secs(60));
         signalled = Instant::now();
-        let sent = run(Command::new("kill").args(["-USR1", &worker.id().to_string()]));
-        assert!(sent.ok(), "{sent:?}");
+        worker.signal("USR1");
     });
     let took = signalled.elapsed();
     assert_eq!(exited.code(), Some(75), "{log}");
@@ -471,24 +436,23 @@ fn a_drained_trial_that_cannot_end_before_the_deadline_is_handed_back_at_once() 
 #[test]
 fn a_killed_slot_process_costs_one_attempt_not_the_worker() {
     let dir = tempfile::tempdir().unwrap();
-    let (addr, url) = free_addr();
-    let mut serve = serve_one_trial(dir.path(), &addr, &[]);
-    let (mut worker, log) = start_training_worker(&url, "only");
-    std::thread::sleep(Duration::from_secs(2));
+    let (mut serve, url) = serve_one_trial(dir.path(), &[]);
+    let mut worker = start_training_worker(&url, "only");
+    wait_for_rows(&url, None, Duration::from_secs(60));
     let slots = children(worker.id());
     assert_eq!(slots.len(), 1, "one slot process: {slots:?}");
     let cmdline = std::fs::read_to_string(format!("/proc/{}/cmdline", slots[0])).unwrap();
     assert!(cmdline.contains("slot"), "{cmdline:?}");
     let killed = run(Command::new("kill").args(["-KILL", &slots[0]]));
     assert!(killed.ok(), "{killed:?}");
-    let exited = wait_within(&mut worker, 120, "finish the sweep");
-    let log = log.join().unwrap().join("\n");
+    let exited = worker.exit_within("finish the sweep", Duration::from_secs(120));
+    let log = training_log(&worker);
     assert!(exited.success(), "{log}");
     assert!(
         log.contains("the slot process on cpu") && log.contains("SIGKILL"),
         "{log}"
     );
-    assert!(serve.wait().unwrap().success(), "{log}");
+    assert!(serve.wait().success(), "{log}");
     let attempts = check_one_trial(&dir.path().join("out"), &log);
     assert_eq!(attempts, "2 w1-only None", "{log}");
 }
@@ -502,35 +466,25 @@ fn a_killed_coordinator_resumes_without_losing_or_rerunning_trials() {
     let dir = tempfile::tempdir().unwrap();
     let text = "name: crash\nparameters:\n  lr: [0.01, 0.02, 0.03]\ntrain:\n  model: {width: 0.125}\n  dataset: {train_size: 512, test_size: 64}\n  batch_size: 64\n  steps: 150\n  eval_every: 50\n";
     std::fs::write(dir.path().join("crash.yaml"), text).unwrap();
-    let (addr, url) = free_addr();
-    let serve = || {
-        serve_command(dir.path(), "crash.yaml", &addr, "out", &[])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let mut first = serve();
-    let mut worker = worker_command(&url, &["--threads", "1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut first, url) = serve(dir.path(), "crash.yaml", "out", &[]);
+    let mut worker = Running::spawn(
+        worker_command(&url, &["--threads", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
     // Wait for the first trial to be finished and written, then kill the coordinator.
     let train = dir.path().join("out/train");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let done_first = loop {
+    let mut done_first = None;
+    wait_until("a finished trial", Duration::from_secs(120), || {
         let files: Vec<_> = std::fs::read_dir(&train)
             .map(|d| d.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();
-        if let Some(f) = files
+        done_first = files
             .into_iter()
-            .find(|p| p.extension().is_some_and(|e| e == "parquet"))
-        {
-            break f;
-        }
-        assert!(Instant::now() < deadline, "no trial finished");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+            .find(|p| p.extension().is_some_and(|e| e == "parquet"));
+        done_first.is_some()
+    });
+    let done_first = done_first.unwrap();
     // Wait for the next trial to be leased and have rows in its journal (so the finished
     // one's outcome was acknowledged: its end is logged, if not yet in trials.parquet).
     let journal = dir.path().join("out/journal");
@@ -553,21 +507,24 @@ fn a_killed_coordinator_resumes_without_losing_or_rerunning_trials() {
             })
             .unwrap_or(false)
     };
-    while !journaled() {
-        assert!(Instant::now() < deadline, "no running trial sent rows");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    first.kill().unwrap();
-    first.wait().unwrap();
+    wait_until(
+        "a running trial's rows in its journal",
+        Duration::from_secs(120),
+        journaled,
+    );
+    first.kill();
     let written = std::fs::metadata(&done_first).unwrap().modified().unwrap();
+    // Time passes before the restart, so that a rewrite of the finished trial would show in
+    // its modification time even on a file system with coarse timestamps.
     std::thread::sleep(Duration::from_secs(1));
 
-    let second = serve();
-    let out = second.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    // Started again on the address the first run reported: the worker comes back to it.
+    let (mut second, _) = serve_at(dir.path(), "crash.yaml", addr_of(&url), "out", &[]);
+    let status = second.wait();
+    let stderr = second.stderr();
+    assert!(status.success(), "{stderr}");
     assert!(stderr.contains("trials already done"), "{stderr}");
-    assert!(worker.wait().unwrap().success());
+    assert!(worker.wait().success());
     assert_eq!(
         std::fs::metadata(&done_first).unwrap().modified().unwrap(),
         written,
@@ -594,39 +551,29 @@ fn two_workers_of_one_name_survive_a_coordinator_restart() {
     let dir = tempfile::tempdir().unwrap();
     let text = "name: twins\nparameters:\n  lr: [0.01, 0.02, 0.03, 0.04, 0.05, 0.06]\ntrain:\n  model: {width: 0.125}\n  dataset: {train_size: 256, test_size: 64}\n  batch_size: 32\n  steps: 60\n  eval_every: 20\n";
     std::fs::write(dir.path().join("twins.yaml"), text).unwrap();
-    let (addr, url) = free_addr();
-    let serve = || {
-        serve_command(dir.path(), "twins.yaml", &addr, "out", &[])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let mut first = serve();
+    let (mut first, url) = serve(dir.path(), "twins.yaml", "out", &[]);
     let mut workers: Vec<_> = (0..2)
         .map(|_| {
-            worker_command(&url, &["--threads", "1", "--name", "twin"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
+            Running::spawn(
+                worker_command(&url, &["--threads", "1", "--name", "twin"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null()),
+            )
         })
         .collect();
     // Kill the coordinator once a trial is written and others run.
     let train = dir.path().join("out/train");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while std::fs::read_dir(&train).map_or(0, |d| d.count()) < 1 {
-        assert!(Instant::now() < deadline, "no trial finished");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    first.kill().unwrap();
-    first.wait().unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let second = serve();
-    let out = second.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    wait_until("a finished trial", Duration::from_secs(120), || {
+        std::fs::read_dir(&train).map_or(0, |d| d.count()) >= 1
+    });
+    first.kill();
+    // Started again on the address the first run reported.
+    let (mut second, _) = serve_at(dir.path(), "twins.yaml", addr_of(&url), "out", &[]);
+    let status = second.wait();
+    let stderr = second.stderr();
+    assert!(status.success(), "{stderr}");
     for w in &mut workers {
-        let status = wait_within(w, 60, "finish");
+        let status = w.exit_within("finish", Duration::from_secs(60));
         assert!(status.success(), "a worker failed");
     }
     let results = dir.path().join("out");
@@ -668,18 +615,19 @@ fn a_long_network_cut_loses_the_lease_but_no_row_is_doubled() {
 /// middle of the trial, checks the results and returns the trial's "attempts worker".
 fn cut_the_network_mid_trial(cut: Duration, worker_timeout: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let (addr, _) = free_addr();
-    let mut serve = serve_one_trial(dir.path(), &addr, &["--worker-timeout", worker_timeout]);
-    let proxy = bnsweep_e2e::Proxy::start(&addr);
-    let (mut worker, log) = start_training_worker(&proxy.url(), "flaky");
-    std::thread::sleep(Duration::from_millis(1500));
+    let (mut serve, url) = serve_one_trial(dir.path(), &["--worker-timeout", worker_timeout]);
+    let proxy = bnsweep_e2e::Proxy::start(addr_of(&url));
+    let mut worker = start_training_worker(&proxy.url(), "flaky");
+    // Mid-trial: rows have come through the proxy.
+    wait_for_rows(&url, None, Duration::from_secs(60));
     proxy.cut();
+    // The point: the network stays cut for this long (shorter or longer than the timeout).
     std::thread::sleep(cut);
     proxy.restore();
-    let exited = worker.wait().unwrap();
-    let log = log.join().unwrap().join("\n");
+    let exited = worker.wait();
+    let log = training_log(&worker);
     assert!(exited.success(), "{log}");
-    assert!(serve.wait().unwrap().success(), "{log}");
+    assert!(serve.wait().success(), "{log}");
     check_one_trial(&dir.path().join("out"), &log)
 }
 
@@ -689,12 +637,10 @@ fn cut_the_network_mid_trial(cut: Duration, worker_timeout: &str) -> String {
 /// longer, it gives up cleanly with an error instead of hanging.
 #[test]
 fn a_frozen_coordinator_is_waited_for_within_the_patience_then_given_up() {
-    use std::io::{BufRead, BufReader};
     for (frozen, patience, gives_up) in [(4, "60", false), (40, "5", true)] {
         let dir = tempfile::tempdir().unwrap();
-        let (addr, url) = free_addr();
-        let mut serve = serve_one_trial(dir.path(), &addr, &[]);
-        let mut worker = worker_command(
+        let (mut serve, url) = serve_one_trial(dir.path(), &[]);
+        let mut worker = Running::logged(&mut worker_command(
             &url,
             &[
                 "--threads",
@@ -704,49 +650,30 @@ fn a_frozen_coordinator_is_waited_for_within_the_patience_then_given_up() {
                 "--patience",
                 patience,
             ],
-        )
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-        let mut lines = BufReader::new(worker.stderr.take().unwrap()).lines();
-        for line in lines.by_ref() {
-            if line.unwrap().contains("starting on cpu") {
-                break;
-            }
-        }
-        let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
-        let signal = |sig: &str, child: &std::process::Child| {
-            let sent = run(Command::new("kill").args([sig, &child.id().to_string()]));
-            assert!(sent.ok(), "{sent:?}");
-        };
-        std::thread::sleep(Duration::from_millis(500));
-        signal("-STOP", &serve);
+        ));
+        worker.wait_to_say("starting on cpu", Duration::from_secs(120));
+        wait_for_rows(&url, None, Duration::from_secs(60));
+        serve.signal("STOP");
         let frozen_at = Instant::now();
-        let mut ended = None;
-        while frozen_at.elapsed() < Duration::from_secs(frozen) {
-            if let Some(s) = worker.try_wait().unwrap() {
-                ended = Some((s, frozen_at.elapsed()));
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        signal("-CONT", &serve);
+        // The point: the coordinator stays frozen this long, unless the worker leaves first.
+        let ended = worker
+            .exited_within(Duration::from_secs(frozen))
+            .map(|s| (s, frozen_at.elapsed()));
+        serve.signal("CONT");
         if gives_up {
             // Patience 5 s; the keepalive (10 + 10 s) or the call deadline ends a hung call.
             let (status, after) = ended.expect("the worker still waits on a frozen coordinator");
-            let _ = worker.wait(); // exited already: reaped
-            let log = log.join().unwrap().join("\n");
+            let log = training_log(&worker);
             assert!(!status.success(), "{log}");
             assert!(after < Duration::from_secs(40), "gave up after {after:?}");
             assert!(log.contains("error"), "{log}");
-            let _ = serve.kill();
-            let _ = serve.wait();
+            // `serve` (its trial unfinished) is killed as it goes out of scope.
         } else {
             assert!(ended.is_none(), "the worker left during a short freeze");
-            let status = wait_within(&mut worker, 120, "finish");
-            let log = log.join().unwrap().join("\n");
+            let status = worker.exit_within("finish", Duration::from_secs(120));
+            let log = training_log(&worker);
             assert!(status.success(), "{log}");
-            assert!(serve.wait().unwrap().success(), "{log}");
+            assert!(serve.wait().success(), "{log}");
             let attempts = check_one_trial(&dir.path().join("out"), &log);
             assert_eq!(attempts, "1 w1-patient None", "{log}");
         }
@@ -759,16 +686,14 @@ fn a_frozen_coordinator_is_waited_for_within_the_patience_then_given_up() {
 fn connections_beyond_the_bound_are_closed_at_once() {
     use std::io::Read;
     let dir = tempfile::tempdir().unwrap();
-    let (addr, url) = free_addr();
-    let mut serve = serve_one_trial(dir.path(), &addr, &["--max-connections", "2"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let connect = || loop {
-        if let Ok(s) = std::net::TcpStream::connect(&addr) {
-            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            break s;
-        }
-        assert!(Instant::now() < deadline, "no coordinator at {addr}");
-        std::thread::sleep(Duration::from_millis(50));
+    let (mut serve, url) = serve_one_trial(dir.path(), &["--max-connections", "2"]);
+    let addr = addr_of(&url);
+    // Its socket is bound: a connection is queued until the coordinator accepts it.
+    let connect = || {
+        let s = std::net::TcpStream::connect(addr)
+            .unwrap_or_else(|e| panic!("no coordinator at {addr}: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s
     };
     let mut held: Vec<_> = (0..2).map(|_| connect()).collect();
     let mut third = connect();
@@ -787,11 +712,16 @@ fn connections_beyond_the_bound_are_closed_at_once() {
     }
     drop(held);
     drop(third);
-    // With them closed, a worker gets in and finishes the sweep.
-    std::thread::sleep(Duration::from_millis(200));
+    // With them closed (once the coordinator has seen them go: a client gets an answer), a
+    // worker gets in and finishes the sweep.
+    wait_until(
+        "the coordinator to answer once the held connections close",
+        Duration::from_secs(30),
+        || bnsweep_e2e::sweep_status(&url, None).is_some(),
+    );
     let worker = run(&mut worker_command(&url, &["--threads", "1"]));
     assert!(worker.ok(), "{worker:?}");
-    assert!(serve.wait().unwrap().success());
+    assert!(serve.wait().success());
 }
 
 /// A file system that fills up mid-sweep (a 4 MB tmpfs holding the results): the coordinator
@@ -819,24 +749,18 @@ fn a_full_disk_mid_sweep_loses_nothing_and_the_sweep_completes_once_space_is_bac
     let _guard = Mounted(disk.clone());
     let text = "name: full\nparameters:\n  lr: [0.01, 0.02, 0.03, 0.04]\ntrain:\n  model: {width: 0.125}\n  dataset: {train_size: 256, test_size: 64}\n  batch_size: 32\n  steps: 200\n  eval_every: 50\n";
     std::fs::write(dir.path().join("full.yaml"), text).unwrap();
-    let (addr, url) = free_addr();
     let out = disk.join("out");
-    let serve = serve_command(dir.path(), "full.yaml", &addr, out.to_str().unwrap(), &[])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut serve, url) = serve(dir.path(), "full.yaml", out.to_str().unwrap(), &[]);
     // A patience shorter than the disk stays full: the coordinator's "waiting on disk"
     // answers are contact, not silence, so the worker waits it out without losing a trial.
-    let mut worker = worker_command(&url, &["--threads", "1", "--patience", "3"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while std::fs::read_dir(out.join("train")).map_or(0, |d| d.count()) < 1 {
-        assert!(Instant::now() < deadline, "no trial finished");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut worker = Running::spawn(
+        worker_command(&url, &["--threads", "1", "--patience", "3"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_until("a finished trial", Duration::from_secs(120), || {
+        std::fs::read_dir(out.join("train")).map_or(0, |d| d.count()) >= 1
+    });
     // Fill the disk to the last byte, hold it full for a while, then free it.
     let filler = disk.join("filler");
     {
@@ -847,12 +771,14 @@ fn a_full_disk_mid_sweep_loses_nothing_and_the_sweep_completes_once_space_is_bac
         let small = [0u8; 512];
         while f.write_all(&small).is_ok() {}
     }
+    serve.wait_to_say("cannot write to", Duration::from_secs(60));
+    // The point: the disk stays full for longer than the worker's patience (3 s).
     std::thread::sleep(Duration::from_secs(6));
     std::fs::remove_file(&filler).unwrap();
-    let status = wait_within(&mut worker, 120, "finish");
-    let ended = serve.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&ended.stderr);
-    assert!(status.success() && ended.status.success(), "{stderr}");
+    let status = worker.exit_within("finish", Duration::from_secs(120));
+    let ended = serve.wait();
+    let stderr = serve.stderr();
+    assert!(status.success() && ended.success(), "{stderr}");
     assert!(
         stderr.contains("cannot write to") && stderr.contains("takes writes again"),
         "the disk never filled during the sweep, or its recovery was not seen: {stderr}"
@@ -880,54 +806,45 @@ fn workers_find_a_moving_coordinator_through_its_address_file() {
     std::fs::write(dir.path().join("moving.yaml"), text).unwrap();
     let address = dir.path().join("coordinator.addr");
     // The worker first: it waits for the coordinator's address file.
-    let mut worker = Command::new(bnsweep_e2e::bin("bnsweep-worker"))
-        .args(["--device", "cpu", "--threads", "1", "--patience", "60"])
-        .arg("--coordinator-file")
-        .arg(&address)
-        .env_remove("BNSWEEP_COORDINATOR")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(1));
-    let serve = || {
-        Command::new(bnsweep_e2e::bin("bnsweep"))
-            .args([
-                "serve",
-                "moving.yaml",
-                "--listen",
-                "127.0.0.1:0",
-                "--out",
-                "out",
-            ])
-            .arg("--address-file")
+    let mut worker = Running::logged(
+        Command::new(bnsweep_e2e::bin("bnsweep-worker"))
+            .args(["--device", "cpu", "--threads", "1", "--patience", "60"])
+            .arg("--coordinator-file")
             .arg(&address)
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+            .env_remove("BNSWEEP_COORDINATOR"),
+    );
+    worker.wait_to_say(
+        "waiting for the coordinator's address in",
+        Duration::from_secs(60),
+    );
+    // On a port the system chooses, written to the address file once serving.
+    let start = || {
+        let address = address.to_str().unwrap();
+        serve(
+            dir.path(),
+            "moving.yaml",
+            "out",
+            &["--address-file", address],
+        )
+        .0
     };
-    let mut first = serve();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while std::fs::read_dir(dir.path().join("out/train")).map_or(0, |d| d.count()) < 1 {
-        assert!(Instant::now() < deadline, "no trial finished");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut first = start();
+    wait_until("a finished trial", Duration::from_secs(120), || {
+        std::fs::read_dir(dir.path().join("out/train")).map_or(0, |d| d.count()) >= 1
+    });
     let first_url = std::fs::read_to_string(&address).unwrap();
     assert!(first_url.starts_with("http://127.0.0.1:"), "{first_url}");
-    first.kill().unwrap();
-    first.wait().unwrap();
-    let second = serve();
-    let out = second.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    first.kill();
+    let mut second = start();
+    let status = second.wait();
+    let stderr = second.stderr();
+    assert!(status.success(), "{stderr}");
     let second_url = std::fs::read_to_string(&address).unwrap();
     assert_ne!(
         first_url, second_url,
         "the second coordinator chose another port"
     );
-    let status = wait_within(&mut worker, 60, "finish");
+    let status = worker.exit_within("finish", Duration::from_secs(60));
     assert!(status.success(), "{stderr}");
     let checked = check_results(
         &dir.path().join("out"),
@@ -944,17 +861,14 @@ fn the_health_port_answers_probes_without_the_token() {
     use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("token"), "s3cret\n").unwrap();
-    let (addr, url) = free_addr();
-    let (health_addr, health_url) = free_addr();
-    let mut serve = serve_one_trial(
+    let (mut serve, url) = serve_one_trial(
         dir.path(),
-        &addr,
-        &["--token-file", "token", "--health-listen", &health_addr],
+        &["--token-file", "token", "--health-listen", "127.0.0.1:0"],
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let probe = |service: &str| -> Option<i32> {
+    let probe_at = |health_url: &str, service: &str| -> Option<i32> {
         rt.block_on(async {
-            let channel = tonic::transport::Endpoint::from_shared(health_url.clone())
+            let channel = tonic::transport::Endpoint::from_shared(health_url.to_string())
                 .ok()?
                 .connect()
                 .await
@@ -969,74 +883,81 @@ fn the_health_port_answers_probes_without_the_token() {
             Some(r.into_inner().status)
         })
     };
+    // The coordinator does not say which port the system chose for probes: it is the one,
+    // of those it listens on besides the workers', that answers a health check.
+    let grpc_port: u16 = addr_of(&url).rsplit(':').next().unwrap().parse().unwrap();
+    let mut health_url = String::new();
+    wait_until("the health port", Duration::from_secs(30), || {
+        let ports = listening_ports(serve.id());
+        let found = ports
+            .into_iter()
+            .filter(|&p| p != grpc_port)
+            .find(|p| probe_at(&format!("http://127.0.0.1:{p}"), "").is_some());
+        if let Some(p) = found {
+            health_url = format!("http://127.0.0.1:{p}");
+        }
+        found.is_some()
+    });
+    let probe = |service: &str| probe_at(&health_url, service);
     let serving = ServingStatus::Serving as i32;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while probe("") != Some(serving) {
-        assert!(
-            Instant::now() < deadline,
-            "the health port never said SERVING"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        "the health port to say SERVING",
+        Duration::from_secs(30),
+        || probe("") == Some(serving),
+    );
     assert_eq!(probe("bnsweep.v1.Coordinator"), Some(serving));
-    let mut worker = worker_command(&url, &["--threads", "1"])
-        .env("BNSWEEP_TOKEN_FILE", dir.path().join("token"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    let mut worker = Running::logged(
+        worker_command(&url, &["--threads", "1"])
+            .env("BNSWEEP_TOKEN_FILE", dir.path().join("token")),
+    );
+    // Cancelled mid-trial.
+    worker.wait_to_say("starting on cpu", Duration::from_secs(120));
     let cancel = run(Command::new(bnsweep_e2e::bin("bnsweep"))
         .args(["cancel", "--coordinator", &url, "--token-file"])
         .arg(dir.path().join("token")));
     assert!(cancel.ok(), "{cancel:?}");
     let not_serving = ServingStatus::NotServing as i32;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = probe("bnsweep.v1.Coordinator");
-        if got == Some(not_serving) {
-            break;
-        }
+    let mut got = None;
+    let drained = bnsweep_e2e::within(Duration::from_secs(10), || {
+        got = probe("bnsweep.v1.Coordinator");
+        // It answers all along, until it says NOT_SERVING.
         assert!(
-            got.is_some() && Instant::now() < deadline,
+            got.is_some(),
             "draining, the coordinator still said {got:?}"
         );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = wait_within(&mut worker, 60, "stop");
-    assert_eq!(serve.wait().unwrap().code(), Some(130));
+        got == Some(not_serving)
+    });
+    assert!(drained, "draining, the coordinator still said {got:?}");
+    let _ = worker.exit_within("stop", Duration::from_secs(60));
+    assert_eq!(serve.wait().code(), Some(130));
 }
 
 /// The sweep of the fault tests: one trial of 300 steps of a narrow vgg8 (seconds on a core).
 const ONE_TRIAL: &str = "name: one\nparameters:\n  lr: [0.05]\ntrain:\n  model: {width: 0.125}\n  dataset: {train_size: 512, test_size: 64}\n  batch_size: 64\n  steps: 300\n  eval_every: 100\n";
 
-/// Serves [`ONE_TRIAL`] from `dir` at `addr` into `dir/out`.
-fn serve_one_trial(dir: &std::path::Path, addr: &str, extra: &[&str]) -> std::process::Child {
+/// Serves [`ONE_TRIAL`] from `dir` into `dir/out` (see [`serve`]).
+fn serve_one_trial(dir: &std::path::Path, extra: &[&str]) -> (Running, String) {
     std::fs::write(dir.join("one.yaml"), ONE_TRIAL).unwrap();
-    serve_command(dir, "one.yaml", addr, "out", extra)
-        .spawn()
-        .unwrap()
+    serve(dir, "one.yaml", "out", extra)
 }
 
-/// Starts a one-thread CPU worker named `name` and returns it once it has started training,
-/// with a thread collecting the rest of its log.
-fn start_training_worker(
-    url: &str,
-    name: &str,
-) -> (std::process::Child, std::thread::JoinHandle<Vec<String>>) {
-    use std::io::{BufRead, BufReader};
-    let mut worker = worker_command(url, &["--threads", "1", "--name", name])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(worker.stderr.take().unwrap()).lines();
-    for line in lines.by_ref() {
-        if line.unwrap().contains("starting on cpu") {
-            break;
-        }
-    }
-    let log = std::thread::spawn(move || lines.map_while(Result::ok).collect());
-    (worker, log)
+/// Starts a one-thread CPU worker named `name` (logged) and returns it once it has started
+/// training.
+fn start_training_worker(url: &str, name: &str) -> Running {
+    let mut worker = Running::logged(&mut worker_command(
+        url,
+        &["--threads", "1", "--name", name],
+    ));
+    worker.wait_to_say("starting on cpu", Duration::from_secs(120));
+    worker
+}
+
+/// What a worker of [`start_training_worker`] said after it started training.
+fn training_log(worker: &Running) -> String {
+    let log = worker.stderr();
+    let start = log.find("starting on cpu").expect("it started training");
+    let rest = &log[start..];
+    rest[rest.find('\n').map_or(rest.len(), |n| n + 1)..].to_string()
 }
 
 /// The attempts of every trial of a results directory, sorted, as Python prints the list
@@ -1049,18 +970,6 @@ fn sorted_attempts(out: &std::path::Path) -> String {
     ]));
     assert!(read.ok(), "{read:?}");
     read.stdout.trim().to_string()
-}
-
-/// Waits for `child` to exit, failing the test after `secs` seconds (saying it did not `what`).
-fn wait_within(child: &mut std::process::Child, secs: u64, what: &str) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "the worker did not {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Checks the results of a one-trial sweep of 300 steps (rows exactly once) and returns the
@@ -1093,10 +1002,7 @@ fn simulated_workers_run_a_sweep_with_every_row_exactly_once() {
         seeds.join(", ")
     );
     std::fs::write(dir.path().join("sim.yaml"), text).unwrap();
-    let (addr, url) = free_addr();
-    let mut serve = serve_command(dir.path(), "sim.yaml", &addr, "out", &[])
-        .spawn()
-        .unwrap();
+    let (mut serve, url) = serve(dir.path(), "sim.yaml", "out", &[]);
     let sim = run(Command::new(bin("bnsweep-worker")).args([
         "simulate",
         "--coordinator",
@@ -1112,7 +1018,7 @@ fn simulated_workers_run_a_sweep_with_every_row_exactly_once() {
             .contains("\"agents\": 20, \"failed_agents\": 0, \"dispatches\": 60"),
         "{sim:?}"
     );
-    assert!(serve.wait().unwrap().success());
+    assert!(serve.wait().success());
     let checked = check_results(
         &dir.path().join("out"),
         &["--trials", "60", "--steps", "40", "--eval-every", "10"],

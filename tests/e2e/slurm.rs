@@ -13,9 +13,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bnsweep_e2e::{bin, check_results, repo_root, run, Ran};
+use bnsweep_e2e::{bin, check_results, repo_root, run, sweep_status, within, Ran};
 
 /// The single-node cluster of one test, brought down when dropped.
 struct Cluster {
@@ -103,13 +103,16 @@ impl Drop for Cluster {
     }
 }
 
+/// The shared token of a run directory.
+const TOKEN: &str = "slurm-test-token";
+
 /// A run directory: the sweep file, the token (mode 600), the address file and results.
 fn run_dir(sweep: &str) -> tempfile::TempDir {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("sweep.yaml"), sweep).unwrap();
     let token = dir.path().join("token");
-    std::fs::write(&token, "slurm-test-token\n").unwrap();
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
     dir
 }
@@ -133,18 +136,27 @@ fn logs(dir: &Path) -> String {
     out
 }
 
-/// Waits up to `secs` for `cond`, failing with `what` and the run directory's logs.
+/// Waits up to `secs` for `cond`, failing with `what`, the cluster's state and the run
+/// directory's logs.
 fn wait_for(secs: u64, what: &str, dir: &Path, cluster: &Cluster, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs} s waiting for {what}\n{}\n{}",
-            cluster.status(),
-            logs(dir)
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    assert!(
+        within(Duration::from_secs(secs), cond),
+        "timed out after {secs} s waiting for {what}\n{}\n{}",
+        cluster.status(),
+        logs(dir)
+    );
+}
+
+/// Whether the coordinator of `dir` (at the address in its address file) has rows from every
+/// worker that runs a trial, and at least one does.
+fn every_running_worker_sent_rows(dir: &Path) -> bool {
+    let url = read(&dir.join("coordinator.url"));
+    let url = url.trim();
+    !url.is_empty()
+        && sweep_status(url, Some(TOKEN)).is_some_and(|s| {
+            let running: Vec<_> = s.workers.iter().filter(|w| w.running > 0).collect();
+            !running.is_empty() && running.iter().all(|w| w.steps_per_s > 0.0)
+        })
 }
 
 const SLURM_FOUR_TRIALS: &str = "name: slurm\nparameters:\n  lr: [0.02, 0.03, 0.05, 0.07]\ntrain:\n  model: {width: 0.125}\n  dataset: {train_size: 512, test_size: 64}\n  batch_size: 64\n  steps: 300\n  eval_every: 100\n";
@@ -224,7 +236,9 @@ fn a_sweep_survives_scancel_of_a_worker_and_of_its_coordinator(cluster: &Cluster
     wait_for(180, "task 1 to train", dir, cluster, || {
         read(&log1).contains("starting on cpu")
     });
-    std::thread::sleep(Duration::from_secs(1));
+    wait_for(60, "task 1's first rows", dir, cluster, || {
+        every_running_worker_sent_rows(dir)
+    });
     cluster.scancel(&task1);
     wait_for(60, "task 1 to end", dir, cluster, || !cluster.holds(&task1));
     let said = read(&log1);
