@@ -376,37 +376,6 @@ pub fn addr_of(url: &str) -> &str {
     url.split_once("://").map_or(url, |(_, a)| a)
 }
 
-/// The TCP ports process `pid` listens on (from /proc: its sockets in the LISTEN state), for a
-/// port a coordinator chose without saying which (its health port).
-pub fn listening_ports(pid: u32) -> Vec<u16> {
-    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| std::fs::read_link(e.path()).ok())
-                .filter_map(|l| {
-                    let l = l.to_string_lossy().into_owned();
-                    Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut ports = Vec::new();
-    for table in ["tcp", "tcp6"] {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
-        for row in text.lines().skip(1) {
-            // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
-            let f: Vec<&str> = row.split_whitespace().collect();
-            if f.len() > 9 && f[3] == "0A" && inodes.iter().any(|i| i == f[9]) {
-                let port = f[1].rsplit(':').next().unwrap();
-                ports.push(u16::from_str_radix(port, 16).unwrap());
-            }
-        }
-    }
-    ports.sort_unstable();
-    ports.dedup();
-    ports
-}
-
 /// The coordinator's answer to `Status` over plain HTTP (with `token` if it has one), or
 /// `None` while it does not answer.
 pub fn sweep_status(url: &str, token: Option<&str>) -> Option<bnsweep_proto::StatusResponse> {

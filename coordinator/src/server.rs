@@ -153,6 +153,9 @@ pub async fn run_sweep(
             let (reporter, service) = tonic_health::server::health_reporter();
             let health = Health(Some(reporter));
             health.set(false).await;
+            if let Ok(addr) = listener.local_addr() {
+                eprintln!("bnsweep: health probes (grpc.health.v1, plain, no token) at {addr}");
+            }
             tokio::spawn(
                 tonic::transport::Server::builder()
                     .add_service(service)

@@ -4,8 +4,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bnsweep_e2e::{
-    addr_of, bin, check_results, listening_ports, run, serve, serve_at, serve_command,
-    wait_for_rows, wait_until, worker_command, Running,
+    addr_of, bin, check_results, run, serve, serve_at, serve_command, wait_for_rows, wait_until,
+    worker_command, Running,
 };
 
 /// A worker lacking the dataset fails the trial at once, without retries, naming the path.
@@ -883,21 +883,10 @@ fn the_health_port_answers_probes_without_the_token() {
             Some(r.into_inner().status)
         })
     };
-    // The coordinator does not say which port the system chose for probes: it is the one,
-    // of those it listens on besides the workers', that answers a health check.
-    let grpc_port: u16 = addr_of(&url).rsplit(':').next().unwrap().parse().unwrap();
-    let mut health_url = String::new();
-    wait_until("the health port", Duration::from_secs(30), || {
-        let ports = listening_ports(serve.id());
-        let found = ports
-            .into_iter()
-            .filter(|&p| p != grpc_port)
-            .find(|p| probe_at(&format!("http://127.0.0.1:{p}"), "").is_some());
-        if let Some(p) = found {
-            health_url = format!("http://127.0.0.1:{p}");
-        }
-        found.is_some()
-    });
+    // "bnsweep: health probes (grpc.health.v1, plain, no token) at ADDR", the port the
+    // system chose.
+    let said = serve.wait_to_say("health probes", Duration::from_secs(30));
+    let health_url = format!("http://{}", said.rsplit(" at ").next().unwrap().trim());
     let probe = |service: &str| probe_at(&health_url, service);
     let serving = ServingStatus::Serving as i32;
     wait_until(
