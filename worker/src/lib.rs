@@ -6,6 +6,7 @@ pub mod bench;
 pub mod device;
 pub mod error;
 pub mod fetch;
+pub mod framing;
 pub mod mps;
 pub mod placement;
 pub mod simulate;

@@ -6,13 +6,14 @@
 //!
 //! The worker writes [`pb::SlotCommand`]s to the slot's stdin, the slot writes
 //! [`pb::SlotEvent`]s to its stdout (the attempt's rows as they are known, then its end), each
-//! framed by its length as 4 little-endian bytes. The slot logs to the worker's stderr. A slot
-//! whose worker is gone (its stdin closes, or the kernel's parent-death signal) stops at once;
-//! signals sent to the whole job (SIGTERM, SIGINT, SIGHUP, SIGUSR1/2, SIGALRM) are ignored.
+//! framed by its length as 4 little-endian bytes ([`crate::framing`]). The slot logs to the
+//! worker's stderr. A slot whose worker is gone (its stdin closes, or the kernel's parent-death
+//! signal) stops at once; signals sent to the whole job (SIGTERM, SIGINT, SIGHUP, SIGUSR1/2,
+//! SIGALRM) are ignored.
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -22,17 +23,15 @@ use std::time::Duration;
 use bnsweep_proto as pb;
 use pb::slot_command::Command as SlotCmd;
 use pb::slot_event::Event;
-use prost::Message;
 use tch::Device;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use crate::device;
 use crate::error::{Error, Result};
+use crate::framing::{frame, read_frame, read_frame_async};
 use crate::trainer::{self, Ending, HostData, Row};
 
-/// Frames larger than this are refused as corrupt.
-const MAX_FRAME: usize = 64 << 20;
 /// How often a running attempt's stop condition is looked at (and a stop sent again).
 const STOP_CHECK: Duration = Duration::from_millis(250);
 /// Signals slot processes ignore: those a cluster scheduler sends to every process of a job.
@@ -49,58 +48,6 @@ const JOB_SIGNALS: [libc::c_int; 6] = [
 pub enum Msg {
     Row(Row),
     End(Result<Ending>),
-}
-
-fn frame(msg: &impl Message) -> Vec<u8> {
-    let len = msg.encoded_len();
-    let mut buf = Vec::with_capacity(4 + len);
-    buf.extend_from_slice(&(len as u32).to_le_bytes());
-    msg.encode(&mut buf).expect("a Vec grows");
-    buf
-}
-
-/// The length a frame announces, refused when it cannot be right.
-fn frame_len(len: [u8; 4]) -> io::Result<usize> {
-    let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("a frame of {len} bytes (corrupt stream?)"),
-        ));
-    }
-    Ok(len)
-}
-
-fn decode<M: Message + Default>(body: &[u8]) -> io::Result<M> {
-    M::decode(body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
-
-/// Reads one framed message; `None` at a clean end of the stream.
-fn read_frame<M: Message + Default>(r: &mut impl Read) -> io::Result<Option<M>> {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let mut body = vec![0; frame_len(len)?];
-    r.read_exact(&mut body)?;
-    decode(&body).map(Some)
-}
-
-/// [`read_frame`] on an asynchronous stream.
-async fn read_frame_async<M: Message + Default>(
-    r: &mut (impl tokio::io::AsyncRead + Unpin),
-) -> io::Result<Option<M>> {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let mut body = vec![0; frame_len(len)?];
-    r.read_exact(&mut body).await?;
-    decode(&body).map(Some)
 }
 
 impl From<Row> for Event {
