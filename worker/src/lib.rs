@@ -9,6 +9,7 @@ pub mod fetch;
 pub mod framing;
 pub mod mps;
 pub mod placement;
+pub mod runner;
 pub mod simulate;
 pub mod slot;
 pub mod trace;

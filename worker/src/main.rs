@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use bnsweep_worker::agent::{self, Training};
+use bnsweep_worker::agent;
 use bnsweep_worker::placement::{self, MpsMode, SlotCount};
+use bnsweep_worker::runner::Runner;
 use bnsweep_worker::slot::{self, Slots};
 use bnsweep_worker::{bench, device};
 
@@ -104,7 +105,7 @@ struct Link {
 
 impl Link {
     /// The agent's configuration; an error (the token file) is printed and ends the worker.
-    fn config(self, name: String, training: Training) -> Result<agent::Config, ExitCode> {
+    fn config(self, name: String, runner: Arc<dyn Runner>) -> Result<agent::Config, ExitCode> {
         let token =
             bnsweep_proto::auth::token(self.token, self.token_file.as_deref()).map_err(|e| {
                 eprintln!("error: {e}");
@@ -147,7 +148,7 @@ impl Link {
             patience: Duration::from_secs(self.patience.max(1)),
             token,
             tls_ca: self.tls_ca,
-            training,
+            runner,
         })
     }
 }
@@ -237,12 +238,9 @@ fn main() -> ExitCode {
         };
     }
     if let Some(Command::Simulate { link, args, slots }) = &cli.command {
-        let training = Training::Simulated {
-            sim: bnsweep_worker::simulate::Simulation::new(args),
-            slots: (*slots).max(1),
-        };
-        return match link.clone().config("sim".into(), training) {
-            Ok(cfg) => serve_until_done(bnsweep_worker::simulate::run(args, cfg)),
+        let sim = Arc::new(bnsweep_worker::simulate::Simulation::new(args, *slots));
+        return match link.clone().config("sim".into(), sim.clone()) {
+            Ok(cfg) => serve_until_done(bnsweep_worker::simulate::run(args, sim, cfg)),
             Err(code) => code,
         };
     }
@@ -299,7 +297,7 @@ fn main() -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         placement.describe()
     );
-    let code = match cli.link.config(name, Training::Slots(slots)) {
+    let code = match cli.link.config(name, slots) {
         Ok(cfg) => serve_until_done(agent::run(cfg)),
         Err(code) => code,
     };

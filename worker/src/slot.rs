@@ -30,6 +30,7 @@ use tokio::sync::mpsc;
 use crate::device;
 use crate::error::{Error, Result};
 use crate::framing::{frame, read_frame, read_frame_async};
+use crate::runner::{Msg, Runner, Started, Stop};
 use crate::trainer::{self, Ending, HostData, Row};
 
 /// How often a running attempt's stop condition is looked at (and a stop sent again).
@@ -43,12 +44,6 @@ const JOB_SIGNALS: [libc::c_int; 6] = [
     libc::SIGUSR2,
     libc::SIGALRM,
 ];
-
-/// What an attempt tells the worker while it runs.
-pub enum Msg {
-    Row(Row),
-    End(Result<Ending>),
-}
 
 impl From<Row> for Event {
     fn from(row: Row) -> Event {
@@ -106,10 +101,7 @@ pub fn serve(device: Device) -> Result<()> {
     // SAFETY: plain descriptor calls on this process's own standard streams.
     let frames_fd = unsafe { libc::dup(1) };
     if frames_fd < 0 || unsafe { libc::dup2(2, 1) } < 0 {
-        return Err(Error::Device(format!(
-            "slot: cannot set up its output: {}",
-            io::Error::last_os_error()
-        )));
+        return Err(Error::SlotSetup(io::Error::last_os_error()));
     }
     // SAFETY: `frames_fd` is a fresh descriptor owned by nothing else.
     let out: std::fs::File = unsafe { std::os::fd::FromRawFd::from_raw_fd(frames_fd) };
@@ -274,15 +266,6 @@ impl Slots {
             freed: tokio::sync::Notify::new(),
             devices: devices.to_vec(),
         }
-    }
-
-    pub fn total(&self) -> usize {
-        self.total
-    }
-
-    /// The devices the slots train on.
-    pub fn devices(&self) -> &[Device] {
-        &self.devices
     }
 
     /// A free slot, once there is one. The worker never holds more attempts than it has
@@ -453,6 +436,34 @@ impl Slots {
             child,
             stdin,
             events,
+        })
+    }
+}
+
+impl Runner for Slots {
+    fn slots(&self) -> u32 {
+        self.total as u32
+    }
+
+    fn devices(&self) -> Vec<Device> {
+        self.devices.clone()
+    }
+
+    /// Trains the attempt in the next free slot, and puts the slot back after it.
+    fn start(
+        self: Arc<Self>,
+        attempt: pb::TrialAssignment,
+        stop: Stop,
+        tx: mpsc::UnboundedSender<Msg>,
+    ) -> Started {
+        Box::pin(async move {
+            let mut slot = self.take().await;
+            let device = slot.device;
+            tokio::spawn(async move {
+                self.train(&mut slot, &attempt, stop, &tx).await;
+                self.put(slot);
+            });
+            device
         })
     }
 }
