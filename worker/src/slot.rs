@@ -178,18 +178,13 @@ fn train_one(
 }
 
 fn end_of(result: &Result<Ending>) -> pb::SlotEnd {
-    let status = |s: pb::TrialStatus| s as i32;
     match result {
-        Ok(Ending::Completed) => pb::SlotEnd {
-            status: status(pb::TrialStatus::Completed),
-            ..Default::default()
-        },
-        Ok(Ending::Diverged) => pb::SlotEnd {
-            status: status(pb::TrialStatus::Diverged),
+        Ok(ending) => pb::SlotEnd {
+            status: ending.status() as i32,
             ..Default::default()
         },
         Err(e) => pb::SlotEnd {
-            status: status(pb::TrialStatus::Failed),
+            status: pb::TrialStatus::Failed as i32,
             error: match e {
                 Error::Stopped(reason) => reason.clone(),
                 e => e.to_string(),

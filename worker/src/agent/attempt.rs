@@ -235,8 +235,7 @@ async fn report_outcome(
     batches_sent: u64,
 ) {
     let (status, error, retryable) = match &result {
-        Ok(Ending::Completed) => (pb::TrialStatus::Completed, String::new(), false),
-        Ok(Ending::Diverged) => (pb::TrialStatus::Diverged, String::new(), false),
+        Ok(ending) => (ending.status(), String::new(), false),
         Err(e) => (pb::TrialStatus::Failed, e.to_string(), e.retryable()),
     };
     match &result {
