@@ -22,8 +22,35 @@ pub enum Error {
     /// The attempt failed in its slot process; the slot said why and whether to retry.
     #[error("{message}")]
     InSlot { message: String, retryable: bool },
+    /// The device asked for (`--device`, `--gpus`, `--mps`) is not there or cannot be used.
     #[error("device: {0}")]
     Device(String),
+    /// A setting the worker cannot use (`--token`, `--coordinator`, `--drain-signal`); the
+    /// text names it.
+    #[error("{0}")]
+    Config(String),
+    /// The certificate of `--tls-ca` cannot be read.
+    #[error("--tls-ca {}: {source}", path.display())]
+    Tls {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `--coordinator-file` stayed without an address for the whole patience.
+    #[error(
+        "--coordinator-file {}: no coordinator address there after {waited:?} (is `bnsweep serve --address-file` running?)",
+        path.display()
+    )]
+    NoAddress {
+        path: PathBuf,
+        waited: std::time::Duration,
+    },
+    /// A slot process cannot set up its output to its worker.
+    #[error("cannot set up its output: {0}")]
+    SlotSetup(std::io::Error),
+    /// `bnsweep-worker simulate` failed as a whole.
+    #[error("simulate: {0}")]
+    Simulation(String),
     /// A file this program writes (`bnsweep-worker trace`).
     #[error("cannot write {}: {source}", path.display())]
     Write {

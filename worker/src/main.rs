@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use bnsweep_worker::agent::{self, Training};
+use bnsweep_worker::agent;
 use bnsweep_worker::placement::{self, MpsMode, SlotCount};
+use bnsweep_worker::runner::Runner;
 use bnsweep_worker::slot::{self, Slots};
 use bnsweep_worker::{bench, device};
 
@@ -104,7 +105,7 @@ struct Link {
 
 impl Link {
     /// The agent's configuration; an error (the token file) is printed and ends the worker.
-    fn config(self, name: String, training: Training) -> Result<agent::Config, ExitCode> {
+    fn config(self, name: String, runner: Arc<dyn Runner>) -> Result<agent::Config, ExitCode> {
         let token =
             bnsweep_proto::auth::token(self.token, self.token_file.as_deref()).map_err(|e| {
                 eprintln!("error: {e}");
@@ -147,7 +148,7 @@ impl Link {
             patience: Duration::from_secs(self.patience.max(1)),
             token,
             tls_ca: self.tls_ca,
-            training,
+            runner,
         })
     }
 }
@@ -204,65 +205,84 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    if let Some(Command::Bench {
-        args,
-        device,
-        threads,
-    }) = &cli.command
-    {
-        let device = match device::choose(device.as_deref()) {
-            Ok(d) => d,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
-        };
-        configure_torch(*threads, device);
-        return match bench::run(args, device) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        };
+    match &cli.command {
+        Some(Command::Bench {
+            args,
+            device,
+            threads,
+        }) => run_bench(args, device.as_deref(), *threads),
+        Some(Command::Trace { args }) => run_trace(args),
+        Some(Command::Simulate { link, args, slots }) => run_simulate(link, args, *slots),
+        Some(Command::Slot { device, threads }) => run_slot(device, *threads),
+        None => run_worker(cli),
     }
-    if let Some(Command::Trace { args }) = &cli.command {
-        configure_torch(Some(args.threads), tch::Device::Cpu);
-        return match bnsweep_worker::trace::run(args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        };
+}
+
+/// `bnsweep-worker bench`.
+fn run_bench(args: &bench::BenchArgs, device: Option<&str>, threads: Option<u32>) -> ExitCode {
+    let device = match device::choose(device) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    configure_torch(threads, device);
+    match bench::run(args, device) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
-    if let Some(Command::Simulate { link, args, slots }) = &cli.command {
-        let training = Training::Simulated {
-            sim: bnsweep_worker::simulate::Simulation::new(args),
-            slots: (*slots).max(1),
-        };
-        return match link.clone().config("sim".into(), training) {
-            Ok(cfg) => serve_until_done(bnsweep_worker::simulate::run(args, cfg)),
-            Err(code) => code,
-        };
+}
+
+/// `bnsweep-worker trace`.
+fn run_trace(args: &bnsweep_worker::trace::TraceArgs) -> ExitCode {
+    configure_torch(Some(args.threads), tch::Device::Cpu);
+    match bnsweep_worker::trace::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
-    if let Some(Command::Slot { device, threads }) = &cli.command {
-        let device = match device::choose(Some(device)) {
-            Ok(d) => d,
-            Err(e) => {
-                eprintln!("error: slot: {e}");
-                return ExitCode::from(2);
-            }
-        };
-        configure_torch(*threads, device);
-        return match slot::serve(device) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: slot: {e}");
-                ExitCode::FAILURE
-            }
-        };
+}
+
+/// `bnsweep-worker simulate`.
+fn run_simulate(
+    link: &Link,
+    args: &bnsweep_worker::simulate::SimulateArgs,
+    slots: u32,
+) -> ExitCode {
+    let sim = Arc::new(bnsweep_worker::simulate::Simulation::new(args, slots));
+    match link.clone().config("sim".into(), sim.clone()) {
+        Ok(cfg) => serve_until_done(bnsweep_worker::simulate::run(args, sim, cfg)),
+        Err(code) => code,
     }
+}
+
+/// `bnsweep-worker slot` (started by the worker).
+fn run_slot(device: &str, threads: Option<u32>) -> ExitCode {
+    let device = match device::choose(Some(device)) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: slot: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    configure_torch(threads, device);
+    match slot::serve(device) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: slot: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `bnsweep-worker`: places its slots and runs the agent.
+fn run_worker(cli: Cli) -> ExitCode {
     let placement = match placement::resolve(&placement::Request {
         device: cli.device.as_deref(),
         gpus: cli.gpus.as_deref(),
@@ -299,7 +319,7 @@ fn main() -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         placement.describe()
     );
-    let code = match cli.link.config(name, Training::Slots(slots)) {
+    let code = match cli.link.config(name, slots) {
         Ok(cfg) => serve_until_done(agent::run(cfg)),
         Err(code) => code,
     };

@@ -4,13 +4,17 @@
 //! fake: a trial emits, at a set pace per step, the rows a real one would (a train row every
 //! step, an eval row every `eval_every` steps and at the last), without touching libtorch.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bnsweep_proto as pb;
+use tch::Device;
+use tokio::sync::mpsc;
 
-use crate::agent::{self, Config, Training};
+use crate::agent::{self, Config};
 use crate::error::{Error, Result};
+use crate::runner::{Msg, Runner, Started, Stop};
 use crate::trainer::{Ending, Row};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -24,22 +28,55 @@ pub struct SimulateArgs {
 }
 
 /// What a simulated worker does instead of training, and what it measures.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Simulation {
     pub step: Duration,
+    /// Trials each simulated worker runs at once.
+    pub slots: u32,
     /// Dispatch latencies: from a poll asking for trials to the trials starting.
-    pub dispatch: Arc<Mutex<Vec<Duration>>>,
+    pub dispatch: Mutex<Vec<Duration>>,
 }
 
 impl Simulation {
-    pub fn new(args: &SimulateArgs) -> Simulation {
+    pub fn new(args: &SimulateArgs, slots: u32) -> Simulation {
         Simulation {
             step: Duration::from_secs_f64(args.step_ms.max(0.0) / 1000.0),
-            dispatch: Arc::new(Mutex::new(Vec::new())),
+            slots: slots.max(1),
+            dispatch: Mutex::new(Vec::new()),
         }
     }
+}
 
-    pub fn record_dispatch(&self, took: Duration) {
+impl Runner for Simulation {
+    fn slots(&self) -> u32 {
+        self.slots
+    }
+
+    fn devices(&self) -> Vec<Device> {
+        vec![Device::Cpu]
+    }
+
+    /// Fakes the attempt on a thread of its own, at once.
+    fn start(
+        self: Arc<Self>,
+        attempt: pb::TrialAssignment,
+        stop: Stop,
+        tx: mpsc::UnboundedSender<Msg>,
+    ) -> Started {
+        let (spec, pace) = (attempt.spec.unwrap_or_default(), self.step);
+        std::thread::spawn(move || {
+            let emit = |row| {
+                let _ = tx.send(Msg::Row(row));
+            };
+            let result =
+                std::panic::catch_unwind(AssertUnwindSafe(|| train(&spec, pace, emit, stop)))
+                    .unwrap_or_else(|_| Err(Error::Crashed("the simulation panicked".into())));
+            let _ = tx.send(Msg::End(result));
+        });
+        Box::pin(std::future::ready(Device::Cpu))
+    }
+
+    fn dispatched(&self, took: Duration) {
         self.dispatch
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -95,19 +132,16 @@ pub fn train(
     Ok(Ending::Completed)
 }
 
-/// Runs `args.agents` simulated workers against the coordinator of `base` until the sweep is
-/// done; prints one JSON line: agents, trials started, dispatch latency percentiles, wall time.
-pub async fn run(args: &SimulateArgs, base: Config) -> Result<agent::Exit> {
-    let Training::Simulated { sim, .. } = base.training.clone() else {
-        return Err(Error::Device(
-            "simulate: given a worker that trains for real".into(),
-        ));
-    };
+/// Runs `args.agents` simulated workers, each running its trials on `sim`, against the
+/// coordinator of `base` until the sweep is done; prints one JSON line: agents, trials
+/// started, dispatch latency percentiles, wall time.
+pub async fn run(args: &SimulateArgs, sim: Arc<Simulation>, base: Config) -> Result<agent::Exit> {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..args.agents {
         let cfg = Config {
             name: format!("{}-{i}", base.name),
+            runner: sim.clone(),
             ..base.clone()
         };
         tasks.push(tokio::spawn(agent::run(cfg)));
@@ -152,7 +186,7 @@ pub async fn run(args: &SimulateArgs, base: Config) -> Result<agent::Exit> {
         lat.last().copied().unwrap_or(f64::NAN),
     );
     if failed > 0 {
-        return Err(Error::Device(format!(
+        return Err(Error::Simulation(format!(
             "{failed} of {} simulated workers failed",
             args.agents
         )));

@@ -6,13 +6,14 @@
 //!
 //! The worker writes [`pb::SlotCommand`]s to the slot's stdin, the slot writes
 //! [`pb::SlotEvent`]s to its stdout (the attempt's rows as they are known, then its end), each
-//! framed by its length as 4 little-endian bytes. The slot logs to the worker's stderr. A slot
-//! whose worker is gone (its stdin closes, or the kernel's parent-death signal) stops at once;
-//! signals sent to the whole job (SIGTERM, SIGINT, SIGHUP, SIGUSR1/2, SIGALRM) are ignored.
+//! framed by its length as 4 little-endian bytes ([`crate::framing`]). The slot logs to the
+//! worker's stderr. A slot whose worker is gone (its stdin closes, or the kernel's parent-death
+//! signal) stops at once; signals sent to the whole job (SIGTERM, SIGINT, SIGHUP, SIGUSR1/2,
+//! SIGALRM) are ignored.
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -22,17 +23,16 @@ use std::time::Duration;
 use bnsweep_proto as pb;
 use pb::slot_command::Command as SlotCmd;
 use pb::slot_event::Event;
-use prost::Message;
 use tch::Device;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use crate::device;
 use crate::error::{Error, Result};
+use crate::framing::{frame, read_frame, read_frame_async};
+use crate::runner::{Msg, Runner, Started, Stop};
 use crate::trainer::{self, Ending, HostData, Row};
 
-/// Frames larger than this are refused as corrupt.
-const MAX_FRAME: usize = 64 << 20;
 /// How often a running attempt's stop condition is looked at (and a stop sent again).
 const STOP_CHECK: Duration = Duration::from_millis(250);
 /// Signals slot processes ignore: those a cluster scheduler sends to every process of a job.
@@ -44,64 +44,6 @@ const JOB_SIGNALS: [libc::c_int; 6] = [
     libc::SIGUSR2,
     libc::SIGALRM,
 ];
-
-/// What an attempt tells the worker while it runs.
-pub enum Msg {
-    Row(Row),
-    End(Result<Ending>),
-}
-
-fn frame(msg: &impl Message) -> Vec<u8> {
-    let len = msg.encoded_len();
-    let mut buf = Vec::with_capacity(4 + len);
-    buf.extend_from_slice(&(len as u32).to_le_bytes());
-    msg.encode(&mut buf).expect("a Vec grows");
-    buf
-}
-
-/// The length a frame announces, refused when it cannot be right.
-fn frame_len(len: [u8; 4]) -> io::Result<usize> {
-    let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("a frame of {len} bytes (corrupt stream?)"),
-        ));
-    }
-    Ok(len)
-}
-
-fn decode<M: Message + Default>(body: &[u8]) -> io::Result<M> {
-    M::decode(body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
-
-/// Reads one framed message; `None` at a clean end of the stream.
-fn read_frame<M: Message + Default>(r: &mut impl Read) -> io::Result<Option<M>> {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let mut body = vec![0; frame_len(len)?];
-    r.read_exact(&mut body)?;
-    decode(&body).map(Some)
-}
-
-/// [`read_frame`] on an asynchronous stream.
-async fn read_frame_async<M: Message + Default>(
-    r: &mut (impl tokio::io::AsyncRead + Unpin),
-) -> io::Result<Option<M>> {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let mut body = vec![0; frame_len(len)?];
-    r.read_exact(&mut body).await?;
-    decode(&body).map(Some)
-}
 
 impl From<Row> for Event {
     fn from(row: Row) -> Event {
@@ -159,10 +101,7 @@ pub fn serve(device: Device) -> Result<()> {
     // SAFETY: plain descriptor calls on this process's own standard streams.
     let frames_fd = unsafe { libc::dup(1) };
     if frames_fd < 0 || unsafe { libc::dup2(2, 1) } < 0 {
-        return Err(Error::Device(format!(
-            "slot: cannot set up its output: {}",
-            io::Error::last_os_error()
-        )));
+        return Err(Error::SlotSetup(io::Error::last_os_error()));
     }
     // SAFETY: `frames_fd` is a fresh descriptor owned by nothing else.
     let out: std::fs::File = unsafe { std::os::fd::FromRawFd::from_raw_fd(frames_fd) };
@@ -239,18 +178,13 @@ fn train_one(
 }
 
 fn end_of(result: &Result<Ending>) -> pb::SlotEnd {
-    let status = |s: pb::TrialStatus| s as i32;
     match result {
-        Ok(Ending::Completed) => pb::SlotEnd {
-            status: status(pb::TrialStatus::Completed),
-            ..Default::default()
-        },
-        Ok(Ending::Diverged) => pb::SlotEnd {
-            status: status(pb::TrialStatus::Diverged),
+        Ok(ending) => pb::SlotEnd {
+            status: ending.status() as i32,
             ..Default::default()
         },
         Err(e) => pb::SlotEnd {
-            status: status(pb::TrialStatus::Failed),
+            status: pb::TrialStatus::Failed as i32,
             error: match e {
                 Error::Stopped(reason) => reason.clone(),
                 e => e.to_string(),
@@ -327,15 +261,6 @@ impl Slots {
             freed: tokio::sync::Notify::new(),
             devices: devices.to_vec(),
         }
-    }
-
-    pub fn total(&self) -> usize {
-        self.total
-    }
-
-    /// The devices the slots train on.
-    pub fn devices(&self) -> &[Device] {
-        &self.devices
     }
 
     /// A free slot, once there is one. The worker never holds more attempts than it has
@@ -506,6 +431,34 @@ impl Slots {
             child,
             stdin,
             events,
+        })
+    }
+}
+
+impl Runner for Slots {
+    fn slots(&self) -> u32 {
+        self.total as u32
+    }
+
+    fn devices(&self) -> Vec<Device> {
+        self.devices.clone()
+    }
+
+    /// Trains the attempt in the next free slot, and puts the slot back after it.
+    fn start(
+        self: Arc<Self>,
+        attempt: pb::TrialAssignment,
+        stop: Stop,
+        tx: mpsc::UnboundedSender<Msg>,
+    ) -> Started {
+        Box::pin(async move {
+            let mut slot = self.take().await;
+            let device = slot.device;
+            tokio::spawn(async move {
+                self.train(&mut slot, &attempt, stop, &tx).await;
+                self.put(slot);
+            });
+            device
         })
     }
 }

@@ -3,9 +3,9 @@
 
 pub mod amp;
 pub mod data;
-pub mod measure;
-pub mod measured;
+pub mod measured_step;
 pub mod model;
+pub mod probes;
 pub mod rng;
 
 use std::path::Path;
@@ -22,7 +22,7 @@ use tch::{nn, Device, Kind, Tensor};
 use crate::error::{Error, Result};
 use amp::{LossScale, Precision};
 use data::{DeviceSplit, HostSplit, Normalizer};
-use measured::{Measurer, Plan};
+use measured_step::{Measurer, Plan};
 use model::{Arch, Init, Model, NoiseOptions, StepNoise};
 
 /// Steps whose loss and accuracy are read back from the device together.
@@ -47,6 +47,16 @@ pub enum Ending {
     /// The training loss became NaN or infinite, or stayed above the bound; its rows up to
     /// that step were reported.
     Diverged,
+}
+
+impl Ending {
+    /// The trial's status on the wire.
+    pub fn status(self) -> pb::TrialStatus {
+        match self {
+            Ending::Completed => pb::TrialStatus::Completed,
+            Ending::Diverged => pb::TrialStatus::Diverged,
+        }
+    }
 }
 
 /// Tells divergence from a loss read back step by step.
@@ -175,124 +185,198 @@ pub fn train_with(
     mut emit: impl FnMut(Row),
     watch: &mut impl Watch,
 ) -> Result<Ending> {
-    let default_model = pb::ModelSpec::default();
-    let default_opt = pb::OptimizerSpec::default();
-    let model_spec = spec.model.as_ref().unwrap_or(&default_model);
-    let opt_spec = spec.optimizer.as_ref().unwrap_or(&default_opt);
-    let augment = spec.dataset.as_ref().is_some_and(|d| d.augment);
-    let [c, h, w] = data.train.shape.map(|d| d as i64);
-    if model_spec.name != "mlp" && [h, w] != [32, 32] {
-        return Err(Error::Unsupported(format!(
-            "model `{}` takes 32x32 images, this dataset's are {h}x{w}: use `mlp`",
-            model_spec.name
-        )));
-    }
-    if augment && data.train.shape != data::CIFAR_SHAPE {
-        return Err(Error::Unsupported(
-            "augmentation (random crops and flips) is for 32x32 colour images".into(),
-        ));
-    }
-    let arch = Arch {
-        input: [c, h, w],
-        name: &model_spec.name,
-        width: model_spec.width,
-        hidden: &model_spec.hidden,
-        bn: spec.bn,
-        init: Init::parse(&model_spec.init)
-            .ok_or_else(|| Error::Unsupported(format!("init `{}`", model_spec.init)))?,
-        bn_momentum: if model_spec.bn_momentum > 0.0 {
-            model_spec.bn_momentum
-        } else {
-            0.1
-        },
-    };
-    let precision = Precision::parse(&spec.precision)?;
-    let noise_options = NoiseOptions::parse(
-        &spec.noise_draws,
-        &spec.noise_moments,
-        &spec.noise_spread,
-        spec.noise_head,
-    )
-    .map_err(Error::Unsupported)?;
-    let model = Model::new(&arch, spec.seed, device)
-        .ok_or_else(|| Error::Unsupported(format!("model `{}`", model_spec.name)))?;
-    if spec.channels_last {
-        amp::weights_channels_last(&model.vs);
-    }
-    let mut loss_scale = (precision == Precision::Fp16).then(LossScale::new);
-    let mut opt = match opt_spec.name.as_str() {
-        "sgd" => nn::Sgd {
-            momentum: opt_spec.momentum,
-            dampening: 0.0,
-            wd: opt_spec.weight_decay,
-            nesterov: opt_spec.nesterov,
-        }
-        .build(&model.vs, spec.lr)?,
-        "adam" => nn::Adam {
-            beta1: opt_spec.beta1,
-            beta2: opt_spec.beta2,
-            wd: opt_spec.weight_decay,
-            eps: opt_spec.eps,
-            amsgrad: false,
-        }
-        .build(&model.vs, spec.lr)?,
-        other => return Err(Error::Unsupported(format!("optimizer `{other}`"))),
-    };
-    let measurer = Plan::new(spec.measure.as_ref(), spec.lr, spec.seed)
-        .map(|plan| Measurer::new(plan, &model));
-    let mut divergence = Divergence::new(spec.divergence.as_ref());
-
-    let (mean, std) = data::channel_stats(&data.train);
-    let norm = Normalizer::new(&mean, &std, device);
-    let train_set = DeviceSplit::new(&data.train, device);
-    let test_set = DeviceSplit::new(&data.test, device);
-    let batch = i64::from(spec.batch_size);
-    let per_epoch = (train_set.len / batch).max(1) as u64;
-    if batch > train_set.len {
-        return Err(Error::Unsupported(format!(
-            "batch size {batch} is larger than the training set ({} images)",
-            train_set.len
-        )));
-    }
-
-    watch.start(&model);
+    let mut run = Run::new(spec, &data, device)?;
+    watch.start(&run.model);
     let start = Instant::now();
     let mut order: Option<(u64, Tensor)> = None;
-    let mut pending: Vec<(pb::TrainRow, Tensor)> = Vec::new();
     for step in 1..=spec.steps {
         if let Some(reason) = watch.stop() {
             return Err(Error::Stopped(reason));
         }
         let index = step - 1;
-        let epoch = index / per_epoch;
+        let epoch = index / run.per_epoch;
         if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
-            order = Some((epoch, epoch_order(spec.seed, epoch, train_set.len, device)));
+            order = Some((
+                epoch,
+                epoch_order(spec.seed, epoch, run.train_set.len, device),
+            ));
         }
         let (_, perm) = order.as_ref().expect("set above");
-        let at = ((index % per_epoch) as i64) * batch;
-        let idx = perm.narrow(0, at, batch);
+        let at = ((index % run.per_epoch) as i64) * run.batch;
+        let idx = perm.narrow(0, at, run.batch);
         watch.batch(step, &idx);
-        let mut images = train_set.images.index_select(0, &idx);
-        if augment {
-            images = data::augment(&images, spec.seed, step);
+        if run.step(step, epoch, &idx, start, &mut emit)? {
+            return Ok(Ending::Diverged);
         }
-        let mut x = norm.apply(&images);
+    }
+    watch.end(&run.model);
+    Ok(Ending::Completed)
+}
+
+/// A trial ready to train: its model, optimizer and data on the device, and what it measures.
+struct Run<'a> {
+    spec: &'a pb::TrialSpec,
+    device: Device,
+    augment: bool,
+    precision: Precision,
+    noise_options: NoiseOptions,
+    model: Model,
+    opt: nn::Optimizer,
+    loss_scale: Option<LossScale>,
+    measurer: Option<Measurer>,
+    divergence: Divergence,
+    norm: Normalizer,
+    train_set: DeviceSplit,
+    test_set: DeviceSplit,
+    /// Images per step, and steps per epoch.
+    batch: i64,
+    per_epoch: u64,
+    /// Steps trained whose loss and accuracy are not read back yet.
+    pending: Vec<(pb::TrainRow, Tensor)>,
+}
+
+impl<'a> Run<'a> {
+    /// Checks the trial against its data, then builds its model and optimizer and moves the
+    /// data to `device`.
+    fn new(spec: &'a pb::TrialSpec, data: &HostData, device: Device) -> Result<Run<'a>> {
+        let default_model = pb::ModelSpec::default();
+        let model_spec = spec.model.as_ref().unwrap_or(&default_model);
+        let augment = spec.dataset.as_ref().is_some_and(|d| d.augment);
+        let arch = arch(spec, model_spec, data, augment)?;
+        let precision = Precision::parse(&spec.precision)?;
+        let noise_options = NoiseOptions::parse(
+            &spec.noise_draws,
+            &spec.noise_moments,
+            &spec.noise_spread,
+            spec.noise_head,
+        )
+        .map_err(Error::Unsupported)?;
+        let model = Model::new(&arch, spec.seed, device)
+            .ok_or_else(|| Error::Unsupported(format!("model `{}`", model_spec.name)))?;
         if spec.channels_last {
-            x = amp::channels_last(&x);
+            amp::weights_channels_last(&model.vs);
         }
-        let y = train_set.labels.index_select(0, &idx);
+        let loss_scale = (precision == Precision::Fp16).then(LossScale::new);
+        let opt = optimizer(spec, &model)?;
+        let measurer = Plan::new(spec.measure.as_ref(), spec.lr, spec.seed)
+            .map(|plan| Measurer::new(plan, &model));
+        let divergence = Divergence::new(spec.divergence.as_ref());
+
+        let (mean, std) = data::channel_stats(&data.train);
+        let norm = Normalizer::new(&mean, &std, device);
+        let train_set = DeviceSplit::new(&data.train, device);
+        let test_set = DeviceSplit::new(&data.test, device);
+        let batch = i64::from(spec.batch_size);
+        let per_epoch = (train_set.len / batch).max(1) as u64;
+        if batch > train_set.len {
+            return Err(Error::Unsupported(format!(
+                "batch size {batch} is larger than the training set ({} images)",
+                train_set.len
+            )));
+        }
+        Ok(Run {
+            spec,
+            device,
+            augment,
+            precision,
+            noise_options,
+            model,
+            opt,
+            loss_scale,
+            measurer,
+            divergence,
+            norm,
+            train_set,
+            test_set,
+            batch,
+            per_epoch,
+            pending: Vec::new(),
+        })
+    }
+
+    /// Trains step `step` of `epoch` on the training images `idx`, measuring it when due, and
+    /// emits the rows that are known; evaluates when due. Returns true once the trial has
+    /// diverged.
+    // `%` as before the split: a zero `eval_every` (which the coordinator refuses) still
+    // fails the trial instead of never evaluating.
+    #[allow(clippy::manual_is_multiple_of)]
+    fn step(
+        &mut self,
+        step: u64,
+        epoch: u64,
+        idx: &Tensor,
+        start: Instant,
+        emit: &mut impl FnMut(Row),
+    ) -> Result<bool> {
+        let spec = self.spec;
+        let (x, y) = self.inputs(step, idx);
         let noise = StepNoise {
             level: spec.noise,
             seed: spec.seed,
             step,
-            options: noise_options,
+            options: self.noise_options,
         };
         let noise = (spec.noise > 0.0).then_some(noise);
-        let measuring = measurer.as_ref().filter(|m| m.plan.due(step));
+        let measuring = self.measurer.as_ref().is_some_and(|m| m.plan.due(step));
         // Measure only a trial that has not diverged yet.
-        if measuring.is_some() && flush(&mut pending, &mut divergence, &mut emit)? {
-            return Ok(Ending::Diverged);
+        if measuring && flush(&mut self.pending, &mut self.divergence, emit)? {
+            return Ok(true);
         }
+        let (logits, loss) = self.forward_and_update(step, measuring, &x, &y, noise, emit);
+        let acc = logits.accuracy_for_logits(&y).to_kind(Kind::Float);
+        let row = pb::TrainRow {
+            step,
+            epoch: epoch as u32,
+            loss: 0.0,
+            acc: 0.0,
+            lr: spec.lr,
+            wall_s: start.elapsed().as_secs_f64(),
+        };
+        self.pending
+            .push((row, Tensor::stack(&[loss.detach(), acc.detach()], 0)));
+        let eval_due = step % spec.eval_every == 0 || step == spec.steps;
+        if (step % READ_EVERY == 0 || eval_due)
+            && flush(&mut self.pending, &mut self.divergence, emit)?
+        {
+            return Ok(true);
+        }
+        if eval_due {
+            let (test_loss, test_acc) = evaluate(&self.model, &self.test_set, &self.norm);
+            emit(Row::Eval(pb::EvalRow {
+                step,
+                test_loss,
+                test_acc,
+            }));
+        }
+        Ok(false)
+    }
+
+    /// The step's batch: its images augmented and normalised, and its labels.
+    fn inputs(&self, step: u64, idx: &Tensor) -> (Tensor, Tensor) {
+        let mut images = self.train_set.images.index_select(0, idx);
+        if self.augment {
+            images = data::augment(&images, self.spec.seed, step);
+        }
+        let mut x = self.norm.apply(&images);
+        if self.spec.channels_last {
+            x = amp::channels_last(&x);
+        }
+        (x, self.train_set.labels.index_select(0, idx))
+    }
+
+    /// The forward pass, the backward pass and the optimizer's step (with the measurements
+    /// around it when they are `due`, emitting their rows). Returns the logits and the loss.
+    fn forward_and_update(
+        &mut self,
+        step: u64,
+        due: bool,
+        x: &Tensor,
+        y: &Tensor,
+        noise: Option<StepNoise>,
+        emit: &mut impl FnMut(Row),
+    ) -> (Tensor, Tensor) {
+        let model = &self.model;
+        let measuring = self.measurer.as_ref().filter(|_| due);
         let mut captures = Vec::new();
         let capture = measuring
             .is_some_and(|m| m.plan.activations)
@@ -301,15 +385,16 @@ pub fn train_with(
         let lowered = if measuring.is_some() {
             Precision::Fp32
         } else {
-            precision
+            self.precision
         };
-        let (logits, loss) = amp::autocast(device, lowered, || {
-            let logits = model.net.forward(&x, true, noise, capture);
-            let loss = logits.cross_entropy_for_logits(&y).to_kind(Kind::Float);
+        let (logits, loss) = amp::autocast(self.device, lowered, || {
+            let logits = model.net.forward(x, true, noise, capture);
+            let loss = logits.cross_entropy_for_logits(y).to_kind(Kind::Float);
             (logits, loss)
         });
+        let opt = &mut self.opt;
         opt.zero_grad();
-        match (measuring, loss_scale.as_mut()) {
+        match (measuring, self.loss_scale.as_mut()) {
             (None, None) => {
                 loss.backward();
                 opt.step();
@@ -336,40 +421,75 @@ pub fn train_with(
                 let loss_at = || {
                     model
                         .net
-                        .forward(&x, true, noise, None)
-                        .cross_entropy_for_logits(&y)
+                        .forward(x, true, noise, None)
+                        .cross_entropy_for_logits(y)
                 };
-                for row in m.step(step, &model, &mut opt, &captures, loss_at) {
+                for row in m.step(step, model, opt, &captures, loss_at) {
                     emit(row);
                 }
             }
         }
-        let acc = logits.accuracy_for_logits(&y).to_kind(Kind::Float);
-        let row = pb::TrainRow {
-            step,
-            epoch: epoch as u32,
-            loss: 0.0,
-            acc: 0.0,
-            lr: spec.lr,
-            wall_s: start.elapsed().as_secs_f64(),
-        };
-        pending.push((row, Tensor::stack(&[loss.detach(), acc.detach()], 0)));
-        let eval_due = step % spec.eval_every == 0 || step == spec.steps;
-        if (step % READ_EVERY == 0 || eval_due) && flush(&mut pending, &mut divergence, &mut emit)?
-        {
-            return Ok(Ending::Diverged);
-        }
-        if eval_due {
-            let (test_loss, test_acc) = evaluate(&model, &test_set, &norm);
-            emit(Row::Eval(pb::EvalRow {
-                step,
-                test_loss,
-                test_acc,
-            }));
-        }
+        (logits, loss)
     }
-    watch.end(&model);
-    Ok(Ending::Completed)
+}
+
+/// The network a trial asks for, refused when its data does not fit it.
+fn arch<'s>(
+    spec: &pb::TrialSpec,
+    model_spec: &'s pb::ModelSpec,
+    data: &HostData,
+    augment: bool,
+) -> Result<Arch<'s>> {
+    let [c, h, w] = data.train.shape.map(|d| d as i64);
+    if model_spec.name != "mlp" && [h, w] != [32, 32] {
+        return Err(Error::Unsupported(format!(
+            "model `{}` takes 32x32 images, this dataset's are {h}x{w}: use `mlp`",
+            model_spec.name
+        )));
+    }
+    if augment && data.train.shape != data::CIFAR_SHAPE {
+        return Err(Error::Unsupported(
+            "augmentation (random crops and flips) is for 32x32 colour images".into(),
+        ));
+    }
+    Ok(Arch {
+        input: [c, h, w],
+        name: &model_spec.name,
+        width: model_spec.width,
+        hidden: &model_spec.hidden,
+        bn: spec.bn,
+        init: Init::parse(&model_spec.init)
+            .ok_or_else(|| Error::Unsupported(format!("init `{}`", model_spec.init)))?,
+        bn_momentum: if model_spec.bn_momentum > 0.0 {
+            model_spec.bn_momentum
+        } else {
+            0.1
+        },
+    })
+}
+
+/// The trial's optimizer over the model's parameters.
+fn optimizer(spec: &pb::TrialSpec, model: &Model) -> Result<nn::Optimizer> {
+    let default_opt = pb::OptimizerSpec::default();
+    let opt_spec = spec.optimizer.as_ref().unwrap_or(&default_opt);
+    Ok(match opt_spec.name.as_str() {
+        "sgd" => nn::Sgd {
+            momentum: opt_spec.momentum,
+            dampening: 0.0,
+            wd: opt_spec.weight_decay,
+            nesterov: opt_spec.nesterov,
+        }
+        .build(&model.vs, spec.lr)?,
+        "adam" => nn::Adam {
+            beta1: opt_spec.beta1,
+            beta2: opt_spec.beta2,
+            wd: opt_spec.weight_decay,
+            eps: opt_spec.eps,
+            amsgrad: false,
+        }
+        .build(&model.vs, spec.lr)?,
+        other => return Err(Error::Unsupported(format!("optimizer `{other}`"))),
+    })
 }
 
 /// Reads the pending steps' loss and accuracy back in one transfer and emits their rows.

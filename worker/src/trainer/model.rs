@@ -218,6 +218,17 @@ impl Init {
     }
 }
 
+/// BatchNorm as the nets use it. Weights are drawn afterwards by `Model::new`; BatchNorm
+/// starts at scale 1, shift 0.
+fn bn_config(arch: &Arch) -> nn::BatchNormConfig {
+    nn::BatchNormConfig {
+        momentum: arch.bn_momentum,
+        ws_init: nn::Init::Const(1.0),
+        bs_init: nn::Init::Const(0.0),
+        ..Default::default()
+    }
+}
+
 impl Net {
     /// Builds the architecture with its weights under `vs`; `None` for an unknown name.
     pub fn new(vs: &nn::Path, arch: &Arch) -> Option<Net> {
@@ -233,19 +244,33 @@ impl Net {
             layers: Vec::new(),
             names: Vec::new(),
         };
-        // Weights are drawn afterwards by `Model::new`; BatchNorm starts at scale 1, shift 0.
-        let bn_cfg = || nn::BatchNormConfig {
-            momentum: arch.bn_momentum,
-            ws_init: nn::Init::Const(1.0),
-            bs_init: nn::Init::Const(0.0),
-            ..Default::default()
-        };
+        let channels = net.convs(vs, arch, stack);
+        if arch.name == "mlp" {
+            let mut inputs: i64 = arch.input.iter().product();
+            for &h in arch.hidden {
+                let h = scaled(h, arch.width);
+                net.dense(vs, arch, inputs, h, true, true);
+                inputs = h;
+            }
+            net.dense(vs, arch, inputs, 10, false, false);
+        } else {
+            let hidden = scaled(FC_HIDDEN, arch.width);
+            net.dense(vs, arch, channels, hidden, false, true);
+            net.dense(vs, arch, hidden, hidden, false, true);
+            net.dense(vs, arch, hidden, 10, false, false);
+        }
+        Some(net)
+    }
+
+    /// Appends the convolutions of `stack` (`None`: a max-pool), each with its BatchNorm if
+    /// the net has them; returns the channels of the last.
+    fn convs(&mut self, vs: &nn::Path, arch: &Arch, stack: &[Option<i64>]) -> i64 {
         let mut channels = arch.input[0];
         for entry in stack {
             match entry {
-                None => net.layers.push(Layer::Pool),
+                None => self.layers.push(Layer::Pool),
                 Some(c) => {
-                    let i = net.names.len();
+                    let i = self.names.len();
                     let out = scaled(*c, arch.width);
                     let cfg = nn::ConvConfig {
                         padding: 1,
@@ -256,55 +281,55 @@ impl Net {
                     };
                     let conv = nn::conv2d(vs / format!("conv{i}"), channels, out, 3, cfg);
                     let bn = arch.bn.then(|| {
-                        Box::new(nn::batch_norm2d(vs / format!("bn_conv{i}"), out, bn_cfg()))
+                        Box::new(nn::batch_norm2d(
+                            vs / format!("bn_conv{i}"),
+                            out,
+                            bn_config(arch),
+                        ))
                     });
-                    net.layers.push(Layer::Conv { conv, bn });
-                    net.names.push(format!("conv{i}"));
+                    self.layers.push(Layer::Conv { conv, bn });
+                    self.names.push(format!("conv{i}"));
                     channels = out;
                 }
             }
         }
-        let dense = |net: &mut Net, inputs: i64, outputs: i64, normed: bool, relu: bool| {
-            let name = format!(
-                "fc{}",
-                net.names.iter().filter(|n| n.starts_with("fc")).count()
-            );
-            let bn = (normed && arch.bn).then(|| {
-                Box::new(nn::batch_norm1d(
-                    vs / format!("bn_{name}"),
-                    outputs,
-                    bn_cfg(),
-                ))
-            });
-            let cfg = nn::LinearConfig {
-                bias: !(normed && arch.bn),
-                ws_init: nn::Init::Const(0.0),
-                bs_init: Some(nn::Init::Const(0.0)),
-            };
-            let lin = nn::linear(vs / name.as_str(), inputs, outputs, cfg);
-            net.layers.push(Layer::Dense {
-                lin,
-                bn,
-                normed,
-                relu,
-            });
-            net.names.push(name);
+        channels
+    }
+
+    /// Appends a fully connected layer, `normed` by BatchNorm if the net has it.
+    fn dense(
+        &mut self,
+        vs: &nn::Path,
+        arch: &Arch,
+        inputs: i64,
+        outputs: i64,
+        normed: bool,
+        relu: bool,
+    ) {
+        let name = format!(
+            "fc{}",
+            self.names.iter().filter(|n| n.starts_with("fc")).count()
+        );
+        let bn = (normed && arch.bn).then(|| {
+            Box::new(nn::batch_norm1d(
+                vs / format!("bn_{name}"),
+                outputs,
+                bn_config(arch),
+            ))
+        });
+        let cfg = nn::LinearConfig {
+            bias: !(normed && arch.bn),
+            ws_init: nn::Init::Const(0.0),
+            bs_init: Some(nn::Init::Const(0.0)),
         };
-        if arch.name == "mlp" {
-            let mut inputs: i64 = arch.input.iter().product();
-            for &h in arch.hidden {
-                let h = scaled(h, arch.width);
-                dense(&mut net, inputs, h, true, true);
-                inputs = h;
-            }
-            dense(&mut net, inputs, 10, false, false);
-        } else {
-            let hidden = scaled(FC_HIDDEN, arch.width);
-            dense(&mut net, channels, hidden, false, true);
-            dense(&mut net, hidden, hidden, false, true);
-            dense(&mut net, hidden, 10, false, false);
-        }
-        Some(net)
+        let lin = nn::linear(vs / name.as_str(), inputs, outputs, cfg);
+        self.layers.push(Layer::Dense {
+            lin,
+            bn,
+            normed,
+            relu,
+        });
+        self.names.push(name);
     }
 
     /// Names of the layers with weights, in forward order.

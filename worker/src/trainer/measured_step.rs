@@ -1,12 +1,13 @@
-//! A measured training step: the real step, with the passes of [`measure`] around it, and
-//! the rows they produce. An unmeasured step and a measured one change the weights, the
-//! optimizer state and the BatchNorm running statistics identically.
+//! A measured training step: what to measure ([`Plan`]), and the real step with the probes of
+//! [`super::probes`] around it and the rows they produce ([`Measurer`]). An unmeasured step
+//! and a measured one change the weights, the optimizer state and the BatchNorm running
+//! statistics identically.
 
 use bnsweep_proto as pb;
 use tch::{nn, Kind, Tensor};
 
-use super::measure::{self, QUANTILES};
 use super::model::{Capture, Model};
+use super::probes::{self, QUANTILES};
 use super::rng::{self, Stream};
 use super::Row;
 
@@ -76,7 +77,7 @@ impl Measurer {
     pub fn new(plan: Plan, model: &Model) -> Measurer {
         let layers = model.net.weight_layers();
         let initial = if plan.weights {
-            measure::snapshot(
+            probes::snapshot(
                 &layers
                     .iter()
                     .map(|l| l.weight.shallow_clone())
@@ -116,26 +117,23 @@ impl Measurer {
             .flat_map(|l| l.params.iter().map(Tensor::shallow_clone))
             .collect();
         let weights: Vec<Tensor> = layers.iter().map(|l| l.weight.shallow_clone()).collect();
-        let buffers = measure::snapshot(&self.buffers);
-        let grads = measure::snapshot(&params.iter().map(Tensor::grad).collect::<Vec<_>>());
-        let weight_grads = measure::snapshot(&weights.iter().map(Tensor::grad).collect::<Vec<_>>());
-        let before: Vec<Vec<Tensor>> = layers
-            .iter()
-            .map(|l| measure::snapshot(&l.params))
-            .collect();
+        let buffers = probes::snapshot(&self.buffers);
+        let grads = probes::snapshot(&params.iter().map(Tensor::grad).collect::<Vec<_>>());
+        let weight_grads = probes::snapshot(&weights.iter().map(Tensor::grad).collect::<Vec<_>>());
+        let before: Vec<Vec<Tensor>> = layers.iter().map(|l| probes::snapshot(&l.params)).collect();
 
-        let landscape = measure::landscape(&params, &grads, &self.plan.etas, &mut loss_at);
+        let landscape = probes::landscape(&params, &grads, &self.plan.etas, &mut loss_at);
         opt.step();
         let ics = if self.plan.ics {
             let per_layer: Vec<Vec<Tensor>> = layers
                 .iter()
                 .map(|l| l.params.iter().map(Tensor::shallow_clone).collect())
                 .collect();
-            measure::ics(&per_layer, &weights, &before, &weight_grads, &mut loss_at)
+            probes::ics(&per_layer, &weights, &before, &weight_grads, &mut loss_at)
         } else {
             Vec::new()
         };
-        measure::restore(&self.buffers, &buffers);
+        probes::restore(&self.buffers, &buffers);
 
         let mut rows = Vec::new();
         self.landscape_rows(step, &landscape, &mut rows);
@@ -143,12 +141,12 @@ impl Measurer {
         rows
     }
 
-    fn landscape_rows(&self, step: u64, points: &[measure::LandscapePoint], rows: &mut Vec<Row>) {
+    fn landscape_rows(&self, step: u64, points: &[probes::LandscapePoint], rows: &mut Vec<Row>) {
         if points.is_empty() {
             return;
         }
         let summary =
-            |f: fn(&measure::LandscapePoint) -> f64, min: bool| extremum(points.iter().map(f), min);
+            |f: fn(&probes::LandscapePoint) -> f64, min: bool| extremum(points.iter().map(f), min);
         let (loss_min, loss_max) = (summary(|p| p.loss, true), summary(|p| p.loss, false));
         let (gradpred_min, gradpred_max) = (
             summary(|p| p.grad_dist, true),
@@ -186,59 +184,18 @@ impl Measurer {
         captures: &[Capture],
         rows: &mut Vec<Row>,
     ) {
-        let k = weights.len();
-        let bins = self.plan.bins;
-        let stats_len = 2 + QUANTILES.len() as i64;
-        let hist_len = bins + 2;
-        // Per layer: [grad_norm, weight_dist, weight_dist_rel, pre stats, post stats, pre hist, post hist].
-        let mut parts: Vec<Tensor> = Vec::new();
-        let keeps: Vec<bool> = (0..k)
+        let keeps: Vec<bool> = (0..weights.len())
             .map(|i| self.plan.activations && self.plan.keeps(i))
             .collect();
-        tch::no_grad(|| {
-            for i in 0..k {
-                parts.push(grads[i].to_kind(Kind::Double).norm().view([1]));
-                if self.plan.weights {
-                    let dist = (&weights[i] - &self.initial[i])
-                        .to_kind(Kind::Double)
-                        .norm();
-                    let rel = &dist / self.initial[i].to_kind(Kind::Double).norm();
-                    parts.push(Tensor::stack(&[dist, rel], 0));
-                }
-                if keeps[i] {
-                    let c = captures
-                        .iter()
-                        .find(|c| c.layer == i)
-                        .expect("every layer is captured");
-                    // One sample of positions per layer and step, the same for both points.
-                    let key = rng::key(self.plan.seed, Stream::Sample as u64 + i as u64, step);
-                    parts.push(measure::activation_stats(&c.pre, self.plan.sample, key));
-                    parts.push(measure::activation_stats(&c.post, self.plan.sample, key));
-                    parts.push(measure::histogram(
-                        &c.pre,
-                        bins,
-                        self.plan.range.0,
-                        self.plan.range.1,
-                    ));
-                    parts.push(measure::histogram(
-                        &c.post,
-                        bins,
-                        self.plan.range.0,
-                        self.plan.range.1,
-                    ));
-                }
-            }
-        });
-        let values: Vec<f64> =
-            Vec::try_from(Tensor::cat(&parts, 0).to_device(tch::Device::Cpu)).unwrap_or_default();
+        let values = self.layer_values(step, weights, grads, captures, &keeps);
+        let stats_len = 2 + QUANTILES.len() as i64;
+        let hist_len = self.plan.bins + 2;
         let mut at = 0usize;
         let mut take = |n: i64| {
             let s = &values[at..at + n as usize];
             at += n as usize;
             s.to_vec()
         };
-        let (lo, hi) = self.plan.range;
-        let width = (hi - lo) / bins as f64;
         for (i, (name, &keep)) in self.names.iter().zip(&keeps).enumerate() {
             let name = name.clone();
             let grad_norm = take(1)[0];
@@ -261,24 +218,7 @@ impl Measurer {
             };
             if keep {
                 for point in ["pre", "post"] {
-                    for (b, count) in take(hist_len).into_iter().enumerate() {
-                        let bin = b as i32 - 1;
-                        let (l, h) = match bin {
-                            -1 => (f64::NEG_INFINITY, lo),
-                            b if i64::from(b) == bins => (hi, f64::INFINITY),
-                            b => (lo + f64::from(b) * width, lo + f64::from(b + 1) * width),
-                        };
-                        rows.push(Row::Activation(pb::ActivationRow {
-                            step,
-                            layer: i as u32,
-                            layer_name: name.clone(),
-                            point: point.into(),
-                            bin,
-                            lo: l,
-                            hi: h,
-                            count: count as u64,
-                        }));
-                    }
+                    self.histogram_rows(step, i, &name, point, take(hist_len), rows);
                 }
             }
             rows.push(Row::Layer(pb::LayerRow {
@@ -293,6 +233,79 @@ impl Measurer {
                 weight_dist_rel,
                 pre,
                 post,
+            }));
+        }
+    }
+
+    /// The numbers of the layer rows, computed on the device and read back together. Per
+    /// layer: [grad_norm, weight_dist, weight_dist_rel, pre stats, post stats, pre hist, post
+    /// hist], the weights' distances when measured, the activations' for the layers `keeps`.
+    fn layer_values(
+        &self,
+        step: u64,
+        weights: &[Tensor],
+        grads: &[Tensor],
+        captures: &[Capture],
+        keeps: &[bool],
+    ) -> Vec<f64> {
+        let (bins, (lo, hi)) = (self.plan.bins, self.plan.range);
+        let mut parts: Vec<Tensor> = Vec::new();
+        tch::no_grad(|| {
+            for i in 0..weights.len() {
+                parts.push(grads[i].to_kind(Kind::Double).norm().view([1]));
+                if self.plan.weights {
+                    let dist = (&weights[i] - &self.initial[i])
+                        .to_kind(Kind::Double)
+                        .norm();
+                    let rel = &dist / self.initial[i].to_kind(Kind::Double).norm();
+                    parts.push(Tensor::stack(&[dist, rel], 0));
+                }
+                if keeps[i] {
+                    let c = captures
+                        .iter()
+                        .find(|c| c.layer == i)
+                        .expect("every layer is captured");
+                    // One sample of positions per layer and step, the same for both points.
+                    let key = rng::key(self.plan.seed, Stream::Sample as u64 + i as u64, step);
+                    parts.push(probes::activation_stats(&c.pre, self.plan.sample, key));
+                    parts.push(probes::activation_stats(&c.post, self.plan.sample, key));
+                    parts.push(probes::histogram(&c.pre, bins, lo, hi));
+                    parts.push(probes::histogram(&c.post, bins, lo, hi));
+                }
+            }
+        });
+        Vec::try_from(Tensor::cat(&parts, 0).to_device(tch::Device::Cpu)).unwrap_or_default()
+    }
+
+    /// The rows of one activation histogram of layer `layer` at `point`; `counts` are below
+    /// the range, in each bin, above it.
+    fn histogram_rows(
+        &self,
+        step: u64,
+        layer: usize,
+        name: &str,
+        point: &str,
+        counts: Vec<f64>,
+        rows: &mut Vec<Row>,
+    ) {
+        let (bins, (lo, hi)) = (self.plan.bins, self.plan.range);
+        let width = (hi - lo) / bins as f64;
+        for (b, count) in counts.into_iter().enumerate() {
+            let bin = b as i32 - 1;
+            let (l, h) = match bin {
+                -1 => (f64::NEG_INFINITY, lo),
+                b if i64::from(b) == bins => (hi, f64::INFINITY),
+                b => (lo + f64::from(b) * width, lo + f64::from(b + 1) * width),
+            };
+            rows.push(Row::Activation(pb::ActivationRow {
+                step,
+                layer: layer as u32,
+                layer_name: name.to_string(),
+                point: point.into(),
+                bin,
+                lo: l,
+                hi: h,
+                count: count as u64,
             }));
         }
     }

@@ -1,5 +1,6 @@
-//! The measurements of docs/measurements.md (what they mean and why: docs/science.md), taken
-//! on the training batch of a measured step, in training mode, with that step's noise:
+//! Probes: the computations behind the measurements of docs/measurements.md (what they mean
+//! and why: docs/science.md), run by a measured step ([`super::measured_step`]) on its training
+//! batch, in training mode, with that step's noise:
 //!
 //! - gradient ICS per layer (the paper's Definition 2.1, docs/science.md): `ics`;
 //! - the loss landscape along the plain gradient: `landscape`;
