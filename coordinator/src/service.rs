@@ -24,8 +24,8 @@ pub struct Shared {
     write_lock: Mutex<Instant>,
     /// Set when the records changed since `trials.parquet` was last rewritten.
     dirty: AtomicBool,
-    /// Trials that ended while the disk took no writes (full): their rows wait here (and in
-    /// the journal) and are written once it does.
+    /// Trials that ended while the disk took no writes (full): they wait here (their rows in
+    /// their journals) and are written once it does.
     unwritten: Mutex<Vec<Finished>>,
     /// Set while the disk refuses writes, so that it is said once, not at every write.
     disk_full: AtomicBool,
@@ -148,10 +148,10 @@ impl Shared {
 
     /// Writes a trial that just ended and logs it, then counts it as done. A trial whose
     /// files cannot be written ends `failed` with the reason; on a full disk it waits instead
-    /// (its rows in memory and in the journal) and is written once the disk takes writes.
+    /// (its rows in its journal) and is written once the disk takes writes.
     pub fn persist(&self, finished: Finished) -> Result<()> {
         let record = self.scheduler().records()[finished.index].clone();
-        let written = self.results.write_trial(&record, &finished.rows);
+        let written = self.results.write_trial(&record, &finished.tally);
         let written = match self.storage(written) {
             Ok(Some(())) => Ok(()),
             Ok(None) => {
