@@ -404,7 +404,7 @@ impl Records {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         Ok(Records {
             path: path.to_path_buf(),
-            file: BufReader::with_capacity(256 * 1024, file),
+            file: BufReader::with_capacity(64 * 1024, file),
             good_len: 0,
             done: false,
         })
