@@ -9,7 +9,8 @@
 #   rows:    AGENTS workers (500), TRIALS trials (2000) of STEPS steps (1000) at STEP_MS (4 ms)
 #            a step: about AGENTS * 1000 / STEP_MS train rows per second into the coordinator.
 #   instant: INSTANT_TRIALS trials (10000) of one step each, as fast as they go: the
-#            coordinator's cost per trial, and the sweep's wall time against the ideal (zero).
+#            coordinator's cost per trial, and the sweep's wall time against the ideal (zero);
+#            skipped when INSTANT_TRIALS is 0.
 # For each: workers held, rows written to Parquet per second of sweep (counted back with
 # DuckDB), dispatch latency p50/p99 (poll asking for work -> trial started, from the
 # simulator), the coordinator's CPU time and peak memory (GNU time), CPU per trial.
@@ -22,6 +23,7 @@ STEP_MS=${4:-4}
 INSTANT=${5:-10000}
 source scripts/env.sh
 cargo build --release --bins --quiet
+BIN=${CARGO_TARGET_DIR:-target}/release # where cargo put the binaries
 scripts/setup-python.sh >/dev/null
 PY=${BNSWEEP_PYTHON:-$HOME/.cache/bnsweep/venv/bin/python}
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -41,17 +43,17 @@ PY
   local port
   port=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   /usr/bin/time -o "$dir/serve.time" -f '{"coordinator_cpu_s": %U + %S, "coordinator_user_s": %U, "coordinator_sys_s": %S, "coordinator_peak_rss_mb": %M / 1024, "serve_wall_s": %e}' \
-    target/release/bnsweep serve "$dir/sweep.yaml" --listen "127.0.0.1:$port" --out "$dir/out" \
+    "$BIN/bnsweep" serve "$dir/sweep.yaml" --listen "127.0.0.1:$port" --out "$dir/out" \
     >"$dir/serve.out" 2>"$dir/serve.err" &
   local serve=$!
   sleep 0.5
-  BNSWEEP_LOG=warn target/release/bnsweep-worker simulate --coordinator "http://127.0.0.1:$port" \
+  BNSWEEP_LOG=warn "$BIN/bnsweep-worker" simulate --coordinator "http://127.0.0.1:$port" \
     --agents "$AGENTS" --step-ms "$step_ms" >"$dir/sim.json" 2>"$dir/sim.err" &
   local sim=$!
   # Sample how many workers the coordinator holds while the sweep runs.
   local held=0
   while kill -0 "$sim" 2>/dev/null; do
-    n=$(target/release/bnsweep status --coordinator "http://127.0.0.1:$port" 2>/dev/null \
+    n=$("$BIN/bnsweep" status --coordinator "http://127.0.0.1:$port" 2>/dev/null \
         | "$PY" -c 'import sys,re; m=re.search(r"\| (\d+) workers", sys.stdin.read()); print(m.group(1) if m else 0)' || true)
     if [ "${n:-0}" -gt "$held" ]; then held=$n; fi
     sleep 1
@@ -93,4 +95,4 @@ PY
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 one_run rows "$TRIALS" "$STEPS" "$STEP_MS"
-one_run instant "$INSTANT" 1 0
+if [ "$INSTANT" -gt 0 ]; then one_run instant "$INSTANT" 1 0; fi

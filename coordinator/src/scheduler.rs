@@ -1,5 +1,6 @@
 //! The sweep's state, changed in this one place: the queue, which worker holds which trial,
-//! the rows each running attempt has sent, and how every trial ended.
+//! what each running attempt has sent (counted: its rows are in its journal), and how every
+//! trial ended.
 //!
 //! The gRPC handlers check a request, call one method here under a lock, and do any file
 //! writing outside it. Nothing here does I/O.
@@ -67,34 +68,73 @@ pub struct TrialRecord {
     pub persisted: bool,
 }
 
-/// The rows one attempt has sent so far.
-#[derive(Debug, Default)]
-pub struct AttemptRows {
+/// Training steps whose mean loss is a trial's `final_train_loss`.
+const FINAL_LOSS_STEPS: usize = 50;
+
+/// What the coordinator keeps of a running attempt: counts, and the few values
+/// `trials.parquet` records, never the rows themselves. Those are in the attempt's journal
+/// (appended and synced before each acknowledgement), and the trial's tables are written from
+/// there when it ends; so this does not grow with the rows an attempt sends.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Tally {
+    /// Batches taken: the next one due is numbered this.
     pub next_seq: u64,
-    pub train: Vec<pb::TrainRow>,
-    pub eval: Vec<pb::EvalRow>,
-    pub layers: Vec<pb::LayerRow>,
-    pub landscape: Vec<pb::LandscapeRow>,
-    pub activations: Vec<pb::ActivationRow>,
+    /// Rows taken, by table.
+    pub train: u64,
+    pub eval: u64,
+    pub layers: u64,
+    pub landscape: u64,
+    pub activations: u64,
+    /// The step of the last train row.
+    pub last_step: Option<u64>,
+    /// Test accuracy of the last evaluation.
+    pub last_test_acc: Option<f64>,
+    /// Losses of the last [`FINAL_LOSS_STEPS`] train rows, oldest first.
+    loss_tail: VecDeque<f64>,
 }
 
-impl AttemptRows {
-    /// Appends the next batch.
-    fn take(&mut self, batch: pb::MetricsBatch) {
+impl Tally {
+    /// Counts the next batch in.
+    pub fn take(&mut self, batch: &pb::MetricsBatch) {
         self.next_seq += 1;
-        self.train.extend(batch.train);
-        self.eval.extend(batch.eval);
-        self.layers.extend(batch.layers);
-        self.landscape.extend(batch.landscape);
-        self.activations.extend(batch.activations);
+        self.train += batch.train.len() as u64;
+        self.eval += batch.eval.len() as u64;
+        self.layers += batch.layers.len() as u64;
+        self.landscape += batch.landscape.len() as u64;
+        self.activations += batch.activations.len() as u64;
+        if let Some(r) = batch.train.last() {
+            self.last_step = Some(r.step);
+        }
+        if let Some(e) = batch.eval.last() {
+            self.last_test_acc = Some(e.test_acc);
+        }
+        let tail = &batch.train[batch.train.len().saturating_sub(FINAL_LOSS_STEPS)..];
+        for r in tail {
+            if self.loss_tail.len() == FINAL_LOSS_STEPS {
+                self.loss_tail.pop_front();
+            }
+            self.loss_tail.push_back(r.loss);
+        }
+    }
+
+    /// Mean training loss over the last 50 steps (fewer if the attempt had fewer).
+    pub fn final_train_loss(&self) -> Option<f64> {
+        let n = self.loss_tail.len();
+        (n > 0).then(|| self.loss_tail.iter().sum::<f64>() / n as f64)
+    }
+
+    /// Bytes this takes in memory, its own and on the heap.
+    pub fn bytes(&self) -> usize {
+        std::mem::size_of::<Tally>() + self.loss_tail.capacity() * std::mem::size_of::<f64>()
     }
 }
 
-/// A trial that has just ended: its rows, to be written before it counts as done.
+/// A trial that has just ended: what it sent, counted, to be written from its journal before
+/// it counts as done.
 #[derive(Debug)]
 pub struct Finished {
     pub index: usize,
-    pub rows: AttemptRows,
+    pub tally: Tally,
 }
 
 struct Worker {
@@ -182,7 +222,8 @@ pub struct Scheduler {
     records: Vec<TrialRecord>,
     by_id: HashMap<String, usize>,
     queue: VecDeque<usize>,
-    rows: HashMap<usize, AttemptRows>,
+    /// What each running attempt has sent, counted.
+    tallies: HashMap<usize, Tally>,
     workers: HashMap<String, Worker>,
     next_worker: u64,
     /// Drawn when the coordinator starts: part of every worker id it gives, so that ids never
@@ -222,7 +263,7 @@ impl Scheduler {
             queue: (0..records.len()).collect(),
             records,
             by_id,
-            rows: HashMap::new(),
+            tallies: HashMap::new(),
             workers: HashMap::new(),
             next_worker: 1,
             run_tag: format!("{:04x}", rand::random::<u16>()),
@@ -401,7 +442,7 @@ impl Scheduler {
             r.summary.started_at = Some(SystemTime::now());
             r.last_step = 0;
             worker.running.push(i);
-            self.rows.insert(i, AttemptRows::default());
+            self.tallies.insert(i, Tally::default());
             out.push(pb::TrialAssignment {
                 trial_id: r.trial.id.clone(),
                 attempt: r.attempts,
@@ -460,7 +501,7 @@ impl Scheduler {
     /// not leased, or one ahead of the next due.
     pub fn is_new_batch(&self, batch: &pb::MetricsBatch) -> Result<bool> {
         let i = self.leased(&batch.worker_id, &batch.trial_id, batch.attempt)?;
-        let next = self.rows.get(&i).map_or(0, |r| r.next_seq);
+        let next = self.tallies.get(&i).map_or(0, |t| t.next_seq);
         if batch.seq > next {
             return Err(Error::OutOfOrder {
                 trial: batch.trial_id.clone(),
@@ -478,7 +519,7 @@ impl Scheduler {
     /// Refuses a batch that would give the attempt more rows of a kind than its trial can
     /// produce (a row per step, an evaluation every `eval_every` steps and at the last, the
     /// measured steps' rows per layer, step size and histogram bin): a worker, buggy or
-    /// hostile, cannot grow the coordinator's memory past what the sweep asks for.
+    /// hostile, cannot make an attempt's tables (or its journal) larger than the sweep asks for.
     fn check_row_counts(&self, i: usize, batch: &pb::MetricsBatch) -> Result<()> {
         let c = &self.records[i].trial.config;
         let steps = c.steps;
@@ -489,32 +530,32 @@ impl Scheduler {
         let bins = m
             .filter(|m| m.activations)
             .map_or(0, |m| u64::from(m.bins) + 2);
-        let have = self.rows.get(&i);
-        let count = |f: fn(&AttemptRows) -> usize| have.map_or(0, |r| f(r) as u64);
+        let have = self.tallies.get(&i);
+        let count = |f: fn(&Tally) -> u64| have.map_or(0, f);
         let kinds: [(&str, u64, u64); 5] = [
             (
                 "train",
-                count(|r| r.train.len()) + batch.train.len() as u64,
+                count(|t| t.train) + batch.train.len() as u64,
                 steps,
             ),
             (
                 "eval",
-                count(|r| r.eval.len()) + batch.eval.len() as u64,
+                count(|t| t.eval) + batch.eval.len() as u64,
                 steps / c.eval_every.max(1) + 1,
             ),
             (
                 "layer",
-                count(|r| r.layers.len()) + batch.layers.len() as u64,
+                count(|t| t.layers) + batch.layers.len() as u64,
                 measured * layers,
             ),
             (
                 "landscape",
-                count(|r| r.landscape.len()) + batch.landscape.len() as u64,
+                count(|t| t.landscape) + batch.landscape.len() as u64,
                 measured * etas,
             ),
             (
                 "activation",
-                count(|r| r.activations.len()) + batch.activations.len() as u64,
+                count(|t| t.activations) + batch.activations.len() as u64,
                 measured * layers * 2 * bins,
             ),
         ];
@@ -529,7 +570,8 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Takes one batch of rows. A batch seen before is acknowledged and ignored.
+    /// Takes one batch of rows (journaled by the caller): counts it, keeping none of its rows.
+    /// A batch seen before is acknowledged and ignored.
     pub fn metrics(&mut self, batch: pb::MetricsBatch, now: Instant) -> Result<()> {
         let new = self.is_new_batch(&batch)?;
         if let Some(w) = self.workers.get_mut(&batch.worker_id) {
@@ -542,26 +584,21 @@ impl Scheduler {
             return Ok(());
         }
         let i = self.by_id[&batch.trial_id];
-        let rows = self.rows.entry(i).or_default();
-        rows.take(batch);
-        if let Some(step) = rows.train.last().map(|r| r.step) {
+        let tally = self.tallies.entry(i).or_default();
+        tally.take(&batch);
+        if let Some(step) = tally.last_step {
             self.records[i].last_step = step;
         }
         Ok(())
     }
 
     /// Takes back an attempt that was running when an earlier coordinator stopped, from its
-    /// journal: the trial stays leased to the same worker id with the rows received so far,
-    /// and that worker has the worker timeout to register again (with its old id) and carry
-    /// on before the trial goes back to the queue. Returns false, the journal being stale,
-    /// for a trial that is unknown, already taken over as final or running, or has a newer
-    /// attempt.
-    pub fn reattach(
-        &mut self,
-        header: &pb::JournalHeader,
-        batches: Vec<pb::MetricsBatch>,
-        now: Instant,
-    ) -> bool {
+    /// journal (`tally`, what its batches hold): the trial stays leased to the same worker id
+    /// with the rows received so far, and that worker has the worker timeout to register again
+    /// (with its old id) and carry on before the trial goes back to the queue. Returns false,
+    /// the journal being stale, for a trial that is unknown, already taken over as final or
+    /// running, or has a newer attempt.
+    pub fn reattach(&mut self, header: &pb::JournalHeader, tally: Tally, now: Instant) -> bool {
         let Some(&i) = self.by_id.get(&header.trial_id) else {
             return false;
         };
@@ -575,16 +612,8 @@ impl Scheduler {
         r.summary.worker = Some(header.worker_id.clone());
         r.summary.started_at =
             Some(SystemTime::UNIX_EPOCH + Duration::from_millis(header.started_at_ms));
-        let mut rows = AttemptRows::default();
-        let mut batches = batches;
-        batches.sort_by_key(|b| b.seq);
-        for b in batches {
-            if b.seq == rows.next_seq {
-                rows.take(b);
-            }
-        }
-        r.last_step = rows.train.last().map_or(0, |t| t.step);
-        self.rows.insert(i, rows);
+        r.last_step = tally.last_step.unwrap_or(0);
+        self.tallies.insert(i, tally);
         self.queue.retain(|&j| j != i);
         if let Some(n) = header
             .worker_id
@@ -605,7 +634,7 @@ impl Scheduler {
         true
     }
 
-    /// Ends an attempt. Returns the trial's rows when the trial is now final (to be written,
+    /// Ends an attempt. Returns what it sent when the trial is now final (to be written,
     /// then confirmed with [`Scheduler::persisted`]); a retryable failure with attempts left
     /// puts the trial back in the queue instead.
     pub fn finish(&mut self, outcome: &pb::TrialOutcome, now: Instant) -> Result<Option<Finished>> {
@@ -622,11 +651,11 @@ impl Scheduler {
                 )))
             }
         };
-        let rows = self.rows.remove(&i).unwrap_or_default();
-        if outcome.batches_sent != rows.next_seq {
+        let tally = self.tallies.remove(&i).unwrap_or_default();
+        if outcome.batches_sent != tally.next_seq {
             // Keep the lease: the worker resends the missing batches, then finishes again.
-            let expected = rows.next_seq;
-            self.rows.insert(i, rows);
+            let expected = tally.next_seq;
+            self.tallies.insert(i, tally);
             return Err(Error::OutOfOrder {
                 trial: outcome.trial_id.clone(),
                 expected,
@@ -665,9 +694,9 @@ impl Scheduler {
         r.status = status;
         r.summary.ended_at = Some(SystemTime::now());
         r.summary.error = Some(outcome.error.clone()).filter(|e| !e.is_empty());
-        r.summary.final_test_acc = rows.eval.last().map(|e| e.test_acc);
-        r.summary.final_train_loss = final_train_loss(&rows.train);
-        Ok(Some(Finished { index: i, rows }))
+        r.summary.final_test_acc = tally.last_test_acc;
+        r.summary.final_train_loss = tally.final_train_loss();
+        Ok(Some(Finished { index: i, tally }))
     }
 
     /// Ends a trial whose files could not be written as `failed`, with the reason.
@@ -686,7 +715,7 @@ impl Scheduler {
     /// queue, or fails once it has used up its attempts. Its rows are discarded. Returns what
     /// happened, for the log.
     fn lose_attempt(&mut self, i: usize, why: &str) -> String {
-        self.rows.remove(&i);
+        self.tallies.remove(&i);
         let r = &mut self.records[i];
         self.ended.push((r.trial.id.clone(), r.attempts));
         r.summary.error = Some(format!("{why} {}", r.attempts));
@@ -737,6 +766,12 @@ impl Scheduler {
             }
         }
         log
+    }
+
+    /// Bytes the running attempts take in memory for what they sent: their tallies, which do
+    /// not grow with their rows.
+    pub fn attempt_memory(&self) -> usize {
+        self.tallies.values().map(Tally::bytes).sum()
     }
 
     /// True when every trial is final and written.
@@ -793,12 +828,6 @@ impl Scheduler {
         };
         p
     }
-}
-
-/// Mean training loss over the last 50 steps (fewer if the trial had fewer).
-pub fn final_train_loss(train: &[pb::TrainRow]) -> Option<f64> {
-    let tail = &train[train.len().saturating_sub(50)..];
-    (!tail.is_empty()).then(|| tail.iter().map(|r| r.loss).sum::<f64>() / tail.len() as f64)
 }
 
 fn sanitize(host: &str) -> String {
@@ -958,8 +987,13 @@ mod tests {
             .finish(&outcome(&w, &t, 1, pb::TrialStatus::Completed, 2), now)
             .unwrap()
             .unwrap();
-        let steps: Vec<u64> = done.rows.train.iter().map(|r| r.step).collect();
-        assert_eq!(steps, (1..11).collect::<Vec<_>>());
+        // Counted once each: 10 train rows in 2 batches (the rows themselves are in the
+        // journal; `results::tests` checks the tables written from it).
+        let tally = &done.tally;
+        assert_eq!(
+            (tally.next_seq, tally.train, tally.last_step),
+            (2, 10, Some(10))
+        );
         assert!(!s.is_done(), "not done until the files are written");
         s.persisted(done.index);
         assert!(s.is_done());
@@ -1006,7 +1040,7 @@ mod tests {
             )
             .unwrap()
             .unwrap();
-        assert_eq!(done.rows.train.len(), 10);
+        assert_eq!((done.tally.next_seq, done.tally.train), (1, 10));
         assert_eq!(s.records()[0].attempts, 2);
     }
 
@@ -1200,6 +1234,55 @@ mod tests {
         assert!(s.metrics(layers, now).is_err(), "nothing is measured");
     }
 
+    /// The coordinator keeps counts of a running attempt, not its rows: its memory is the same
+    /// after 100,000 rows as after 200, and the summary `trials.parquet` records comes out as
+    /// computed from every row.
+    #[test]
+    fn an_attempt_s_memory_does_not_grow_with_its_rows() {
+        let text = "name: s\nparameters:\n  lr: [0.1]\ntrain: {steps: 100000, eval_every: 1000}\n";
+        let mut s = Scheduler::new(&Sweep::parse("s.yaml", text).unwrap(), Policy::default());
+        let now = Instant::now();
+        let w = s.register("h", now);
+        let t = s.poll(&w, 1, &[], now).unwrap().trials[0].trial_id.clone();
+        let (mut losses, mut after_two) = (Vec::new(), 0);
+        for seq in 0..1000u64 {
+            let mut b = batch(&w, &t, 1, seq, seq * 100 + 1..seq * 100 + 101);
+            for r in &mut b.train {
+                r.loss = (r.step % 97) as f64 / 7.0;
+                losses.push(r.loss);
+            }
+            if (seq + 1) % 10 == 0 {
+                b.eval.push(pb::EvalRow {
+                    step: (seq + 1) * 100,
+                    test_acc: seq as f64 / 1000.0,
+                    ..Default::default()
+                });
+            }
+            s.metrics(b, now).unwrap();
+            if seq == 1 {
+                after_two = s.attempt_memory();
+            }
+        }
+        assert_eq!(
+            s.attempt_memory(),
+            after_two,
+            "100,000 rows take what 200 did"
+        );
+        assert!(after_two < 1024, "{after_two} bytes for one attempt");
+        let done = s
+            .finish(&outcome(&w, &t, 1, pb::TrialStatus::Completed, 1000), now)
+            .unwrap()
+            .unwrap();
+        let summary = &s.records()[done.index].summary;
+        let tail = &losses[losses.len() - 50..];
+        assert_eq!(
+            summary.final_train_loss,
+            Some(tail.iter().sum::<f64>() / 50.0)
+        );
+        assert_eq!(summary.final_test_acc, Some(0.999));
+        assert_eq!(s.attempt_memory(), 0);
+    }
+
     #[test]
     fn a_journaled_attempt_carries_on_when_its_worker_registers_again() {
         let policy = Policy {
@@ -1219,13 +1302,17 @@ mod tests {
             host: "h".into(),
             started_at_ms: 1,
         };
-        let journaled = vec![batch(&w, &t, 1, 1, 4..6), batch(&w, &t, 1, 0, 1..4)];
+        // What its journal holds (in batch order, as it is appended), counted.
+        let mut journaled = Tally::default();
+        for b in [batch(&w, &t, 1, 0, 1..4), batch(&w, &t, 1, 1, 4..6)] {
+            journaled.take(&b);
+        }
 
         // A new coordinator reads the journal.
         let mut s = Scheduler::new(&sweep(2), policy);
         assert!(s.reattach(&header, journaled, now));
         assert!(
-            !s.reattach(&header, Vec::new(), now),
+            !s.reattach(&header, Tally::default(), now),
             "a trial is taken back once"
         );
         assert_eq!(s.progress().running, 1);
@@ -1247,8 +1334,11 @@ mod tests {
             .finish(&outcome(&w, &t, 1, pb::TrialStatus::Completed, 3), now)
             .unwrap()
             .unwrap();
-        let steps: Vec<u64> = done.rows.train.iter().map(|r| r.step).collect();
-        assert_eq!(steps, (1..11).collect::<Vec<_>>());
+        let tally = &done.tally;
+        assert_eq!(
+            (tally.next_seq, tally.train, tally.last_step),
+            (3, 10, Some(10))
+        );
         assert_eq!(s.records()[done.index].attempts, 1);
 
         // A journaled attempt whose worker never comes back goes back to the queue.
@@ -1259,7 +1349,7 @@ mod tests {
                 ..Policy::default()
             },
         );
-        assert!(s.reattach(&header, Vec::new(), now));
+        assert!(s.reattach(&header, Tally::default(), now));
         let log = s.expire(now + Duration::from_secs(6));
         assert_eq!(log.len(), 2, "{log:?}");
         let r = &s.records()[s.by_id[&t]];

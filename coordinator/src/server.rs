@@ -198,7 +198,7 @@ pub async fn run_sweep(
     let mut reattached = 0;
     for r in running {
         let (trial, attempt) = (r.header.trial_id.clone(), r.header.attempt);
-        if remote && scheduler.reattach(&r.header, r.batches, Instant::now()) {
+        if remote && scheduler.reattach(&r.header, r.tally, Instant::now()) {
             reattached += 1;
         } else {
             results.journal().end(&trial, attempt);

@@ -24,11 +24,53 @@ pub struct Shared {
     write_lock: Mutex<Instant>,
     /// Set when the records changed since `trials.parquet` was last rewritten.
     dirty: AtomicBool,
-    /// Trials that ended while the disk took no writes (full): their rows wait here (and in
-    /// the journal) and are written once it does.
+    /// Trials that ended while the disk took no writes (full): they wait here (their rows in
+    /// their journals) and are written once it does.
     unwritten: Mutex<Vec<Finished>>,
     /// Set while the disk refuses writes, so that it is said once, not at every write.
     disk_full: AtomicBool,
+    /// However many trials end at once (every worker's, when they run in step), only so many
+    /// are written at a time, so that the memory their writers take is bounded as well as
+    /// each writer's (`ResultsDir::write_trial`).
+    writing: Permits,
+}
+
+/// A counting semaphore for blocking threads.
+struct Permits {
+    free: Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+/// One of the [`Permits`], given back when dropped.
+struct Permit<'a>(&'a Permits);
+
+impl Permits {
+    /// Trials' tables written at once: twice the cores (writing is encoding and compressing,
+    /// and syncing, which the others overlap), at least 8.
+    fn for_writing() -> Permits {
+        let n = std::thread::available_parallelism().map_or(8, |n| (2 * n.get()).max(8));
+        Permits {
+            free: Mutex::new(n),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Waits for a permit.
+    fn take(&self) -> Permit<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(|e| e.into_inner());
+        }
+        *free -= 1;
+        Permit(self)
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.0.freed.notify_one();
+    }
 }
 
 /// How often `trials.parquet` is rewritten at most while trials end; the log of ended trials
@@ -44,6 +86,7 @@ impl Shared {
             dirty: AtomicBool::new(true),
             unwritten: Mutex::new(Vec::new()),
             disk_full: AtomicBool::new(false),
+            writing: Permits::for_writing(),
         })
     }
 
@@ -148,10 +191,13 @@ impl Shared {
 
     /// Writes a trial that just ended and logs it, then counts it as done. A trial whose
     /// files cannot be written ends `failed` with the reason; on a full disk it waits instead
-    /// (its rows in memory and in the journal) and is written once the disk takes writes.
+    /// (its rows in its journal) and is written once the disk takes writes.
     pub fn persist(&self, finished: Finished) -> Result<()> {
         let record = self.scheduler().records()[finished.index].clone();
-        let written = self.results.write_trial(&record, &finished.rows);
+        let written = {
+            let _permit = self.writing.take();
+            self.results.write_trial(&record, &finished.tally)
+        };
         let written = match self.storage(written) {
             Ok(Some(())) => Ok(()),
             Ok(None) => {
@@ -444,5 +490,33 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             }
         }
         Ok(Response::new(pb::FinishAck {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn no_more_trials_are_written_at_once_than_there_are_permits() {
+        let permits = Permits {
+            free: Mutex::new(2),
+            freed: std::sync::Condvar::new(),
+        };
+        let (now, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    let _permit = permits.take();
+                    let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(n, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(20));
+                    now.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        assert_eq!(most.load(Ordering::SeqCst), 2);
+        assert_eq!(*permits.free.lock().unwrap(), 2, "every permit given back");
     }
 }

@@ -725,7 +725,7 @@ fn connections_beyond_the_bound_are_closed_at_once() {
 }
 
 /// A file system that fills up mid-sweep (a 4 MB tmpfs holding the results): the coordinator
-/// says so once, keeps every row (journal and memory), answers the worker UNAVAILABLE while
+/// says so once, keeps every row (in the journal), answers the worker UNAVAILABLE while
 /// it cannot write, and carries on once space is freed; the sweep completes with every row
 /// exactly once. Needs root (to mount the tmpfs), as on the project's machines.
 #[test]

@@ -814,7 +814,7 @@ mod tests {
     #[test]
     fn findings_are_read_from_a_results_directory() {
         use crate::results::ResultsDir;
-        use crate::scheduler::{AttemptRows, Status, Summary, TrialRecord};
+        use crate::scheduler::{Status, Summary, Tally, TrialRecord};
         use crate::sweep::Sweep;
         use bnsweep_proto as pb;
         use findings::Verdict::*;
@@ -852,7 +852,12 @@ mod tests {
                 last_step: 100,
                 persisted: true,
             };
-            let mut rows = AttemptRows::default();
+            // Its rows, sent as one batch: journaled, then written from the journal.
+            let mut rows = pb::MetricsBatch {
+                trial_id: trial.id.clone(),
+                attempt: 1,
+                ..Default::default()
+            };
             rows.train.push(pb::TrainRow {
                 step: 1,
                 loss: 2.3,
@@ -918,7 +923,18 @@ mod tests {
                     });
                 }
             }
-            out.write_trial(&record, &rows).unwrap();
+            let journal = out.journal();
+            let header = pb::JournalHeader {
+                trial_id: trial.id.clone(),
+                attempt: 1,
+                ..Default::default()
+            };
+            journal.sync(journal.begin(&header).unwrap()).unwrap();
+            journal.sync(journal.append(&rows).unwrap()).unwrap();
+            let mut tally = Tally::default();
+            tally.take(&rows);
+            out.write_trial(&record, &tally).unwrap();
+            journal.end(&trial.id, 1);
             records.push(record);
         }
         out.write_trials(&records).unwrap();

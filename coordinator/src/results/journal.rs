@@ -2,9 +2,16 @@
 //! leased attempt, holding the lease (a `JournalHeader`) and then every metric batch
 //! acknowledged for it. An empty file is a free slot: an attempt that ends empties its file for
 //! the next one rather than deleting it, because creating and deleting a file per trial costs
-//! the file system more than the rest of the trial's bookkeeping. A batch is appended before the worker gets its
-//! acknowledgement, so a coordinator killed mid-sweep loses no row it acknowledged: started
-//! again, it reads the journals back and the attempts carry on where they were.
+//! the file system more than the rest of the trial's bookkeeping. A batch is appended before the
+//! worker gets its acknowledgement, so a coordinator killed mid-sweep loses no row it
+//! acknowledged: started again, it reads the journals back and the attempts carry on where they
+//! were.
+//!
+//! The journal is also where an attempt's rows are kept while it runs: the coordinator holds
+//! only their counts in memory ([`Tally`]), and the trial's tables are written by streaming its
+//! journal back ([`Journal::batches`]) once it ends. Every reader takes the batches the same way,
+//! in the order of the file, each batch number once ([`AttemptReader`]), so what is counted is
+//! what is written.
 //!
 //! Each record is `[length: u32 LE][crc32 of the bytes: u32 LE][protobuf bytes]`. A torn last
 //! record (the process died while writing it) fails its length or checksum and is cut off.
@@ -20,7 +27,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -29,14 +36,15 @@ use bnsweep_proto as pb;
 use prost::Message;
 
 use crate::error::{Error, Result};
+use crate::scheduler::Tally;
 
 /// Largest record accepted when reading back (a metric batch is at most 64 MiB on the wire).
 const MAX_RECORD: usize = 64 * 1024 * 1024;
 
-/// An attempt read back from its journal.
+/// An attempt read back from its journal: its lease, and its batches counted (not kept).
 pub struct Restored {
     pub header: pb::JournalHeader,
-    pub batches: Vec<pb::MetricsBatch>,
+    pub tally: Tally,
 }
 
 /// What a journal directory held when it was opened.
@@ -162,12 +170,18 @@ impl Journal {
         let mut recovered = Recovered::default();
         let log = dir.join(ENDED);
         if log.is_file() {
-            let (records, good_len) = read_records(&log)?;
-            recovered.ended = records
-                .iter()
-                .map_while(|r| pb::TrialEnded::decode(r.as_slice()).ok())
-                .collect();
-            truncate(&log, good_len)?;
+            let mut records = Records::open(&log)?;
+            // Up to the first record that is not a TrialEnded; the whole ones after it stay.
+            let mut reading = true;
+            while let Some(r) = records.next_record()? {
+                if reading {
+                    match pb::TrialEnded::decode(r.as_slice()) {
+                        Ok(e) => recovered.ended.push(e),
+                        Err(_) => reading = false,
+                    }
+                }
+            }
+            truncate(&log, records.finish())?;
         }
         let mut slots = Slots::default();
         let mut paths: Vec<PathBuf> = fs::read_dir(dir)
@@ -247,6 +261,39 @@ impl Journal {
             .live
             .insert((header.trial_id.clone(), header.attempt), slot);
         Ok(ticket)
+    }
+
+    /// Reads back the batches of a journaled attempt, each once, in order (see
+    /// [`AttemptReader`]), one at a time: the attempt's rows, to be written to its tables.
+    pub fn batches(&self, trial_id: &str, attempt: u32) -> Result<AttemptReader> {
+        let path = self
+            .slots()
+            .live
+            .get(&(trial_id.to_string(), attempt))
+            .map(|slot| slot.path.clone())
+            .ok_or_else(|| {
+                Error::io(
+                    &self.dir,
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("no journal open for trial {trial_id} attempt {attempt}"),
+                    ),
+                )
+            })?;
+        match AttemptReader::open(&path)? {
+            Some(reader)
+                if reader.header.trial_id == trial_id && reader.header.attempt == attempt =>
+            {
+                Ok(reader)
+            }
+            _ => Err(Error::io(
+                &path,
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("does not hold the lease of trial {trial_id} attempt {attempt}"),
+                ),
+            )),
+        }
     }
 
     /// Appends one metric batch of a journaled attempt; durable once the ticket is synced.
@@ -342,54 +389,143 @@ fn frame(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Reads the whole records of a file, and their length in bytes.
-fn read_records(path: &Path) -> Result<(Vec<Vec<u8>>, u64)> {
-    let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(|e| Error::io(path, e))?;
-    let mut records = Vec::new();
-    let mut at = 0usize;
-    while let Some(head) = bytes.get(at..at + 8) {
-        let len = u32::from_le_bytes(head[..4].try_into().unwrap_or_default()) as usize;
-        let crc = u32::from_le_bytes(head[4..].try_into().unwrap_or_default());
-        let Some(body) = bytes
-            .get(at + 8..at + 8 + len)
-            .filter(|_| len <= MAX_RECORD)
-        else {
-            break;
-        };
-        if crc32fast::hash(body) != crc {
-            break;
-        }
-        records.push(body.to_vec());
-        at += 8 + len;
-    }
-    if at < bytes.len() {
-        tracing::warn!(
-            "{}: cut a torn record off the end ({} bytes)",
-            path.display(),
-            bytes.len() - at
-        );
-    }
-    Ok((records, at as u64))
+/// The whole records of a file, read one at a time; the first torn or corrupt one (its length
+/// or checksum wrong, cut short) ends them.
+struct Records {
+    path: PathBuf,
+    file: BufReader<File>,
+    /// Bytes of whole records read so far.
+    good_len: u64,
+    done: bool,
 }
 
-/// Reads an attempt's journal: its header and batches, and the length of its whole records.
-/// None when not even the header is readable.
+impl Records {
+    fn open(path: &Path) -> Result<Records> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        Ok(Records {
+            path: path.to_path_buf(),
+            file: BufReader::with_capacity(64 * 1024, file),
+            good_len: 0,
+            done: false,
+        })
+    }
+
+    /// The next whole record; None at the end of the file or at a torn record.
+    fn next_record(&mut self) -> Result<Option<Vec<u8>>> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut head = [0u8; 8];
+        if !self.read_exact(&mut head)? {
+            return Ok(None);
+        }
+        let len = u32::from_le_bytes(head[..4].try_into().unwrap_or_default()) as usize;
+        let crc = u32::from_le_bytes(head[4..].try_into().unwrap_or_default());
+        if len > MAX_RECORD {
+            self.done = true;
+            return Ok(None);
+        }
+        let mut body = vec![0u8; len];
+        if !self.read_exact(&mut body)? || crc32fast::hash(&body) != crc {
+            self.done = true;
+            return Ok(None);
+        }
+        self.good_len += 8 + len as u64;
+        Ok(Some(body))
+    }
+
+    /// Fills `buf`; false (and done) when the file ends first.
+    fn read_exact(&mut self, buf: &mut [u8]) -> Result<bool> {
+        match self.file.read_exact(buf) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                self.done = true;
+                Ok(false)
+            }
+            Err(e) => Err(Error::io(&self.path, e)),
+        }
+    }
+
+    /// Once every record is read: their length, the file's but for a torn tail (said).
+    fn finish(self) -> u64 {
+        let len = fs::metadata(&self.path).map_or(self.good_len, |m| m.len());
+        if len > self.good_len {
+            tracing::warn!(
+                "{}: cut a torn record off the end ({} bytes)",
+                self.path.display(),
+                len - self.good_len
+            );
+        }
+        self.good_len
+    }
+}
+
+/// An attempt's journal read back: its lease, then its batches one at a time, in the order of
+/// the file, each batch number once (the next one due; one seen before, or a record that is
+/// not a batch, is skipped, and a torn record ends them). Memory: one batch at a time.
+pub struct AttemptReader {
+    pub header: pb::JournalHeader,
+    records: Records,
+    /// The batches taken, counted.
+    tally: Tally,
+}
+
+impl AttemptReader {
+    /// None when not even the lease is readable (an empty, free slot).
+    fn open(path: &Path) -> Result<Option<AttemptReader>> {
+        let mut records = Records::open(path)?;
+        let Some(header) = records
+            .next_record()?
+            .and_then(|b| pb::JournalHeader::decode(b.as_slice()).ok())
+        else {
+            return Ok(None);
+        };
+        Ok(Some(AttemptReader {
+            header,
+            records,
+            tally: Tally::default(),
+        }))
+    }
+
+    /// The next batch of the attempt, counted in [`AttemptReader::tally`].
+    pub fn next_batch(&mut self) -> Result<Option<pb::MetricsBatch>> {
+        while let Some(record) = self.records.next_record()? {
+            let Ok(batch) = pb::MetricsBatch::decode(record.as_slice()) else {
+                continue;
+            };
+            if batch.seq == self.tally.next_seq {
+                self.tally.take(&batch);
+                return Ok(Some(batch));
+            }
+        }
+        Ok(None)
+    }
+
+    /// What the batches taken so far hold.
+    pub fn tally(&self) -> &Tally {
+        &self.tally
+    }
+
+    /// The journal's path.
+    pub fn path(&self) -> &Path {
+        &self.records.path
+    }
+}
+
+/// Reads an attempt's journal through: its lease and its batches counted, and the length of
+/// its whole records. None when not even the lease is readable.
 fn read(path: &Path) -> Result<Option<(Restored, u64)>> {
-    let (records, good_len) = read_records(path)?;
-    let mut records = records.into_iter();
-    let Some(header) = records
-        .next()
-        .and_then(|b| pb::JournalHeader::decode(b.as_slice()).ok())
-    else {
+    let Some(mut reader) = AttemptReader::open(path)? else {
         return Ok(None);
     };
-    let batches = records
-        .map_while(|b| pb::MetricsBatch::decode(b.as_slice()).ok())
-        .collect();
-    Ok(Some((Restored { header, batches }, good_len)))
+    while reader.next_batch()?.is_some() {}
+    let AttemptReader {
+        header,
+        records,
+        tally,
+    } = reader;
+    let good_len = records.finish();
+    Ok(Some((Restored { header, tally }, good_len)))
 }
 
 #[cfg(test)]
@@ -445,7 +581,12 @@ mod tests {
         ) = Journal::open(dir.path()).unwrap();
         assert_eq!(restored.len(), 1);
         assert_eq!(restored[0].header, header);
-        let seqs: Vec<u64> = restored[0].batches.iter().map(|b| b.seq).collect();
+        assert_eq!(restored[0].tally.next_seq, 2);
+        let mut reader = j.batches("t1", 2).unwrap();
+        let mut seqs = Vec::new();
+        while let Some(b) = reader.next_batch().unwrap() {
+            seqs.push(b.seq);
+        }
         assert_eq!(seqs, [0, 1]);
         assert_eq!(fs::metadata(&path).unwrap().len(), whole);
         // Appending goes on after the last whole record.
@@ -457,7 +598,7 @@ mod tests {
                 running: restored, ..
             },
         ) = Journal::open(dir.path()).unwrap();
-        assert_eq!(restored[0].batches.len(), 3);
+        assert_eq!(restored[0].tally.next_seq, 3);
         j.end("t1", 2);
         assert_eq!(fs::metadata(&path).unwrap().len(), 0, "the slot is free");
         assert!(
@@ -518,7 +659,7 @@ mod tests {
         assert!(j.commit.dirty.lock().unwrap().is_empty());
         let (_, recovered) = Journal::open(dir.path()).unwrap();
         assert_eq!(recovered.running.len(), 8);
-        assert!(recovered.running.iter().all(|r| r.batches.len() == 50));
+        assert!(recovered.running.iter().all(|r| r.tally.next_seq == 50));
     }
 
     #[test]

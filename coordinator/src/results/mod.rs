@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bnsweep_proto as pb;
 
 use crate::error::{Error, Result};
-use crate::scheduler::{AttemptRows, Summary, TrialRecord};
+use crate::scheduler::{Summary, Tally, TrialRecord};
 use crate::sweep::Sweep;
 use journal::{Journal, Restored};
 
@@ -268,36 +268,56 @@ impl ResultsDir {
         self.dir.join("logs")
     }
 
-    /// Writes the tables of a trial that has ended: train and eval always, the measurement
-    /// tables (layers, landscape, activations) when the trial measured them.
-    pub fn write_trial(&self, record: &TrialRecord, rows: &AttemptRows) -> Result<()> {
-        let p = &self.params;
-        let mut tables = vec![
-            ("train", tables::train_batch(p, record, &rows.train)?),
-            ("eval", tables::eval_batch(p, record, &rows.eval)?),
-        ];
-        if !rows.layers.is_empty() {
-            tables.push(("layers", tables::layers_batch(p, record, &rows.layers)?));
+    /// Writes the tables of a trial that has ended, from its attempt's journal: train and eval
+    /// always, the measurement tables (layers, landscape, activations) when the trial measured
+    /// them. The journal is read a batch at a time and the rows go to the tables a few thousand
+    /// at a time, so that writing a trial takes memory that does not grow with its rows. What
+    /// the journal gives must be what the coordinator counted (`tally`), or nothing is written.
+    pub fn write_trial(&self, record: &TrialRecord, tally: &Tally) -> Result<()> {
+        let mut tables = TrialTables::create(self, record, tally)?;
+        let streamed = self.stream_journal(record, tally, &mut tables);
+        if let Err(e) = streamed {
+            tables.abandon();
+            return Err(e);
         }
-        if !rows.landscape.is_empty() {
-            tables.push((
-                "landscape",
-                tables::landscape_batch(p, record, &rows.landscape)?,
-            ));
-        }
-        if !rows.activations.is_empty() {
-            tables.push((
-                "activations",
-                tables::activations_batch(p, record, &rows.activations)?,
-            ));
-        }
-        for (dir, batch) in tables {
-            let d = self.dir.join(dir);
-            fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
-            tables::write_parquet(&d.join(format!("{}.parquet", record.trial.id)), &batch)?;
+        let dirs = tables.finish()?;
+        for d in dirs {
             // The renames are durable with the next journal sync (the one that makes the
             // trial's line in ended.log durable), shared with other trials ending meanwhile.
             let _ = self.journal.renamed_into(&d)?;
+        }
+        Ok(())
+    }
+
+    /// Feeds the attempt's journaled rows to its tables, and checks that they are what was
+    /// counted while it ran.
+    fn stream_journal(
+        &self,
+        record: &TrialRecord,
+        tally: &Tally,
+        tables: &mut TrialTables,
+    ) -> Result<()> {
+        if tally.next_seq == 0 {
+            return Ok(()); // it sent nothing (a failure before its first batch)
+        }
+        let mut reader = self.journal.batches(&record.trial.id, record.attempts)?;
+        while let Some(batch) = reader.next_batch()? {
+            tables.add(&self.params, record, batch)?;
+        }
+        tables.flush(&self.params, record)?;
+        let read = reader.tally();
+        let (counted, journaled) = (counts(tally), counts(read));
+        if counted != journaled {
+            return Err(Error::io(
+                reader.path(),
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "the journal of trial {} attempt {} holds {} batches with {journaled:?} rows (train, eval, layers, landscape, activations), but {} batches with {counted:?} were acknowledged",
+                        record.trial.id, record.attempts, read.next_seq, tally.next_seq
+                    ),
+                ),
+            ));
         }
         Ok(())
     }
@@ -308,6 +328,227 @@ impl ResultsDir {
         let path = self.dir.join("trials.parquet");
         tables::write_parquet(&path, &batch)?;
         sync_dir(&path)
+    }
+}
+
+/// Rows of each table, in the order of the file: train, eval, layers, landscape, activations.
+fn counts(t: &Tally) -> [u64; 5] {
+    [t.train, t.eval, t.layers, t.landscape, t.activations]
+}
+
+/// Rows decoded from the journal wait in a table's buffer until this many are there, then go
+/// to its Parquet writer as one record batch.
+const CHUNK: usize = 4096;
+
+/// One table of a trial being written: its file, and the rows waiting for the next chunk.
+struct Streamed<T> {
+    writer: tables::TableWriter,
+    dir: PathBuf,
+    rows: Vec<T>,
+    build: fn(&[ParamColumn], &TrialRecord, &[T]) -> Result<arrow_array::RecordBatch>,
+}
+
+impl<T> Streamed<T> {
+    /// Starts the table `kind` (its directory's name) of a trial, of `rows` rows.
+    fn create(
+        results: &ResultsDir,
+        kind: &str,
+        record: &TrialRecord,
+        rows: u64,
+        build: fn(&[ParamColumn], &TrialRecord, &[T]) -> Result<arrow_array::RecordBatch>,
+    ) -> Result<Streamed<T>> {
+        let dir = results.dir.join(kind);
+        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let schema = build(&results.params, record, &[])?.schema();
+        let path = dir.join(format!("{}.parquet", record.trial.id));
+        Ok(Streamed {
+            writer: tables::TableWriter::create(&path, schema, rows)?,
+            dir,
+            rows: Vec::new(),
+            build,
+        })
+    }
+
+    fn add(&mut self, params: &[ParamColumn], record: &TrialRecord, rows: Vec<T>) -> Result<()> {
+        self.rows.extend(rows);
+        if self.rows.len() >= CHUNK {
+            self.flush(params, record)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, params: &[ParamColumn], record: &TrialRecord) -> Result<()> {
+        for chunk in self.rows.chunks(CHUNK) {
+            self.writer.write(&(self.build)(params, record, chunk)?)?;
+        }
+        self.rows.clear();
+        self.rows.shrink_to(CHUNK);
+        Ok(())
+    }
+}
+
+/// The tables of a trial being written from its journal, each under a temporary name until
+/// every one is whole.
+struct TrialTables {
+    train: Streamed<pb::TrainRow>,
+    eval: Streamed<pb::EvalRow>,
+    layers: Option<Streamed<pb::LayerRow>>,
+    landscape: Option<Streamed<pb::LandscapeRow>>,
+    activations: Option<Streamed<pb::ActivationRow>>,
+}
+
+impl TrialTables {
+    fn create(results: &ResultsDir, record: &TrialRecord, tally: &Tally) -> Result<TrialTables> {
+        let train = Streamed::create(results, "train", record, tally.train, tables::train_batch)?;
+        let eval = match Streamed::create(results, "eval", record, tally.eval, tables::eval_batch) {
+            Ok(t) => t,
+            Err(e) => {
+                train.writer.abandon();
+                return Err(e);
+            }
+        };
+        let mut made = TrialTables {
+            train,
+            eval,
+            layers: None,
+            landscape: None,
+            activations: None,
+        };
+        // Started one by one: one that cannot be leaves none behind.
+        let more = (|| -> Result<()> {
+            if tally.layers > 0 {
+                made.layers = Some(Streamed::create(
+                    results,
+                    "layers",
+                    record,
+                    tally.layers,
+                    tables::layers_batch,
+                )?);
+            }
+            if tally.landscape > 0 {
+                made.landscape = Some(Streamed::create(
+                    results,
+                    "landscape",
+                    record,
+                    tally.landscape,
+                    tables::landscape_batch,
+                )?);
+            }
+            if tally.activations > 0 {
+                made.activations = Some(Streamed::create(
+                    results,
+                    "activations",
+                    record,
+                    tally.activations,
+                    tables::activations_batch,
+                )?);
+            }
+            Ok(())
+        })();
+        match more {
+            Ok(()) => Ok(made),
+            Err(e) => {
+                made.abandon();
+                Err(e)
+            }
+        }
+    }
+
+    fn add(
+        &mut self,
+        params: &[ParamColumn],
+        record: &TrialRecord,
+        batch: pb::MetricsBatch,
+    ) -> Result<()> {
+        self.train.add(params, record, batch.train)?;
+        self.eval.add(params, record, batch.eval)?;
+        add_to(&mut self.layers, params, record, batch.layers, "layers")?;
+        add_to(
+            &mut self.landscape,
+            params,
+            record,
+            batch.landscape,
+            "landscape",
+        )?;
+        add_to(
+            &mut self.activations,
+            params,
+            record,
+            batch.activations,
+            "activations",
+        )
+    }
+
+    fn flush(&mut self, params: &[ParamColumn], record: &TrialRecord) -> Result<()> {
+        self.train.flush(params, record)?;
+        self.eval.flush(params, record)?;
+        if let Some(t) = &mut self.layers {
+            t.flush(params, record)?;
+        }
+        if let Some(t) = &mut self.landscape {
+            t.flush(params, record)?;
+        }
+        if let Some(t) = &mut self.activations {
+            t.flush(params, record)?;
+        }
+        Ok(())
+    }
+
+    /// Syncs the tables and renames them into place, train first; returns their directories
+    /// (to be synced). A table that cannot be finished removes the ones not yet renamed.
+    fn finish(self) -> Result<Vec<PathBuf>> {
+        let mut pending: Vec<(tables::TableWriter, PathBuf)> = vec![
+            (self.train.writer, self.train.dir),
+            (self.eval.writer, self.eval.dir),
+        ];
+        pending.extend(self.layers.map(|t| (t.writer, t.dir)));
+        pending.extend(self.landscape.map(|t| (t.writer, t.dir)));
+        pending.extend(self.activations.map(|t| (t.writer, t.dir)));
+        let mut dirs = Vec::new();
+        let mut pending = pending.into_iter();
+        while let Some((writer, dir)) = pending.next() {
+            if let Err(e) = writer.finish() {
+                pending.for_each(|(w, _)| w.abandon());
+                return Err(e);
+            }
+            dirs.push(dir);
+        }
+        Ok(dirs)
+    }
+
+    /// Removes every temporary file.
+    fn abandon(self) {
+        self.train.writer.abandon();
+        self.eval.writer.abandon();
+        for w in [
+            self.layers.map(|t| t.writer),
+            self.landscape.map(|t| t.writer),
+            self.activations.map(|t| t.writer),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            w.abandon();
+        }
+    }
+}
+
+/// Rows of a measurement table the trial was not counted as having are refused (the counts
+/// of the journal then differ from the tally, and nothing is written).
+fn add_to<T>(
+    table: &mut Option<Streamed<T>>,
+    params: &[ParamColumn],
+    record: &TrialRecord,
+    rows: Vec<T>,
+    kind: &str,
+) -> Result<()> {
+    match table {
+        Some(t) => t.add(params, record, rows),
+        None if rows.is_empty() => Ok(()),
+        None => Err(Error::Refused(format!(
+            "the journal of trial {} attempt {} holds {kind} rows that were not acknowledged",
+            record.trial.id, record.attempts
+        ))),
     }
 }
 
@@ -366,6 +607,7 @@ fn tmp_path(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message;
 
     #[test]
     fn one_results_directory_one_coordinator() {
@@ -385,6 +627,147 @@ mod tests {
         assert!(
             ResultsDir::open(&out, &sweep).is_ok(),
             "free again once the first has closed it"
+        );
+    }
+
+    /// Batch `seq` of the attempt of the test below: 500 train rows, and an evaluation every
+    /// other batch.
+    fn sent(trial_id: &str, seq: u64) -> pb::MetricsBatch {
+        let steps = seq * 500 + 1..=seq * 500 + 500;
+        pb::MetricsBatch {
+            worker_id: "w1-0000-h".into(),
+            trial_id: trial_id.into(),
+            attempt: 1,
+            seq,
+            train: steps
+                .map(|step| pb::TrainRow {
+                    step,
+                    epoch: (step / 391) as u32,
+                    loss: 1.0 / step as f64,
+                    acc: (step % 100) as f64 / 100.0,
+                    lr: 0.1 - step as f64 * 1e-6,
+                    wall_s: step as f64 * 0.01,
+                })
+                .collect(),
+            eval: if seq % 2 == 1 {
+                vec![pb::EvalRow {
+                    step: (seq + 1) * 500,
+                    test_loss: 2.0 / seq as f64,
+                    test_acc: seq as f64 / 20.0,
+                }]
+            } else {
+                Vec::new()
+            },
+            ..Default::default()
+        }
+    }
+
+    /// A Parquet file's rows, as one record batch.
+    fn read_table(path: &Path) -> arrow_array::RecordBatch {
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        let mut batches: Vec<_> =
+            ParquetRecordBatchReaderBuilder::try_new(fs::File::open(path).unwrap())
+                .unwrap()
+                .with_batch_size(1 << 20)
+                .build()
+                .unwrap()
+                .map(|b| b.unwrap())
+                .collect();
+        assert_eq!(batches.len(), 1);
+        batches.remove(0)
+    }
+
+    /// The same columns with the same rows.
+    fn same_table(got: &arrow_array::RecordBatch, expected: &arrow_array::RecordBatch) -> bool {
+        got.schema().fields() == expected.schema().fields() && got.columns() == expected.columns()
+    }
+
+    /// A trial's tables are written from its journal, not from memory: every row sent once,
+    /// though the journal holds a batch twice and was cut short by a kill (a torn last record)
+    /// before the attempt carried on; and the files are the ones the same rows written in one
+    /// go make. A journal that does not hold what was acknowledged writes nothing.
+    #[test]
+    fn a_trial_s_tables_are_written_from_its_journal_each_row_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let text = "name: s\nparameters:\n  lr: [0.1]\ntrain: {steps: 10000, eval_every: 1000}\n";
+        let sweep = Sweep::parse("s.yaml", text).unwrap();
+        let trial = sweep.trials[0].clone();
+        let id = trial.id.as_str();
+        let header = pb::JournalHeader {
+            trial_id: id.into(),
+            attempt: 1,
+            worker_id: "w1-0000-h".into(),
+            ..Default::default()
+        };
+        {
+            let (results, _) = ResultsDir::open(&out, &sweep).unwrap();
+            let j = results.journal();
+            j.sync(j.begin(&header).unwrap()).unwrap();
+            for seq in 0..12 {
+                j.sync(j.append(&sent(id, seq)).unwrap()).unwrap();
+            }
+            j.sync(j.append(&sent(id, 11)).unwrap()).unwrap(); // twice
+        }
+        // Killed while writing batch 12.
+        let slot = out.join("journal").join("slot-000000.journal");
+        let bytes = sent(id, 12).encode_to_vec();
+        let mut torn = (bytes.len() as u32).to_le_bytes().to_vec();
+        torn.extend(crc32fast::hash(&bytes).to_le_bytes());
+        torn.extend(&bytes[..bytes.len() / 2]);
+        let mut f = fs::OpenOptions::new().append(true).open(&slot).unwrap();
+        std::io::Write::write_all(&mut f, &torn).unwrap();
+        drop(f);
+
+        let (results, resume) = ResultsDir::open(&out, &sweep).unwrap();
+        assert_eq!(resume.running.len(), 1);
+        let mut tally = resume.running[0].tally.clone();
+        assert_eq!((tally.next_seq, tally.train, tally.eval), (12, 6000, 6));
+        // The attempt carries on from batch 12 (resent whole) to its end.
+        let j = results.journal();
+        for seq in 12..20 {
+            j.sync(j.append(&sent(id, seq)).unwrap()).unwrap();
+            tally.take(&sent(id, seq));
+        }
+        let record = TrialRecord {
+            trial: trial.clone(),
+            status: crate::scheduler::Status::Completed,
+            attempts: 1,
+            handed_back: 0,
+            summary: Summary::default(),
+            last_step: 10_000,
+            persisted: false,
+        };
+        let train = out.join("train").join(format!("{id}.parquet"));
+        let eval = out.join("eval").join(format!("{id}.parquet"));
+
+        // Counted one batch more than the journal holds: refused, nothing left behind.
+        let mut more = tally.clone();
+        more.take(&sent(id, 20));
+        let err = results.write_trial(&record, &more).unwrap_err().to_string();
+        assert!(err.contains("holds 20 batches"), "{err}");
+        for d in ["train", "eval"] {
+            assert_eq!(fs::read_dir(out.join(d)).unwrap().count(), 0, "{d}");
+        }
+
+        results.write_trial(&record, &tally).unwrap();
+        let all: Vec<pb::MetricsBatch> = (0..20).map(|seq| sent(id, seq)).collect();
+        let train_rows: Vec<pb::TrainRow> = all.iter().flat_map(|b| b.train.clone()).collect();
+        let eval_rows: Vec<pb::EvalRow> = all.iter().flat_map(|b| b.eval.clone()).collect();
+        let expected = tables::train_batch(&results.params, &record, &train_rows).unwrap();
+        assert!(
+            same_table(&read_table(&train), &expected),
+            "train: each step once, in order"
+        );
+        let expected_eval = tables::eval_batch(&results.params, &record, &eval_rows).unwrap();
+        assert!(same_table(&read_table(&eval), &expected_eval));
+        // Byte for byte what writing the same rows in one go gives.
+        let one_go = dir.path().join("one-go.parquet");
+        tables::write_parquet(&one_go, &expected).unwrap();
+        assert_eq!(fs::read(&train).unwrap(), fs::read(&one_go).unwrap());
+        assert!(
+            fs::read_dir(out.join("layers")).is_err(),
+            "nothing measured"
         );
     }
 

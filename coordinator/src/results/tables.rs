@@ -9,7 +9,7 @@ use arrow_array::builder::{BooleanBuilder, Float64Builder, Int64Builder, StringB
 use arrow_array::{
     ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
-use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -472,43 +472,111 @@ pub fn trials_batch(params: &[ParamColumn], records: &[TrialRecord]) -> Result<R
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
 }
 
-/// Writes a ZSTD-compressed Parquet file under a temporary name, then renames it into place.
 /// Tables of fewer rows are compressed with Snappy rather than ZSTD.
-const SMALL_TABLE: usize = 4096;
+const SMALL_TABLE: u64 = 4096;
 
+/// Rows of a row group at most: what a table being written holds in memory (encoded) is at
+/// most one row group's.
+const ROW_GROUP: usize = 65_536;
+
+/// Writes a ZSTD-compressed Parquet file under a temporary name, then renames it into place.
 pub fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<()> {
-    let tmp = super::tmp_path(path);
-    let written = write_parquet_to(&tmp, path, batch);
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp); // a full disk leaves no temporary file behind
+    let mut table = TableWriter::create(path, batch.schema(), batch.num_rows() as u64)?;
+    match table.write(batch) {
+        Ok(()) => table.finish().map(|_| ()),
+        Err(e) => {
+            table.abandon();
+            Err(e)
+        }
     }
-    written
 }
 
-fn write_parquet_to(tmp: &Path, path: &Path, batch: &RecordBatch) -> Result<()> {
-    let parquet_err = |source| Error::Parquet {
+/// A Parquet file being written, batch after batch, under a temporary name: [`finish`] syncs
+/// it and renames it into place, [`abandon`] removes it (a full disk leaves no temporary file
+/// behind).
+///
+/// [`finish`]: TableWriter::finish
+/// [`abandon`]: TableWriter::abandon
+pub struct TableWriter {
+    tmp: std::path::PathBuf,
+    path: std::path::PathBuf,
+    writer: ArrowWriter<File>,
+    rows: u64,
+}
+
+impl TableWriter {
+    /// Starts a table of `rows` rows (which picks its compression) and this schema.
+    pub fn create(path: &Path, schema: SchemaRef, rows: u64) -> Result<TableWriter> {
+        let tmp = super::tmp_path(path);
+        let created = Self::writer(&tmp, path, schema, rows);
+        if created.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        Ok(TableWriter {
+            writer: created?,
+            tmp,
+            path: path.to_path_buf(),
+            rows: 0,
+        })
+    }
+
+    fn writer(tmp: &Path, path: &Path, schema: SchemaRef, rows: u64) -> Result<ArrowWriter<File>> {
+        let file = File::create(tmp).map_err(|e| Error::io(tmp, e))?;
+        // ZSTD, except for small tables: setting up ZSTD for each column costs more there than
+        // it saves (a sweep of many short trials spends most of its time on it).
+        let compression = if rows < SMALL_TABLE {
+            Compression::SNAPPY
+        } else {
+            Compression::ZSTD(ZstdLevel::try_new(3).map_err(|e| parquet_error(path, e))?)
+        };
+        let props = WriterProperties::builder()
+            .set_compression(compression)
+            .set_max_row_group_size(ROW_GROUP)
+            .build();
+        ArrowWriter::try_new(file, schema, Some(props)).map_err(|e| parquet_error(path, e))
+    }
+
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.writer
+            .write(batch)
+            .map_err(|e| parquet_error(&self.path, e))?;
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Closes the file, syncs it, and renames it into place; the rename is made durable by
+    /// syncing the directory (the caller's to do). Returns the rows written.
+    pub fn finish(self) -> Result<u64> {
+        let TableWriter {
+            tmp,
+            path,
+            writer,
+            rows,
+        } = self;
+        let finished = writer
+            .into_inner()
+            .map_err(|e| parquet_error(&path, e))
+            // On the disk before its name is: a renamed file is never empty after a power loss.
+            .and_then(|file| file.sync_data().map_err(|e| Error::io(&tmp, e)))
+            .and_then(|()| std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e)));
+        if finished.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        finished.map(|()| rows)
+    }
+
+    /// Gives the table up: its temporary file goes.
+    pub fn abandon(self) {
+        drop(self.writer);
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+fn parquet_error(path: &Path, source: parquet::errors::ParquetError) -> Error {
+    Error::Parquet {
         path: path.to_path_buf(),
         source,
-    };
-    let file = File::create(tmp).map_err(|e| Error::io(tmp, e))?;
-    // ZSTD, except for small tables: setting up ZSTD for each column costs more there than it
-    // saves (a sweep of many short trials spends most of its time on it).
-    let compression = if batch.num_rows() < SMALL_TABLE {
-        Compression::SNAPPY
-    } else {
-        Compression::ZSTD(ZstdLevel::try_new(3).map_err(parquet_err)?)
-    };
-    let props = WriterProperties::builder()
-        .set_compression(compression)
-        .build();
-    let mut writer =
-        ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(parquet_err)?;
-    writer.write(batch).map_err(parquet_err)?;
-    let file = writer.into_inner().map_err(parquet_err)?;
-    // On the disk before its name is: a renamed file is never empty after a power loss. The
-    // rename itself is made durable by syncing the directory (the caller's to do).
-    file.sync_data().map_err(|e| Error::io(tmp, e))?;
-    std::fs::rename(tmp, path).map_err(|e| Error::io(path, e))
+    }
 }
 
 /// A trial as an earlier run of the same sweep left it in `trials.parquet`.
