@@ -113,8 +113,9 @@ impl Link {
             })?;
         let deadline = match (self.deadline, std::env::var("SLURM_JOB_END_TIME")) {
             (Some(given), _) => Some(("--deadline", given)),
-            (None, Ok(slurm)) => Some(("SLURM_JOB_END_TIME", slurm)),
-            (None, Err(_)) => None,
+            // 0: a job without a time limit.
+            (None, Ok(slurm)) if slurm.trim() != "0" => Some(("SLURM_JOB_END_TIME", slurm)),
+            (None, _) => None,
         };
         let deadline = match deadline {
             Some((from, text)) => {
@@ -122,6 +123,10 @@ impl Link {
                     eprintln!("error: {from}: {e}");
                     ExitCode::from(2)
                 })?;
+                if at <= std::time::SystemTime::now() {
+                    eprintln!("error: {from}: the deadline {text} has passed");
+                    return Err(ExitCode::from(2));
+                }
                 Some(agent::Deadline {
                     at,
                     margin: Duration::from_secs(self.deadline_margin),
