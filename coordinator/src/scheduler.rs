@@ -456,6 +456,26 @@ impl Scheduler {
         })
     }
 
+    /// Takes back a lease its worker never heard of (its journal could not be begun): the
+    /// trial goes back to the front of the queue as if it had not been handed out, no attempt
+    /// counted. Leases of one poll are taken back in reverse, which restores the queue's order.
+    pub fn unlease(&mut self, worker_id: &str, trial_id: &str, attempt: u32) -> Result<()> {
+        let i = self.leased(worker_id, trial_id, attempt)?;
+        if let Some(w) = self.workers.get_mut(worker_id) {
+            w.running.retain(|&j| j != i);
+        }
+        self.tallies.remove(&i);
+        let r = &mut self.records[i];
+        r.status = Status::Queued;
+        r.attempts -= 1;
+        if r.attempts == 0 {
+            r.summary.worker = None;
+            r.summary.started_at = None;
+        }
+        self.queue.push_front(i);
+        Ok(())
+    }
+
     /// Cancels the sweep: nothing more is handed out; running trials come back as their
     /// workers give them back. Returns how many are running.
     pub fn cancel(&mut self) -> usize {
@@ -948,6 +968,30 @@ mod tests {
             s.poll("nobody", 1, &[], now),
             Err(Error::UnknownWorker(_))
         ));
+    }
+
+    #[test]
+    fn a_lease_taken_back_is_as_if_never_handed_out() {
+        let mut s = Scheduler::new(&sweep(3), Policy::default());
+        let now = Instant::now();
+        let w = s.register("h", now);
+        let got = s.poll(&w, 2, &[], now).unwrap().trials;
+        for a in got.iter().rev() {
+            s.unlease(&w, &a.trial_id, a.attempt).unwrap();
+        }
+        assert_eq!(s.progress().running, 0);
+        assert!(s.records().iter().all(|r| r.attempts == 0));
+        assert!(
+            s.unlease(&w, &got[0].trial_id, 1).is_err(),
+            "not leased any more"
+        );
+        // Handed out again in the same order, as first attempts.
+        let again = s.poll(&w, 3, &[], now).unwrap().trials;
+        let ids = |v: &[pb::TrialAssignment]| -> Vec<(String, u32)> {
+            v.iter().map(|a| (a.trial_id.clone(), a.attempt)).collect()
+        };
+        assert_eq!(ids(&again[..2]), ids(&got));
+        assert_eq!(again[2].trial_id, s.records()[2].trial.id);
     }
 
     #[test]

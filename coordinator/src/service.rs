@@ -214,15 +214,20 @@ impl Shared {
             if let Err(e) = &written {
                 s.fail_unwritten(finished.index, format!("writing results: {e}"));
             }
-            s.persisted(finished.index);
             s.records()[finished.index].clone()
         };
         // On a full disk the line waits: trials.parquet records the trial once it is rewritten.
-        self.storage(self.results.log_ended(&record))?;
-        self.results
-            .journal()
-            .end(&record.trial.id, record.attempts);
+        let logged = self.storage(self.results.log_ended(&record));
+        if logged.is_ok() {
+            self.results
+                .journal()
+                .end(&record.trial.id, record.attempts);
+        }
+        // Done last: once every trial is, the sweep ends and its journal is removed, which
+        // must not find this trial's journal still in use.
+        self.scheduler().persisted(finished.index);
         self.touch();
+        logged?;
         written
     }
 
@@ -351,30 +356,17 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                     started_at_ms: crate::results::millis(SystemTime::now()),
                 });
                 if let Err(e) = begun {
-                    // The worker never hears of these trials: they go back, costing no
-                    // attempt (a full disk is not the trial's fault), and the worker is told
-                    // to come back later (UNAVAILABLE when the disk is full).
-                    for (k, back) in resp.trials.iter().enumerate() {
+                    // The worker never hears of these trials: they go back as they were, not
+                    // counted as attempts (a full disk is not the trial's fault), and the
+                    // worker is told to come back later (UNAVAILABLE when the disk is full).
+                    for (k, back) in resp.trials.iter().enumerate().rev() {
                         if k < n {
                             self.shared
                                 .results
                                 .journal()
                                 .end(&back.trial_id, back.attempt);
                         }
-                        let _ = s.finish(
-                            &pb::TrialOutcome {
-                                worker_id: req.worker_id.clone(),
-                                worker_secret: req.worker_secret.clone(),
-                                trial_id: back.trial_id.clone(),
-                                attempt: back.attempt,
-                                status: pb::TrialStatus::Failed as i32,
-                                retryable: true,
-                                handed_back: true,
-                                error: format!("journal: {e}"),
-                                ..Default::default()
-                            },
-                            Instant::now(),
-                        );
+                        let _ = s.unlease(&req.worker_id, &back.trial_id, back.attempt);
                     }
                     drop(s);
                     return Err(self.shared.refuse(e));

@@ -753,11 +753,10 @@ fn a_full_disk_mid_sweep_loses_nothing_and_the_sweep_completes_once_space_is_bac
     let (mut serve, url) = serve(dir.path(), "full.yaml", out.to_str().unwrap(), &[]);
     // A patience shorter than the disk stays full: the coordinator's "waiting on disk"
     // answers are contact, not silence, so the worker waits it out without losing a trial.
-    let mut worker = Running::spawn(
-        worker_command(&url, &["--threads", "1", "--patience", "3"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
+    let mut worker = Running::logged(&mut worker_command(
+        &url,
+        &["--threads", "1", "--patience", "3"],
+    ));
     wait_until("a finished trial", Duration::from_secs(120), || {
         std::fs::read_dir(out.join("train")).map_or(0, |d| d.count()) >= 1
     });
@@ -791,7 +790,8 @@ fn a_full_disk_mid_sweep_loses_nothing_and_the_sweep_completes_once_space_is_bac
     assert_eq!(
         sorted_attempts(&out),
         "[1, 1, 1, 1]",
-        "a trial lost an attempt to the full disk: {stderr}"
+        "a trial lost an attempt to the full disk: {stderr}\nworker:\n{}",
+        worker.stderr()
     );
 }
 
