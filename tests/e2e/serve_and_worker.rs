@@ -318,6 +318,29 @@ fn children(pid: u32) -> Vec<String> {
     children.split_whitespace().map(String::from).collect()
 }
 
+/// A worker still waiting for its coordinator (a cluster job's coordinator may be queued)
+/// stops cleanly on SIGTERM or its drain signal: exit 75, not killed by the signal.
+#[test]
+fn a_worker_waiting_for_its_coordinator_stops_cleanly_on_a_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("coordinator.url");
+    for signal in ["TERM", "USR1"] {
+        let mut worker = Running::logged(
+            Command::new(bin("bnsweep-worker"))
+                .arg("--coordinator-file")
+                .arg(&missing)
+                .args(["--device", "cpu", "--patience", "60"]),
+        );
+        worker.wait_to_say(
+            "waiting for the coordinator's address",
+            Duration::from_secs(30),
+        );
+        worker.signal(signal);
+        let exited = worker.exit_within("stop", Duration::from_secs(10));
+        assert_eq!(exited.code(), Some(75), "SIG{signal}: {}", worker.stderr());
+    }
+}
+
 /// The drain signal (SIGUSR1) mid-trial: the worker takes no more trials, lets its running one
 /// complete (no deadline), and exits 75 with the sweep unfinished; another worker runs the
 /// rest. Every trial completes in its first attempt, rows exactly once.

@@ -97,6 +97,15 @@ pub const EXIT_WORK_LEFT: u8 = 75;
 /// The number of a signal named as `kill -l` names it (`USR1`, `SIGUSR1`) or given as a
 /// number. SIGTERM, SIGINT and SIGKILL are refused: they stop the worker, or cannot be caught.
 pub fn signal_number(name: &str) -> std::result::Result<i32, String> {
+    const DRAINABLE: [i32; 7] = [
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGHUP,
+        libc::SIGALRM,
+        libc::SIGURG,
+        libc::SIGCONT,
+        libc::SIGWINCH,
+    ];
     let upper = name.trim().to_ascii_uppercase();
     let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
     let n = match bare {
@@ -110,12 +119,13 @@ pub fn signal_number(name: &str) -> std::result::Result<i32, String> {
         "TERM" | "INT" | "KILL" | "STOP" => {
             return Err(format!("SIG{bare} cannot be the drain signal"))
         }
+        // A number: one of the above, or a real-time signal. Others are raised by faults
+        // (SIGSEGV), or by the worker's own doing (SIGCHLD when a slot ends, SIGPIPE).
         other => other
             .parse()
             .ok()
-            .filter(|n| {
-                ![libc::SIGTERM, libc::SIGINT, libc::SIGKILL, libc::SIGSTOP].contains(n)
-                    && (1..=64).contains(n)
+            .filter(|&n| {
+                DRAINABLE.contains(&n) || (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&n)
             })
             .ok_or_else(|| format!("`{name}` is not a signal the worker can drain on"))?,
     };
@@ -190,7 +200,9 @@ struct Context {
 /// exits. On its drain signal it takes no more trials, lets its running trials end (giving
 /// back at once those that would not end before the deadline) and exits.
 pub async fn run(cfg: Config) -> Result<Exit> {
-    let mut poll = Poll::start(cfg).await?;
+    let Some(mut poll) = Poll::start(cfg).await? else {
+        return Ok(Exit::WorkLeft);
+    };
     loop {
         if let Some(exit) = poll.once().await? {
             return Ok(exit);
@@ -223,29 +235,48 @@ struct Poll {
 }
 
 impl Poll {
-    /// Connects, registers and starts watching for the end of the worker's time.
-    async fn start(cfg: Config) -> Result<Poll> {
-        let (mut client, url) = connect(&cfg, &cfg.coordinator.url(cfg.patience).await?).await?;
-        let (id, every) = register(&mut client, &cfg, &Credentials::default()).await?;
-        let poll = Poll {
+    /// Starts watching for the end of the worker's time, then connects and registers; `None`
+    /// when a signal or the deadline ended it first (waiting for its coordinator's address,
+    /// say: a cluster job's coordinator may still be queued).
+    async fn start(cfg: Config) -> Result<Option<Poll>> {
+        let ctx = Arc::new(Context {
+            runner: cfg.runner.clone(),
+            shutdown: Arc::new(AtomicBool::new(false)),
+            draining: Arc::new(AtomicBool::new(false)),
+            hand_back_at: cfg.deadline.map(|d| d.hand_back_at()),
+        });
+        let wake = Arc::new(Notify::new());
+        watch_for_the_end(&cfg, &ctx, &wake)?;
+        let join = async {
+            let (mut client, url) =
+                connect(&cfg, &cfg.coordinator.url(cfg.patience).await?).await?;
+            let (id, every) = register(&mut client, &cfg, &Credentials::default()).await?;
+            Ok::<_, Error>((client, url, id, every))
+        };
+        let ended = async {
+            while !(ctx.shutdown.load(Ordering::SeqCst) || ctx.draining.load(Ordering::SeqCst)) {
+                wake.notified().await;
+            }
+        };
+        let (client, url, id, every) = tokio::select! {
+            joined = join => joined?,
+            () = ended => {
+                tracing::warn!("stopped before reaching the coordinator; exit code {EXIT_WORK_LEFT}");
+                return Ok(None);
+            }
+        };
+        Ok(Some(Poll {
             me: Arc::new(Identity::new(client, id, cfg.patience)),
-            ctx: Arc::new(Context {
-                runner: cfg.runner.clone(),
-                shutdown: Arc::new(AtomicBool::new(false)),
-                draining: Arc::new(AtomicBool::new(false)),
-                hand_back_at: cfg.deadline.map(|d| d.hand_back_at()),
-            }),
+            ctx,
             cfg,
             url,
             every,
             running: Arc::new(AtomicUsize::new(0)),
-            wake: Arc::new(Notify::new()),
+            wake,
             cancelled: false,
             retired: None,
             last_contact: Instant::now(),
-        };
-        watch_for_the_end(&poll.cfg, &poll.ctx, &poll.wake)?;
-        Ok(poll)
+        }))
     }
 
     fn running(&self) -> u32 {
@@ -500,7 +531,8 @@ mod tests {
         assert_eq!(signal_number("USR1"), Ok(libc::SIGUSR1));
         assert_eq!(signal_number("sigusr2"), Ok(libc::SIGUSR2));
         assert_eq!(signal_number("10"), Ok(10));
-        for bad in ["TERM", "SIGINT", "9", "FOO", "0", "99"] {
+        assert_eq!(signal_number("40"), Ok(40));
+        for bad in ["TERM", "SIGINT", "9", "FOO", "0", "99", "11", "13", "17"] {
             assert!(signal_number(bad).is_err(), "{bad}");
         }
     }
