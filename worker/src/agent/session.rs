@@ -210,12 +210,13 @@ where
                 | Code::ResourceExhausted
                 | Code::Unknown
         ) || (s.code() == Code::NotFound && me.id() == worker_id);
+        if s.metadata().contains_key(pb::WAITING_ON_DISK) {
+            // The coordinator answered: it waits for disk space, not gone. Counted before the
+            // patience is looked at: backing off can wait longer than the patience itself.
+            deadline = Instant::now() + me.patience;
+        }
         if !passing || Instant::now() >= deadline {
             return Err(s.into());
-        }
-        if s.metadata().contains_key(pb::WAITING_ON_DISK) {
-            // The coordinator answered: it waits for disk space, not gone.
-            deadline = Instant::now() + me.patience;
         }
         tracing::warn!(
             "coordinator busy, unreachable or restarting ({}); retrying",
@@ -234,5 +235,39 @@ mod tests {
         let mut b = Backoff::new();
         let waits: Vec<u64> = (0..8).map(|_| b.next().as_millis() as u64).collect();
         assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+    }
+
+    /// A coordinator waiting for disk space answers; however long it waits, and however long
+    /// the backoff between calls grows beyond the patience, the call is not given up.
+    #[tokio::test]
+    async fn a_coordinator_waiting_on_disk_is_waited_for_beyond_the_patience() {
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        let client = pb::client::new(channel, pb::client::Auth::new(None).unwrap());
+        let me = Identity::new(client, Credentials::default(), Duration::from_millis(250));
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let started = Instant::now();
+        let done = retry(&me, "w", || {
+            let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if n < 5 {
+                    let mut s = tonic::Status::unavailable("waiting for disk space");
+                    s.metadata_mut()
+                        .insert(pb::WAITING_ON_DISK, "1".parse().unwrap());
+                    Err(s)
+                } else {
+                    Ok(())
+                }
+            }
+        })
+        .await;
+        assert!(done.is_ok(), "{done:?}");
+        // 100 + 200 + 400 + 800 + 1600 ms of backoff: far beyond the patience.
+        assert!(started.elapsed() > Duration::from_millis(3000));
+        // Silence (no answer) is given up after the patience.
+        let silent = retry(&me, "w", || async {
+            Err::<(), _>(tonic::Status::unavailable("connection refused"))
+        })
+        .await;
+        assert!(silent.is_err());
     }
 }
