@@ -8,18 +8,22 @@
 #
 # Stages, most important first, each written to OUT_DIR as it ends so that a run cut short
 # still returns what it finished; a stage is skipped when less than its expected time is left
-# of BUDGET_S (default 540 seconds):
-#   sweep_throughput.md  trials per GPU-hour: 1 slot, K slots with and without MPS, bf16 +
-#                        channels_last, PyTorch eager one trial at a time   (~5 min)
-#   precision.md         final accuracy in fp32, bf16, fp16                 (~1.5 min)
+# of BUDGET_S (default 540 seconds), and cut at its cap:
+#   protocol.md          the paper's protocol end to end: `bnsweep run`, 8 trials of 15,000 steps
+#                        at once, final and peak test accuracy, the report's Markdown (~4 min)
+#   sweep_throughput.md  trials per GPU-hour: 1 slot, 4 and 8 slots under MPS, bf16 +
+#                        channels_last, PyTorch eager one trial at a time   (~2.5 min)
 #   throughput.md        one trial's img/s against PyTorch eager            (~1 min)
+#   slot_kill.md         --slots auto, MPS start and stop, a slot killed mid-trial (~45 s)
+#   precision.md         final accuracy in fp32, bf16, fp16                 (~1.5 min)
 #   measure_cost.md      the cost of measuring                              (~1 min)
 # The worker is the CPU-libtorch build; pointing LD_LIBRARY_PATH at PyTorch's own libraries
 # gives it CUDA (README, "Workers on a GPU machine").
 #
 # Dry run of the whole script on a CPU (short trials, same steps):
-#   DEVICE=cpu STEPS=50 PYTHON=~/.cache/bnsweep/bench-venv/bin/python bench/gpu.sh /tmp/dry
-# (PYTHON: a Python with torch 2.11 and Pillow; default python3.)
+#   DEVICE=cpu STEPS=50 PYTHON=~/.cache/bnsweep/torch-venv/bin/python \
+#     READER=~/.cache/bnsweep/venv/bin/python bench/gpu.sh /tmp/dry
+# (PYTHON: a Python with torch 2.11 and Pillow; READER: one with pyarrow; default python3.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-bench-gpu}"
@@ -27,7 +31,7 @@ mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 budget="${BUDGET_S:-540}"
 device="${DEVICE:-cuda}"
-export PYTHON="${PYTHON:-python3}"
+export PYTHON="${PYTHON:-python3}" READER="${READER:-python3}"
 began=$(date +%s)
 pack=bench-gpu-pack
 export LD_LIBRARY_PATH="$("$PYTHON" -c 'import torch, os; print(os.path.dirname(torch.__file__) + "/lib")')"
@@ -44,22 +48,25 @@ fi
 "$WORKER" bench --device "$device" --steps 50 > "$out/smoke.json" 2> "$out/smoke.log"
 cat "$out/gpu.txt" "$out/smoke.json"
 
-stage() { # name expected_seconds command...
-  local name="$1" need="$2"; shift 2
+stage() { # name expected_seconds cap_seconds command...
+  local name="$1" need="$2" cap="$3"; shift 3
   local left=$((budget - ($(date +%s) - began)))
   if (( left < need )); then
     echo "skipped $name: ${left}s left of ${budget}s, it needs ~${need}s" | tee "$out/$name.md" >&2
     return
   fi
+  (( left < cap )) && cap=$left
   local t0=$(date +%s)
-  timeout "$left" "$@" > "$out/$name.md" 2> "$out/$name.log"
-  echo "$name: exit $?, $(( $(date +%s) - t0 )) s" >&2
+  timeout "$cap" "$@" > "$out/$name.md" 2> "$out/$name.log"
+  echo "$name: exit $?, $(( $(date +%s) - t0 )) s" | tee -a "$out/stages.txt" >&2
   cat "$out/$name.md"
 }
-stage sweep_throughput 300 env OUT="$out/sweep" bench/sweep_throughput.sh "$cifar" --device "$device"
-stage precision 90 env OUT="$out/precision/precision" bench/precision.sh "$cifar" --device "$device"
-stage throughput 60 bench/throughput.sh --device "$device"
-stage measure_cost 60 bench/measure_cost.sh --device "$device"
+stage protocol 240 360 env OUT="$out/protocol" bench/protocol.sh "$cifar" --device "$device"
+stage sweep_throughput 120 200 env OUT="$out/sweep" bench/sweep_throughput.sh "$cifar" --device "$device"
+stage throughput 60 100 env REPEATS=2 bench/throughput.sh --device "$device"
+stage slot_kill 40 70 env OUT="$out/slot_kill" bench/slot_kill.sh "$cifar" --device "$device"
+stage precision 90 120 env OUT="$out/precision/precision" bench/precision.sh "$cifar" --device "$device"
+stage measure_cost 60 80 bench/measure_cost.sh --device "$device"
 # Logs of the slots and the MPS daemon, for a failed stage.
 find "$out/sweep" -name '*.log' -newer "$out/gpu.txt" -size -1M -exec cp {} "$out/" \; 2>/dev/null || true
 rm -rf "$out/data" "$out/precision/precision/train" "$out/precision/precision/eval" "$out/sweep"/run-*/{train,eval,layers,landscape,activations}
