@@ -77,7 +77,7 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         workers: u32,
         /// Trials each worker trains at once, each in a process of its own (bnsweep-worker
-        /// --slots). On a GPU, `--workers 1 --slots 4` shares it between four trials under
+        /// --slots). On a GPU, `--workers 1 --slots 8` shares it between eight trials under
         /// MPS (see README, "Several trials per GPU").
         #[arg(long, default_value_t = 1)]
         slots: u32,

@@ -33,8 +33,9 @@ struct Cli {
     #[command(flatten)]
     link: Link,
     /// Trials trained at once on each device, each in a process of its own: a number, or
-    /// `auto`: 1 on the CPU; on a GPU 4 under MPS and 2 without, as many as its free memory
-    /// holds at 3 GiB a trial. More slots give more trials per hour, each trial slower.
+    /// `auto`: 1 on the CPU; on a GPU 8 under MPS and 2 without, no more than its free memory
+    /// holds at 3 GiB a trial nor than the CPU cores per GPU. More slots give more trials per
+    /// hour, each trial slower.
     #[arg(long, default_value = "auto", value_name = "N|auto")]
     slots: SlotCount,
     /// Device: cpu, cuda or cuda:N. Default: every GPU when libtorch_cuda.so loads and one is
