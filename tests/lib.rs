@@ -387,7 +387,10 @@ pub fn sweep_status(url: &str, token: Option<&str>) -> Option<bnsweep_proto::Sta
     rt.block_on(async {
         let channel = client::endpoint(url, None).ok()?.connect().await.ok()?;
         let mut c = client::new(channel, client::Auth::new(token).ok()?);
-        let status = c.status(bnsweep_proto::StatusRequest {}).await.ok()?;
+        let status = c
+            .status(bnsweep_proto::StatusRequest::default())
+            .await
+            .ok()?;
         Some(status.into_inner())
     })
 }

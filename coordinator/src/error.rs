@@ -69,6 +69,11 @@ pub enum Error {
     UnknownWorker(String),
     #[error("unknown trial `{0}`")]
     UnknownTrial(String),
+    #[error("no sweep `{0}` on this coordinator (`bnsweep list` shows its sweeps)")]
+    UnknownSweep(String),
+    /// A submitted sweep whose name another sweep holds, or that was submitted already.
+    #[error("{0}")]
+    SweepExists(String),
     /// A call naming a worker without that worker's registration secret.
     #[error("this call does not carry the registration secret of worker `{0}`")]
     WrongSecret(String),
@@ -139,7 +144,10 @@ impl From<Error> for tonic::Status {
     fn from(e: Error) -> tonic::Status {
         use tonic::Code;
         let code = match &e {
-            Error::UnknownWorker(_) | Error::UnknownTrial(_) => Code::NotFound,
+            Error::UnknownWorker(_) | Error::UnknownTrial(_) | Error::UnknownSweep(_) => {
+                Code::NotFound
+            }
+            Error::SweepExists(_) => Code::AlreadyExists,
             Error::WrongSecret(_) => Code::PermissionDenied,
             Error::NotLeased { .. } | Error::OutOfOrder { .. } | Error::VersionMismatch { .. } => {
                 Code::FailedPrecondition

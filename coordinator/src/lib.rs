@@ -3,6 +3,7 @@
 
 pub mod connections;
 pub mod error;
+pub mod hub;
 pub mod live;
 pub mod local;
 pub mod progress;

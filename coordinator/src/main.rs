@@ -34,9 +34,46 @@ enum Command {
     Cancel {
         #[command(flatten)]
         remote: Remote,
+        /// The sweep, on a `bnsweep server`: its running trials are taken back at once and
+        /// its other sweeps go on (`bnsweep submit --resume` takes it up again).
+        #[arg(long)]
+        sweep: Option<String>,
     },
     /// Show where a running sweep stands: trials by state, progress, ETA, and each worker.
     Status {
+        #[command(flatten)]
+        remote: Remote,
+        /// The sweep, on a `bnsweep server` (which holds several).
+        #[arg(long)]
+        sweep: Option<String>,
+    },
+    /// Run a coordinator that keeps running and takes sweep files (`bnsweep submit`): every
+    /// sweep in DATA/<sweep name>/ (the layout of `bnsweep serve --out`), one pool of workers
+    /// for all of them (sweeps take turns, a trial at a time).
+    ///
+    /// Workers started with `bnsweep-worker --coordinator URL` stay for the next sweep;
+    /// `--exit-when-idle SECONDS` ends them when there is no work. Killed and started again
+    /// on the same DATA, it takes up every sweep and resumes the unfinished ones.
+    Server(ServerArgs),
+    /// Submit a sweep file to a `bnsweep server`: checked here first (every problem at once,
+    /// as `bnsweep validate`), then on the server. Prints the sweep's name and results
+    /// directory.
+    Submit {
+        /// The sweep file (YAML).
+        file: PathBuf,
+        #[command(flatten)]
+        remote: Remote,
+        /// Take up a sweep of this name and these trials that the server holds already
+        /// (otherwise refused).
+        #[arg(long)]
+        resume: bool,
+        /// Follow its progress until every trial is final; exit 0 when none failed, 1 when
+        /// some did.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List the sweeps a coordinator holds, with their progress.
+    List {
         #[command(flatten)]
         remote: Remote,
     },
@@ -94,6 +131,36 @@ enum Command {
     /// Start workers with `bnsweep-worker --coordinator http://HOST:PORT`. Exits once every
     /// trial is final.
     Serve(ServeArgs),
+}
+
+/// `bnsweep server`'s options.
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// Address to listen on, e.g. 0.0.0.0:50051 (all interfaces) or 127.0.0.1:50051.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Data directory: one results directory per sweep, DATA/<sweep name>/.
+    #[arg(long)]
+    data: PathBuf,
+    /// Seconds without a poll after which a worker is lost and its trials are re-queued.
+    #[arg(long, default_value_t = 30)]
+    worker_timeout: u64,
+    /// Shared secret every worker and client must present. Required when listening on
+    /// anything but loopback. Prefer --token-file: arguments show in `ps`.
+    #[arg(long, env = "BNSWEEP_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A file holding the shared token (its first line's text), instead of --token.
+    #[arg(long, env = "BNSWEEP_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Serve TLS with this certificate chain (PEM); clients then use https:// URLs.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Open connections held at most (keep it under `ulimit -n`).
+    #[arg(long, default_value_t = bnsweep::connections::DEFAULT_MAX)]
+    max_connections: usize,
 }
 
 /// `bnsweep serve`'s options.
@@ -159,8 +226,16 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate { file } => validate(&file),
         Command::Report { dir, out, markdown } => report_cmd(&dir, out, markdown),
-        Command::Status { remote } => status(&remote),
-        Command::Cancel { remote } => cancel(&remote),
+        Command::Status { remote, sweep } => status(&remote, sweep.unwrap_or_default()),
+        Command::Server(args) => server_cmd(args),
+        Command::Submit {
+            file,
+            remote,
+            resume,
+            wait,
+        } => submit(&file, &remote, resume, wait),
+        Command::List { remote } => list(&remote),
+        Command::Cancel { remote, sweep } => cancel(&remote, sweep.unwrap_or_default()),
         Command::Run {
             file,
             out,
@@ -285,15 +360,27 @@ fn unreachable_at(url: &str, reason: String) -> Error {
     }
 }
 
-fn cancel(remote: &Remote) -> Result<ExitCode, Error> {
+/// A call's failure: the coordinator unreachable, or its answer (a sweep it does not hold, a
+/// submission it refuses) in its own words.
+fn answer_of(url: &str, s: tonic::Status) -> Error {
+    use tonic::Code;
+    match s.code() {
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => {
+            unreachable_at(url, s.message().to_string())
+        }
+        _ => Error::Refused(format!("{url}: {}", s.message())),
+    }
+}
+
+fn cancel(remote: &Remote, sweep: String) -> Result<ExitCode, Error> {
     let url = &remote.coordinator;
     let resp = runtime()?.block_on(async {
         client(remote)
             .await?
-            .cancel(bnsweep_proto::CancelRequest {})
+            .cancel(bnsweep_proto::CancelRequest { sweep })
             .await
             .map(tonic::Response::into_inner)
-            .map_err(|s| unreachable_at(url, s.message().to_string()))
+            .map_err(|s| answer_of(url, s))
     })?;
     println!(
         "cancelled: no more trials go out; {} running trial(s) are being given back",
@@ -302,27 +389,18 @@ fn cancel(remote: &Remote) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn status(remote: &Remote) -> Result<ExitCode, Error> {
+fn status(remote: &Remote, sweep: String) -> Result<ExitCode, Error> {
     use bnsweep::progress::human;
     let url = &remote.coordinator;
     let s = runtime()?.block_on(async {
         client(remote)
             .await?
-            .status(bnsweep_proto::StatusRequest {})
+            .status(bnsweep_proto::StatusRequest { sweep })
             .await
             .map(tonic::Response::into_inner)
-            .map_err(|s| unreachable_at(url, s.message().to_string()))
+            .map_err(|s| answer_of(url, s))
     })?;
-    let p = bnsweep::scheduler::Progress {
-        total: s.total as usize,
-        queued: s.queued as usize,
-        running: s.running as usize,
-        completed: s.completed as usize,
-        diverged: s.diverged as usize,
-        failed: s.failed as usize,
-        fraction: s.fraction,
-        workers: s.workers.len(),
-    };
+    let p = progress_of(&s);
     println!("sweep `{}`", s.sweep);
     println!(
         "{}",
@@ -341,6 +419,171 @@ fn status(remote: &Remote) -> Result<ExitCode, Error> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn progress_of(s: &bnsweep_proto::StatusResponse) -> bnsweep::scheduler::Progress {
+    bnsweep::scheduler::Progress {
+        total: s.total as usize,
+        queued: s.queued as usize,
+        running: s.running as usize,
+        completed: s.completed as usize,
+        diverged: s.diverged as usize,
+        failed: s.failed as usize,
+        fraction: s.fraction,
+        workers: s.workers.len(),
+    }
+}
+
+/// `bnsweep submit`.
+fn submit(file: &Path, remote: &Remote, resume: bool, wait: bool) -> Result<ExitCode, Error> {
+    let sweep = load(file)?;
+    let url = &remote.coordinator;
+    let call = |s| answer_of(url, s);
+    runtime()?.block_on(async {
+        let mut c = client(remote).await?;
+        let r = c
+            .submit(bnsweep_proto::SubmitRequest {
+                file_name: file.display().to_string(),
+                yaml: sweep.source.clone(),
+                resume,
+            })
+            .await
+            .map_err(call)?
+            .into_inner();
+        println!(
+            "sweep `{}`: {} trials ({} done), results in {} on the server",
+            r.sweep, r.trials, r.done, r.dir
+        );
+        if !wait {
+            return Ok(ExitCode::SUCCESS);
+        }
+        let mut reporter = bnsweep::progress::Reporter::default();
+        loop {
+            let s = c
+                .status(bnsweep_proto::StatusRequest {
+                    sweep: r.sweep.clone(),
+                })
+                .await
+                .map_err(call)?
+                .into_inner();
+            let p = progress_of(&s);
+            if p.finished() == p.total {
+                reporter.finish(&p);
+                return Ok(if p.failed > 0 {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                });
+            }
+            reporter.show(&p);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
+}
+
+/// `bnsweep list`.
+fn list(remote: &Remote) -> Result<ExitCode, Error> {
+    let url = &remote.coordinator;
+    let sweeps = runtime()?.block_on(async {
+        client(remote)
+            .await?
+            .list_sweeps(bnsweep_proto::ListSweepsRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| answer_of(url, s))
+    })?;
+    println!(
+        "{:<24} {:<9} {:>8} {:>7} {:>7} {:>7} {:>9} {:>8} {:>6} {:>6}  results",
+        "sweep",
+        "state",
+        "priority",
+        "trials",
+        "queued",
+        "running",
+        "completed",
+        "diverged",
+        "failed",
+        "done"
+    );
+    for s in &sweeps.sweeps {
+        let finished = s.completed + s.diverged + s.failed;
+        let state = if finished == s.total {
+            "finished"
+        } else if s.cancelled {
+            "cancelled"
+        } else if s.running > 0 {
+            "running"
+        } else {
+            "queued"
+        };
+        println!(
+            "{:<24} {:<9} {:>8} {:>7} {:>7} {:>7} {:>9} {:>8} {:>6} {:>5.0}%  {}",
+            s.sweep,
+            state,
+            s.priority,
+            s.total,
+            s.queued,
+            s.running,
+            s.completed,
+            s.diverged,
+            s.failed,
+            100.0 * s.fraction,
+            s.dir
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bnsweep server`.
+fn server_cmd(args: ServerArgs) -> Result<ExitCode, Error> {
+    let token = bnsweep_proto::auth::token(args.token.clone(), args.token_file.as_deref())
+        .map_err(Error::Token)?;
+    if token.is_none() && !args.listen.ip().is_loopback() {
+        return Err(Error::Usage(format!(
+            "--listen {} accepts connections from other machines, so it needs a shared token: \
+             pass --token-file FILE (or set BNSWEEP_TOKEN) here and to every worker and client",
+            args.listen
+        )));
+    }
+    let identity = match args.tls_cert.as_deref().zip(args.tls_key.as_deref()) {
+        None => None,
+        Some((cert, key)) => Some(server::Access::tls_identity(cert, key)?),
+    };
+    let policy = Policy {
+        worker_timeout: Duration::from_secs(args.worker_timeout.max(1)),
+        ..Policy::default()
+    };
+    runtime()?.block_on(async {
+        let hub = bnsweep::hub::Hub::open(&args.data, policy)?;
+        let listener = server::bind(args.listen).await?;
+        let (task, url) = server::spawn_grpc(
+            bnsweep::hub::HubService(hub.clone()),
+            listener,
+            token,
+            identity,
+            Some(args.max_connections),
+            std::future::pending(),
+        )?;
+        eprintln!(
+            "bnsweep: server at {url}, data in {}; submit with `bnsweep submit FILE --coordinator {url}`, start workers with `bnsweep-worker --coordinator {url}`",
+            args.data.display()
+        );
+        let upkeep = tokio::spawn(hub.keep_up());
+        let stop = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        tokio::select! {
+            r = task => {
+                upkeep.abort();
+                r.map_err(Error::ServerTask)??;
+                Ok(ExitCode::SUCCESS)
+            }
+            _ = stop => {
+                upkeep.abort();
+                Err(Error::Interrupted)
+            }
+        }
+    })
 }
 
 /// Binds the live report's port and says where it is.

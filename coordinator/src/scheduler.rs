@@ -213,7 +213,7 @@ impl Default for Policy {
 
 /// A registration's secret: 128 random bits from the thread's CSPRNG (seeded by the operating
 /// system), as hex.
-fn new_secret() -> String {
+pub(crate) fn new_secret() -> String {
     let bits: u128 = rand::random();
     format!("{bits:032x}")
 }
@@ -358,6 +358,27 @@ impl Scheduler {
         (id, secret)
     }
 
+    /// Makes a worker that registered elsewhere known here under its id and secret (a
+    /// long-running coordinator registers workers once for all its sweeps). A worker this
+    /// scheduler knows already keeps its record; one restored from a journal without a secret
+    /// takes this one.
+    pub fn admit(&mut self, worker_id: &str, secret: &str, host: &str, now: Instant) {
+        let w = self
+            .workers
+            .entry(worker_id.to_string())
+            .or_insert_with(|| Worker::new(host, now));
+        if w.secret.is_empty() {
+            w.secret = secret.to_string();
+        }
+    }
+
+    /// Whether `worker_id` is registered here with `secret` (or with none recorded).
+    pub fn knows(&self, worker_id: &str, secret: &str) -> bool {
+        self.workers
+            .get(worker_id)
+            .is_some_and(|w| w.secret.is_empty() || crate::service::same_secret(&w.secret, secret))
+    }
+
     /// Checks that a call naming `worker_id` carries its secret. An unknown id passes here
     /// (the call itself answers NOT_FOUND, and the worker registers again).
     pub fn authenticate(&self, worker_id: &str, secret: &str) -> Result<()> {
@@ -483,12 +504,41 @@ impl Scheduler {
         self.progress().running
     }
 
-    /// True once a cancelled sweep has no trial running any more.
+    /// Cancels the sweep and takes every running attempt back at once, as if its worker had
+    /// handed it back (no retry used, its rows discarded, its trial queued for a resume): one
+    /// sweep of a long-running coordinator stops while its workers go on with other sweeps.
+    /// The workers learn it from their next call about the attempt (refused: not leased),
+    /// on which they stop training it. Returns how many attempts were taken back.
+    pub fn recall(&mut self) -> usize {
+        self.cancelled = true;
+        let running: Vec<usize> = (0..self.records.len())
+            .filter(|&i| self.records[i].status == Status::Running)
+            .collect();
+        for w in self.workers.values_mut() {
+            w.running.retain(|i| !running.contains(i));
+        }
+        for &i in running.iter().rev() {
+            self.tallies.remove(&i);
+            let r = &mut self.records[i];
+            r.handed_back += 1;
+            r.status = Status::Queued;
+            self.ended.push((r.trial.id.clone(), r.attempts));
+            self.queue.push_front(i);
+        }
+        running.len()
+    }
+
+    /// Takes up a cancelled sweep again: its queued trials go out once more.
+    pub fn resume_cancelled(&mut self) {
+        self.cancelled = false;
+    }
+
     /// Set by `bnsweep cancel`: the sweep drains.
     pub fn is_cancelled(&self) -> bool {
         self.cancelled
     }
 
+    /// True once a cancelled sweep has no trial running any more.
     pub fn is_cancelled_and_idle(&self) -> bool {
         self.cancelled && self.records.iter().all(|r| r.status != Status::Running)
     }
@@ -850,7 +900,7 @@ impl Scheduler {
     }
 }
 
-fn sanitize(host: &str) -> String {
+pub(crate) fn sanitize(host: &str) -> String {
     let s: String = host
         .chars()
         .map(|c| {
@@ -1185,6 +1235,37 @@ mod tests {
             !s.poll(&good, 1, &[], now).unwrap().retired,
             "hand-backs are no failures of the worker"
         );
+    }
+
+    #[test]
+    fn a_recalled_sweep_takes_its_attempts_back_without_using_a_retry_and_resumes() {
+        let mut s = Scheduler::new(&sweep(3), Policy::default());
+        let now = Instant::now();
+        let w = s.register("h", now);
+        let got = s.poll(&w, 2, &[], now).unwrap();
+        assert_eq!(got.trials.len(), 2);
+        assert_eq!(s.recall(), 2);
+        assert!(s.is_cancelled_and_idle());
+        assert_eq!(s.take_ended().len(), 2, "their journals go");
+        // The worker's rows for a recalled attempt are refused: it stops training it.
+        let a = &got.trials[0];
+        let late = s.metrics(batch(&w, &a.trial_id, a.attempt, 0, 1..2), now);
+        assert!(matches!(late, Err(Error::NotLeased { .. })), "{late:?}");
+        // Nothing goes out while cancelled; resumed, every trial does, in the old order,
+        // and a recalled trial still has all its retries.
+        assert!(s.poll(&w, 3, &[], now).unwrap().stop);
+        s.resume_cancelled();
+        let again = s.poll(&w, 3, &[], now).unwrap();
+        let ids: Vec<&str> = again.trials.iter().map(|t| t.trial_id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                &got.trials[0].trial_id,
+                &got.trials[1].trial_id,
+                &s.records()[2].trial.id
+            ]
+        );
+        assert_eq!(s.records()[0].attempts - s.records()[0].handed_back, 1);
     }
 
     fn lease(a: &pb::TrialAssignment) -> pb::AttemptRef {

@@ -169,56 +169,8 @@ pub async fn run_sweep(
             health
         }
     };
-    let mut scheduler = Scheduler::new(sweep, policy);
-    let restored = scheduler.resume(&resume.priors, |trial, status| {
-        match results.check_trial_files(trial, status, sweep.measure.as_ref()) {
-            Ok(()) => true,
-            Err(why) => {
-                eprintln!(
-                    "bnsweep: trial {} is recorded {status}, but {why}: running it again",
-                    trial.id
-                );
-                false
-            }
-        }
-    });
-    if restored > 0 {
-        eprintln!(
-            "bnsweep: resuming {}: {restored} of {} trials already done",
-            results.dir().display(),
-            sweep.trials.len()
-        );
-    }
-    let mut running = resume.running;
-    // The newest attempt of a trial wins; older journals are stale. Local workers died with
-    // the coordinator that started them (`bnsweep run`), so their attempts cannot re-attach:
-    // those trials are queued at once rather than after the worker timeout.
-    running.sort_by_key(|r| std::cmp::Reverse(r.header.attempt));
-    let remote = local.is_empty();
-    let mut reattached = 0;
-    for r in running {
-        let (trial, attempt) = (r.header.trial_id.clone(), r.header.attempt);
-        if remote && scheduler.reattach(&r.header, r.tally, Instant::now()) {
-            reattached += 1;
-        } else {
-            results.journal().end(&trial, attempt);
-        }
-    }
-    if reattached > 0 {
-        eprintln!(
-            "bnsweep: {reattached} trial(s) were running: their workers have {:?} to come back before they run again",
-            scheduler.policy.worker_timeout
-        );
-    }
-    let shared = Shared::new(scheduler, results);
-    shared.write_trials()?;
+    let shared = open(sweep, results, resume, policy, local.is_empty())?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let service = pb::coordinator_server::CoordinatorServer::new(CoordinatorService::new(
-        shared.clone(),
-        &sweep.name,
-    ))
-    .max_decoding_message_size(pb::client::MAX_MESSAGE)
-    .max_encoding_message_size(pb::client::MAX_MESSAGE);
     let (live_tx, live_rx) = tokio::sync::oneshot::channel::<()>();
     if let Some(listener) = access.live {
         let live_tls = access.live_tls;
@@ -232,34 +184,16 @@ pub async fn run_sweep(
             }
         });
     }
-    let service =
-        tonic::service::interceptor::InterceptedService::new(service, TokenCheck(access.token));
-    let tls_on = access.tls.is_some();
-    // Pings on every connection: one whose worker is gone (its machine off, a cable cut)
-    // closes within seconds instead of holding a file descriptor forever.
-    let mut builder = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(pb::client::KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(pb::client::KEEPALIVE_TIMEOUT));
-    if let Some(identity) = access.tls {
-        builder = builder
-            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-            .map_err(|e| Error::Tls(format!("TLS certificate or key: {e}")))?;
-    }
-    let max_connections = access
-        .max_connections
-        .unwrap_or(crate::connections::DEFAULT_MAX);
-    let url = url_of(
-        listener
-            .local_addr()
-            .map_err(|e| Error::io("listener", e))?,
-        tls_on,
-    );
-    let server = tokio::spawn(builder.add_service(service).serve_with_incoming_shutdown(
-        crate::connections::bounded(listener, max_connections),
+    let (server, url) = spawn_grpc(
+        CoordinatorService::new(shared.clone(), &sweep.name),
+        listener,
+        access.token,
+        access.tls,
+        access.max_connections,
         async {
             let _ = stop_rx.await;
         },
-    ));
+    )?;
     if let Some(path) = &access.address_file {
         // Written whole (renamed into place) once the server is accepting, so that a worker
         // never reads half an address; a requeued coordinator writes its new one over it.
@@ -298,6 +232,153 @@ pub async fn run_sweep(
     })
 }
 
+/// Serves `service` on `listener` until `stop`: the shared token checked on every call, TLS
+/// when given an identity, keepalive pings, at most `max_connections` connections. Returns
+/// the server's task and its URL.
+pub fn spawn_grpc<S: pb::coordinator_server::Coordinator>(
+    service: S,
+    listener: TcpListener,
+    token: Option<String>,
+    tls: Option<tonic::transport::Identity>,
+    max_connections: Option<usize>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(ServerTask, String)> {
+    let service = pb::coordinator_server::CoordinatorServer::new(service)
+        .max_decoding_message_size(pb::client::MAX_MESSAGE)
+        .max_encoding_message_size(pb::client::MAX_MESSAGE);
+    let service = tonic::service::interceptor::InterceptedService::new(service, TokenCheck(token));
+    let tls_on = tls.is_some();
+    // Pings on every connection: one whose worker is gone (its machine off, a cable cut)
+    // closes within seconds instead of holding a file descriptor forever.
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(pb::client::KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(pb::client::KEEPALIVE_TIMEOUT));
+    if let Some(identity) = tls {
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|e| Error::Tls(format!("TLS certificate or key: {e}")))?;
+    }
+    let url = url_of(
+        listener
+            .local_addr()
+            .map_err(|e| Error::io("listener", e))?,
+        tls_on,
+    );
+    let max_connections = max_connections.unwrap_or(crate::connections::DEFAULT_MAX);
+    let server = tokio::spawn(builder.add_service(service).serve_with_incoming_shutdown(
+        crate::connections::bounded(listener, max_connections),
+        stop,
+    ));
+    Ok((server, url))
+}
+
+/// The task of a gRPC server.
+pub type ServerTask = tokio::task::JoinHandle<Result<(), tonic::transport::Error>>;
+
+/// A sweep's state, made from its results directory: what an earlier run finished is taken
+/// over, and running attempts whose journals survive are re-attached (when `remote`: local
+/// workers died with the coordinator that started them, so their trials are queued at once).
+pub fn open(
+    sweep: &Sweep,
+    results: ResultsDir,
+    resume: crate::results::Resume,
+    policy: Policy,
+    remote: bool,
+) -> Result<Arc<Shared>> {
+    let mut scheduler = Scheduler::new(sweep, policy);
+    let restored = scheduler.resume(&resume.priors, |trial, status| {
+        match results.check_trial_files(trial, status, sweep.measure.as_ref()) {
+            Ok(()) => true,
+            Err(why) => {
+                eprintln!(
+                    "bnsweep: trial {} is recorded {status}, but {why}: running it again",
+                    trial.id
+                );
+                false
+            }
+        }
+    });
+    if restored > 0 {
+        eprintln!(
+            "bnsweep: resuming {}: {restored} of {} trials already done",
+            results.dir().display(),
+            sweep.trials.len()
+        );
+    }
+    let mut running = resume.running;
+    // The newest attempt of a trial wins; older journals are stale. Local workers died with
+    // the coordinator that started them (`bnsweep run`), so their attempts cannot re-attach:
+    // those trials are queued at once rather than after the worker timeout.
+    running.sort_by_key(|r| std::cmp::Reverse(r.header.attempt));
+    let mut reattached = 0;
+    for r in running {
+        let (trial, attempt) = (r.header.trial_id.clone(), r.header.attempt);
+        if remote && scheduler.reattach(&r.header, r.tally, Instant::now()) {
+            reattached += 1;
+        } else {
+            results.journal().end(&trial, attempt);
+        }
+    }
+    if reattached > 0 {
+        eprintln!(
+            "bnsweep: {reattached} trial(s) were running: their workers have {:?} to come back before they run again",
+            scheduler.policy.worker_timeout
+        );
+    }
+    let shared = Shared::new(scheduler, results);
+    shared.write_trials()?;
+    Ok(shared)
+}
+
+/// Where a sweep stands after one round of [`upkeep`].
+pub struct Upkeep {
+    pub progress: Progress,
+    /// Every trial ended and its files, `trials.parquet` included, are written.
+    pub finished: bool,
+    /// Cancelled: no more trials go out.
+    pub cancelling: bool,
+    /// Cancelled, and no trial runs any more.
+    pub cancelled: bool,
+}
+
+/// The upkeep every served sweep needs, a few times a second: workers not heard from are
+/// declared lost (their trials queued again), what a full disk held back is written once it
+/// can be, `trials.parquet` is rewritten when due, and the journal is finished once the
+/// sweep is done.
+pub fn upkeep(shared: &Shared) -> Result<Upkeep> {
+    let (lost, progress, done, cancelled, cancelling) = {
+        let mut s = shared.scheduler();
+        let lost = s.expire(Instant::now());
+        (
+            lost,
+            s.progress(),
+            s.is_done(),
+            s.is_cancelled_and_idle(),
+            s.is_cancelled(),
+        )
+    };
+    for line in &lost {
+        tracing::warn!("{line}");
+    }
+    if !lost.is_empty() {
+        shared.end_journals();
+        shared.touch();
+    }
+    // A full disk stops nothing: what could not be written is written once it can.
+    shared.write_unwritten()?;
+    shared.storage(shared.write_trials_if_due())?;
+    let finished = done && shared.storage(shared.write_trials())?.is_some();
+    if finished {
+        shared.results.journal().finish();
+    }
+    Ok(Upkeep {
+        progress,
+        finished,
+        cancelling,
+        cancelled,
+    })
+}
+
 /// Ctrl-C or SIGTERM.
 async fn stop_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -322,34 +403,17 @@ async fn watch(shared: &Arc<Shared>, local: &mut [Child], health: &Health) -> Re
                 return Err(Error::Interrupted);
             }
         }
-        let (lost, progress, done, cancelled, drains) = {
-            let mut s = shared.scheduler();
-            let lost = s.expire(Instant::now());
-            let drains = s.is_cancelled();
-            (
-                lost,
-                s.progress(),
-                s.is_done(),
-                s.is_cancelled_and_idle(),
-                drains,
-            )
-        };
-        if drains && !draining {
+        let Upkeep {
+            progress,
+            finished,
+            cancelling,
+            cancelled,
+        } = upkeep(shared)?;
+        if cancelling && !draining {
             draining = true;
             health.set(false).await;
         }
-        for line in &lost {
-            tracing::warn!("{line}");
-        }
-        if !lost.is_empty() {
-            shared.end_journals();
-            shared.touch();
-        }
-        // A full disk stops nothing: what could not be written is written once it can.
-        shared.write_unwritten()?;
-        shared.storage(shared.write_trials_if_due())?;
-        if done && shared.storage(shared.write_trials())?.is_some() {
-            shared.results.journal().finish();
+        if finished {
             reporter.finish(&progress);
             return Ok(progress);
         }

@@ -264,6 +264,31 @@ impl CoordinatorService {
             started: Instant::now(),
         }
     }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Where the sweep stands (`bnsweep status`, `bnsweep list`).
+    pub fn status_now(&self) -> pb::StatusResponse {
+        let s = self.shared.scheduler();
+        let p = s.progress();
+        pb::StatusResponse {
+            sweep: self.sweep.clone(),
+            total: p.total as u32,
+            queued: p.queued as u32,
+            running: p.running as u32,
+            completed: p.completed as u32,
+            diverged: p.diverged as u32,
+            failed: p.failed as u32,
+            fraction: p.fraction,
+            elapsed_s: self.started.elapsed().as_secs_f64(),
+            workers: s.worker_status(Instant::now()),
+            dir: self.shared.results.dir().display().to_string(),
+            cancelled: s.is_cancelled(),
+            priority: 0,
+        }
+    }
 }
 
 fn require(cond: bool, what: &str) -> Result<()> {
@@ -421,28 +446,42 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
 
     async fn status(
         &self,
-        _req: Request<pb::StatusRequest>,
+        req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        let s = self.shared.scheduler();
-        let p = s.progress();
-        Ok(Response::new(pb::StatusResponse {
-            sweep: self.sweep.clone(),
-            total: p.total as u32,
-            queued: p.queued as u32,
-            running: p.running as u32,
-            completed: p.completed as u32,
-            diverged: p.diverged as u32,
-            failed: p.failed as u32,
-            fraction: p.fraction,
-            elapsed_s: self.started.elapsed().as_secs_f64(),
-            workers: s.worker_status(Instant::now()),
+        let asked = req.into_inner().sweep;
+        if !asked.is_empty() && asked != self.sweep {
+            return Err(Error::UnknownSweep(asked).into());
+        }
+        Ok(Response::new(self.status_now()))
+    }
+
+    async fn submit(
+        &self,
+        _req: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitResponse>, Status> {
+        Err(Status::unimplemented(format!(
+            "this coordinator serves the one sweep `{}` (bnsweep serve); submit sweep files to a `bnsweep server`",
+            self.sweep
+        )))
+    }
+
+    async fn list_sweeps(
+        &self,
+        _req: Request<pb::ListSweepsRequest>,
+    ) -> Result<Response<pb::ListSweepsResponse>, Status> {
+        Ok(Response::new(pb::ListSweepsResponse {
+            sweeps: vec![self.status_now()],
         }))
     }
 
     async fn cancel(
         &self,
-        _req: Request<pb::CancelRequest>,
+        req: Request<pb::CancelRequest>,
     ) -> Result<Response<pb::CancelResponse>, Status> {
+        let asked = req.into_inner().sweep;
+        if !asked.is_empty() && asked != self.sweep {
+            return Err(Error::UnknownSweep(asked).into());
+        }
         let running = self.shared.scheduler().cancel();
         tracing::warn!("sweep cancelled; {running} running trial(s) are being given back");
         Ok(Response::new(pb::CancelResponse {

@@ -108,7 +108,7 @@ fn outcome(
 }
 
 async fn status(c: &CoordinatorService) -> pb::StatusResponse {
-    c.status(Request::new(pb::StatusRequest {}))
+    c.status(Request::new(pb::StatusRequest::default()))
         .await
         .unwrap()
         .into_inner()
@@ -352,7 +352,7 @@ async fn a_handed_back_trial_goes_out_again_and_cancel_stops_workers() {
     );
 
     let cancelled = c
-        .cancel(Request::new(pb::CancelRequest {}))
+        .cancel(Request::new(pb::CancelRequest::default()))
         .await
         .unwrap()
         .into_inner();

@@ -6,5 +6,6 @@ mod live;
 mod protocol;
 mod run_sweep;
 mod serve_and_worker;
+mod server;
 mod slurm;
 mod validate;

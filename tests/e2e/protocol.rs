@@ -127,7 +127,11 @@ fn bad_requests_are_refused_and_the_coordinator_keeps_serving() {
         };
         assert_eq!(code(c.finish_trial(no_status).await), Code::InvalidArgument);
 
-        let status = c.status(pb::StatusRequest {}).await.unwrap().into_inner();
+        let status = c
+            .status(pb::StatusRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(
             (
                 status.sweep.as_str(),

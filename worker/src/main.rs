@@ -76,6 +76,11 @@ struct Link {
     /// Seconds the coordinator may stay unreachable before the worker gives up.
     #[arg(long, default_value_t = 60)]
     patience: u64,
+    /// Exit (status 0) once the coordinator has had no trial for this worker, and none has
+    /// run, for this many seconds: for a batch job under a `bnsweep server`, whose workers
+    /// otherwise stay for the next sweep.
+    #[arg(long, value_name = "SECONDS")]
+    exit_when_idle: Option<u64>,
     /// The coordinator's shared token (`bnsweep serve --token`); prefer --token-file, since
     /// arguments show in `ps`.
     #[arg(long, env = "BNSWEEP_TOKEN", hide_env_values = true)]
@@ -152,6 +157,7 @@ impl Link {
             },
             name,
             patience: Duration::from_secs(self.patience.max(1)),
+            exit_when_idle: self.exit_when_idle.map(Duration::from_secs),
             token,
             tls_ca: self.tls_ca,
             runner,

@@ -81,6 +81,8 @@ pub struct SweepFile {
     pub broken: Vec<&'static str>,
     /// The most trials the file may ask for (`max_trials`).
     pub max_trials: u64,
+    /// Where the sweep stands among others on a `bnsweep server` (`priority`).
+    pub priority: i64,
     /// Where a count above it is reported: `parameters` (or `seeds`, or the file's start).
     pub count_pos: Pos,
 }
@@ -88,6 +90,9 @@ pub struct SweepFile {
 /// The default of `max_trials`: a sweep larger than this is more likely a mistake (an axis
 /// too many) than a plan, and would take the coordinator's memory with it.
 pub const MAX_TRIALS: u64 = 1_000_000;
+/// The largest `priority` either way.
+const PRIORITY_LIMIT: i64 = 1000;
+
 /// The largest `max_trials` a file may set.
 pub const MAX_TRIALS_LIMIT: u64 = 100_000_000;
 
@@ -105,6 +110,8 @@ pub struct Sweep {
     pub warnings: Vec<String>,
     /// What every trial measures besides its loss.
     pub measure: Option<measure::MeasureConfig>,
+    /// On a `bnsweep server`, sweeps of a higher priority get trials first (default 0).
+    pub priority: i64,
 }
 
 /// Where a missing top-level key is reported.
@@ -113,6 +120,7 @@ const FILE_START: Pos = Pos { line: 1, col: 1 };
 const TOP_KEYS: &[&str] = &[
     "measure",
     "max_trials",
+    "priority",
     "name",
     "description",
     "method",
@@ -175,6 +183,7 @@ impl Sweep {
             trials,
             warnings,
             measure: parsed.measure,
+            priority: parsed.priority,
         })
     }
 
@@ -216,6 +225,7 @@ impl SweepFile {
             measure: None,
             broken: Vec::new(),
             max_trials: MAX_TRIALS,
+            priority: 0,
             count_pos: FILE_START,
         };
         let Some(entries) = root.as_map() else {
@@ -266,6 +276,23 @@ impl SweepFile {
                     "max_trials",
                     format!("must be in [1, {MAX_TRIALS_LIMIT}], got {v}"),
                 ));
+            }
+        }
+        if let Some(n) = get("priority") {
+            match &n.value {
+                Value::Scalar(Scalar::Int(p)) if (-PRIORITY_LIMIT..=PRIORITY_LIMIT).contains(p) => {
+                    out.priority = *p
+                }
+                Value::Scalar(Scalar::Int(p)) => diags.push(Diagnostic::new(
+                    n.pos,
+                    "priority",
+                    format!("must be in [-{PRIORITY_LIMIT}, {PRIORITY_LIMIT}], got {p}"),
+                )),
+                _ => diags.push(Diagnostic::new(
+                    n.pos,
+                    "priority",
+                    format!("expected an integer, got {}", n.kind()),
+                )),
             }
         }
         let key_pos = |key: &str| entries.iter().find(|(k, _, _)| k == key).map(|e| e.1);

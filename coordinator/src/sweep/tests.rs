@@ -684,3 +684,26 @@ fn the_sweep_file_reference_lists_every_training_field_in_order() {
     let declared: Vec<&str> = config::FIELDS.iter().map(|f| f.path).collect();
     assert_eq!(documented, declared);
 }
+
+#[test]
+fn priority_is_an_integer_within_bounds_and_leaves_the_trials_as_they_were() {
+    let base = "name: p\nparameters:\n  lr: [0.1, 0.2]\n";
+    let plain = parse(base).unwrap();
+    assert_eq!(plain.priority, 0);
+    let urgent = parse(&format!("{base}priority: 5\n")).unwrap();
+    assert_eq!(urgent.priority, 5);
+    assert_eq!(
+        parse(&format!("{base}priority: -3\n")).unwrap().priority,
+        -3
+    );
+    let ids = |s: &Sweep| s.trials.iter().map(|t| t.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&plain), ids(&urgent), "priority is not part of a trial");
+    assert_eq!(
+        errors(&format!("{base}priority: 1001\n")),
+        ["s.yaml:4:11: priority: must be in [-1000, 1000], got 1001"]
+    );
+    assert_eq!(
+        errors(&format!("{base}priority: high\n")),
+        ["s.yaml:4:11: priority: expected an integer, got a string"]
+    );
+}

@@ -28,6 +28,8 @@ pub struct Config {
     pub name: String,
     /// How long the coordinator may stay unreachable before the worker gives up.
     pub patience: Duration,
+    /// Exit once no trial came or ran for this long (`--exit-when-idle`).
+    pub exit_when_idle: Option<Duration>,
     /// The coordinator's shared token, if it has one.
     pub token: Option<String>,
     /// The certificate (PEM) that an `https://` coordinator's must chain to.
@@ -232,6 +234,8 @@ struct Poll {
     /// The coordinator took this worker out of rotation, saying why.
     retired: Option<String>,
     last_contact: Instant,
+    /// Since when the worker has had nothing to run (for `--exit-when-idle`).
+    idle_since: Instant,
 }
 
 impl Poll {
@@ -276,6 +280,7 @@ impl Poll {
             cancelled: false,
             retired: None,
             last_contact: Instant::now(),
+            idle_since: Instant::now(),
         }))
     }
 
@@ -343,6 +348,14 @@ impl Poll {
         if resp.sweep_done && self.running() == 0 {
             tracing::info!("sweep done; exiting");
             return Some(Exit::Finished);
+        }
+        if self.running() > 0 {
+            self.idle_since = Instant::now();
+        } else if let Some(idle) = self.cfg.exit_when_idle {
+            if self.idle_since.elapsed() >= idle {
+                tracing::info!("no work for {idle:?}; exiting");
+                return Some(Exit::Finished);
+            }
         }
         None
     }
