@@ -4,6 +4,7 @@
 # code, fake training that emits realistic rows at a set pace), on this one machine.
 #
 #   bench/load.sh [AGENTS] [TRIALS] [STEPS] [STEP_MS] [INSTANT_TRIALS]
+#   SWEEPS=20 bench/load.sh [AGENTS] [TRIALS] [STEPS] [STEP_MS]     # many sweeps, one server
 #
 # Two runs:
 #   rows:    AGENTS workers (500), TRIALS trials (2000) of STEPS steps (1000) at STEP_MS (4 ms)
@@ -11,6 +12,10 @@
 #   instant: INSTANT_TRIALS trials (10000) of one step each, as fast as they go: the
 #            coordinator's cost per trial, and the sweep's wall time against the ideal (zero);
 #            skipped when INSTANT_TRIALS is 0.
+# With SWEEPS=N (N > 0) instead, two runs of the same trials side by side:
+#   one-sweep: `bnsweep serve` with one sweep of N x TRIALS trials;
+#   server:    `bnsweep server` with N sweeps of TRIALS trials each, submitted before the
+#              workers start (`simulate --exit-when-idle`), served by the same AGENTS.
 # For each: workers held, rows written to Parquet per second of sweep (counted back with
 # DuckDB), dispatch latency p50/p99 (poll asking for work -> trial started, from the
 # simulator), the coordinator's CPU time and peak memory (GNU time), CPU per trial.
@@ -30,18 +35,26 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-one_run() { # NAME TRIALS STEPS STEP_MS
-  local name=$1 trials=$2 steps=$3 step_ms=$4 dir=$work/$1
-  mkdir -p "$dir"
-  "$PY" - "$dir/sweep.yaml" "$name" "$trials" "$steps" <<'PY'
+sweep_file() { # PATH NAME TRIALS STEPS FIRST_SEED
+  "$PY" - "$@" <<'PY'
 import sys
-path, name, trials, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-seeds = ", ".join(str(i) for i in range(trials))
+path, name, trials, steps, first = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+seeds = ", ".join(str(first + i) for i in range(trials))
 open(path, "w").write(f"name: {name}\nseeds: [{seeds}]\nparameters:\n  lr: [0.1]\n"
                       f"train:\n  steps: {steps}\n  eval_every: {max(1, steps // 4)}\n")
 PY
+}
+
+free_port() {
+  "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+one_run() { # NAME TRIALS STEPS STEP_MS
+  local name=$1 trials=$2 steps=$3 step_ms=$4 dir=$work/$1
+  mkdir -p "$dir"
+  sweep_file "$dir/sweep.yaml" "$name" "$trials" "$steps" 0
   local port
-  port=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  port=$(free_port)
   /usr/bin/time -o "$dir/serve.time" -f '{"coordinator_cpu_s": %U + %S, "coordinator_user_s": %U, "coordinator_sys_s": %S, "coordinator_peak_rss_mb": %M / 1024, "serve_wall_s": %e}' \
     "$BIN/bnsweep" serve "$dir/sweep.yaml" --listen "127.0.0.1:$port" --out "$dir/out" \
     >"$dir/serve.out" 2>"$dir/serve.err" &
@@ -60,9 +73,49 @@ PY
   done
   wait "$sim" || { echo "simulator failed:"; tail -5 "$dir/sim.err"; exit 1; }
   wait "$serve" || { echo "serve failed:"; tail -5 "$dir/serve.err"; exit 1; }
-  "$PY" - "$dir" "$name" "$trials" "$steps" "$step_ms" "$AGENTS" "$held" <<'PY'
+  analyse "$dir" "$dir/out" "$name" "$trials" "$steps" "$step_ms" "$held"
+}
+
+server_run() { # NAME SWEEPS TRIALS_PER_SWEEP STEPS STEP_MS
+  local name=$1 sweeps=$2 per=$3 steps=$4 step_ms=$5 dir=$work/$1
+  mkdir -p "$dir"
+  local port url
+  port=$(free_port)
+  url="http://127.0.0.1:$port"
+  /usr/bin/time -o "$dir/serve.time" -f '{"coordinator_cpu_s": %U + %S, "coordinator_user_s": %U, "coordinator_sys_s": %S, "coordinator_peak_rss_mb": %M / 1024, "serve_wall_s": %e}' \
+    "$BIN/bnsweep" server --listen "127.0.0.1:$port" --data "$dir/data" \
+    >"$dir/serve.out" 2>"$dir/serve.err" &
+  local server=$!
+  sleep 0.5
+  for k in $(seq "$sweeps"); do
+    sweep_file "$dir/s$k.yaml" "$name-$k" "$per" "$steps" $(( (k - 1) * per ))
+    "$BIN/bnsweep" submit "$dir/s$k.yaml" --coordinator "$url" >>"$dir/submit.out"
+  done
+  BNSWEEP_LOG=warn "$BIN/bnsweep-worker" simulate --coordinator "$url" --exit-when-idle 2 \
+    --agents "$AGENTS" --step-ms "$step_ms" >"$dir/sim.json" 2>"$dir/sim.err" &
+  local sim=$!
+  # Workers held: as each sweep of the server counts them (every worker polls every sweep).
+  local held=0
+  while kill -0 "$sim" 2>/dev/null; do
+    n=$("$BIN/bnsweep" status --coordinator "$url" --sweep "$name-1" 2>/dev/null \
+        | "$PY" -c 'import sys,re; m=re.search(r"\| (\d+) workers", sys.stdin.read()); print(m.group(1) if m else 0)' || true)
+    if [ "${n:-0}" -gt "$held" ]; then held=$n; fi
+    sleep 1
+  done
+  wait "$sim" || { echo "simulator failed:"; tail -5 "$dir/sim.err"; exit 1; }
+  # Every sweep finished (its tables written), then the server is stopped.
+  until "$BIN/bnsweep" list --coordinator "$url" | awk 'NR > 1 && $2 != "finished" {n++} END {exit n > 0}'; do
+    sleep 0.5
+  done
+  pkill -INT -P "$server" bnsweep
+  wait "$server" || true
+  analyse "$dir" "$dir/data/*" "$name" "$((sweeps * per))" "$steps" "$step_ms" "$held"
+}
+
+analyse() { # DIR RESULTS_GLOB NAME TRIALS STEPS STEP_MS HELD
+  "$PY" - "$@" "$AGENTS" <<'PY'
 import json, sys, duckdb
-d, name, trials, steps, step_ms, agents, held = sys.argv[1:]
+d, out, name, trials, steps, step_ms, held, agents = sys.argv[1:]
 trials, steps, agents, held = int(trials), int(steps), int(agents), int(held)
 sim = json.loads(open(f"{d}/sim.json").read())
 raw = open(f"{d}/serve.time").read().strip().splitlines()[-1]
@@ -70,11 +123,11 @@ raw = open(f"{d}/serve.time").read().strip().splitlines()[-1]
 import re
 t = {k: eval(v) for k, v in re.findall(r'"(\w+)": ([0-9.+ /]+)', raw)}
 con = duckdb.connect()
-rows = con.execute(f"select count(*) from read_parquet('{d}/out/train/*.parquet')").fetchone()[0]
-rows += con.execute(f"select count(*) from read_parquet('{d}/out/eval/*.parquet')").fetchone()[0]
+rows = con.execute(f"select count(*) from read_parquet('{out}/train/*.parquet')").fetchone()[0]
+rows += con.execute(f"select count(*) from read_parquet('{out}/eval/*.parquet')").fetchone()[0]
 first, last, done, workers = con.execute(
     f"select min(started_at), max(ended_at), count(*) filter (where status = 'completed'), "
-    f"count(distinct worker) from read_parquet('{d}/out/trials.parquet')").fetchone()
+    f"count(distinct worker) from read_parquet('{out}/trials.parquet')").fetchone()
 window = (last - first).total_seconds()
 ideal = trials * steps * float(step_ms) / 1000.0 / agents
 out = {
@@ -94,5 +147,10 @@ PY
 }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+if [ "${SWEEPS:-0}" -gt 0 ]; then
+  one_run one-sweep "$((SWEEPS * TRIALS))" "$STEPS" "$STEP_MS"
+  server_run server "$SWEEPS" "$TRIALS" "$STEPS" "$STEP_MS"
+  exit 0
+fi
 one_run rows "$TRIALS" "$STEPS" "$STEP_MS"
 if [ "$INSTANT" -gt 0 ]; then one_run instant "$INSTANT" 1 0; fi

@@ -176,6 +176,17 @@ impl Hub {
         Ok((self.entry(sweep)?, id.to_string()))
     }
 
+    /// Where every sweep stands, in the order they were submitted.
+    pub fn statuses(&self) -> Vec<pb::StatusResponse> {
+        self.entries().iter().map(|e| e.status()).collect()
+    }
+
+    /// The state of the sweep `name`, if the server holds it.
+    pub fn shared_of(&self, name: &str) -> Option<Arc<crate::service::Shared>> {
+        let e = self.entry(name).ok()?;
+        Some(e.service.shared().clone())
+    }
+
     /// The upkeep of every sweep not yet finished ([`crate::server::upkeep`]); says when one
     /// finishes.
     pub fn upkeep(&self) {

@@ -1,14 +1,17 @@
 //! The live report: while a sweep runs, `bnsweep serve` and `bnsweep run` serve the page of
-//! `bnsweep report` on a port of their own, with the sweep's progress on top. The page reloads
+//! `bnsweep report` on a port of their own, with the sweep's progress on top; `bnsweep server`
+//! serves a page listing its sweeps with their progress (`/`), each linking to its own live
+//! report (`/sweeps/NAME/`). The pages reload
 //! itself every few seconds (no scripts). Over HTTPS, with the coordinator's certificate, when
 //! it serves TLS. With a shared token, the page asks for it once in a form (POST /login, never
 //! in a URL) and sets an HttpOnly cookie holding a session id drawn when the coordinator
 //! started (`Secure` over HTTPS); `Authorization: Bearer SECRET` works too, for scripts.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Form, State};
+use axum::extract::{Form, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -25,16 +28,22 @@ const RELOAD: Duration = Duration::from_secs(3);
 /// The session cookie's name.
 const COOKIE: &str = "bnsweep_live";
 
+/// What the pages show: one sweep, or every sweep of a `bnsweep server`.
+pub enum Sweeps {
+    One(Arc<Shared>),
+    Many(Arc<crate::hub::Hub>),
+}
+
 struct Live {
-    shared: Arc<Shared>,
+    sweeps: Sweeps,
     token: Option<String>,
     /// What the cookie of a logged-in viewer holds: 128 random bits, new at every start.
     session: String,
     /// Served over HTTPS: the cookie is `Secure`.
     tls: bool,
     started: Instant,
-    /// The last page built, and when: many viewers cost one build per period.
-    cache: Mutex<Option<(Instant, String)>>,
+    /// The last page built of each sweep, and when: many viewers cost one build per period.
+    cache: Mutex<HashMap<String, (Instant, String)>>,
 }
 
 /// A certificate chain and its key (PEM), to serve the page over HTTPS.
@@ -46,21 +55,22 @@ pub struct Tls {
 /// Serves the live report on `listener` until `stop` resolves, over HTTPS with `tls`.
 pub async fn serve(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    sweeps: Sweeps,
     token: Option<String>,
     tls: Option<Tls>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let state = Arc::new(Live {
-        shared,
+        sweeps,
         token,
         session: format!("{:032x}", rand::random::<u128>()),
         tls: tls.is_some(),
         started: Instant::now(),
-        cache: Mutex::new(None),
+        cache: Mutex::new(HashMap::new()),
     });
     let app = Router::new()
-        .route("/", get(page))
+        .route("/", get(root))
+        .route("/sweeps/{name}/", get(sweep_page))
         .route("/login", post(login))
         .with_state(state);
     match tls {
@@ -185,25 +195,108 @@ async fn login(
         .into_response()
 }
 
-async fn page(State(live): State<Arc<Live>>, headers: HeaderMap) -> Response {
+/// `/`: the sweep's live report, or on a server the list of its sweeps.
+async fn root(State(live): State<Arc<Live>>, headers: HeaderMap) -> Response {
     if !allowed(&live, &headers) {
         return login_page(
             StatusCode::UNAUTHORIZED,
             "This coordinator has a shared token: enter it to see the sweep (once; a cookie keeps you in).",
         );
     }
+    match &live.sweeps {
+        Sweeps::One(shared) => {
+            let shared = shared.clone();
+            page(&live, String::new(), shared).await
+        }
+        Sweeps::Many(hub) => Html(index(hub)).into_response(),
+    }
+}
+
+/// `/sweeps/NAME/`: one sweep's live report, on a server.
+async fn sweep_page(
+    State(live): State<Arc<Live>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !allowed(&live, &headers) {
+        return login_page(
+            StatusCode::UNAUTHORIZED,
+            "This coordinator has a shared token: enter it to see the sweep (once; a cookie keeps you in).",
+        );
+    }
+    let shared = match &live.sweeps {
+        Sweeps::Many(hub) => hub.shared_of(&name),
+        Sweeps::One(_) => None,
+    };
+    match shared {
+        Some(shared) => page(&live, name, shared).await,
+        None => (
+            StatusCode::NOT_FOUND,
+            Html(format!(
+                "<p>no sweep `{}` here</p>",
+                report::svg::esc(&name)
+            )),
+        )
+            .into_response(),
+    }
+}
+
+/// The list of a server's sweeps, each with its progress and a link to its report.
+fn index(hub: &crate::hub::Hub) -> String {
+    use std::fmt::Write;
+    let mut rows = String::new();
+    for s in hub.statuses() {
+        let p = crate::scheduler::Progress {
+            total: s.total as usize,
+            queued: s.queued as usize,
+            running: s.running as usize,
+            completed: s.completed as usize,
+            diverged: s.diverged as usize,
+            failed: s.failed as usize,
+            fraction: s.fraction,
+            workers: s.workers.len(),
+        };
+        let state = if p.finished() == p.total {
+            "finished"
+        } else if s.cancelled {
+            "cancelled"
+        } else {
+            "running"
+        };
+        let name = report::svg::esc(&s.sweep);
+        let _ = write!(
+            rows,
+            "<tr><td class=\"l\"><a href=\"/sweeps/{name}/\">{name}</a></td><td class=\"l\">{state}</td><td>{}</td>\
+             <td class=\"l\">{}</td><td class=\"l\">{}</td></tr>",
+            s.priority,
+            report::svg::esc(&crate::progress::line(&p, Duration::from_secs_f64(s.elapsed_s))),
+            report::svg::esc(&s.dir)
+        );
+    }
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"{}\">\
+         <title>bnsweep server</title><style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}}\
+         table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 10px}}td.l,th.l{{text-align:left}}</style></head>\
+         <body><h1>bnsweep server: {} sweep(s)</h1><table><tr><th class=\"l\">sweep</th><th class=\"l\">state</th><th>priority</th>\
+         <th class=\"l\">progress</th><th class=\"l\">results</th></tr>{rows}</table></body></html>",
+        RELOAD.as_secs().max(1),
+        hub.statuses().len()
+    )
+}
+
+async fn page(live: &Arc<Live>, key: String, shared: Arc<Shared>) -> Response {
     let cached = {
         let cache = live.cache.lock().unwrap_or_else(|e| e.into_inner());
         cache
-            .as_ref()
+            .get(&key)
             .filter(|(at, _)| at.elapsed() < RELOAD)
             .map(|(_, page)| page.clone())
     };
     let body = match cached {
         Some(page) => page,
         None => {
-            let l = live.clone();
-            let built = tokio::task::spawn_blocking(move || build(&l)).await;
+            let started = live.started;
+            let built = tokio::task::spawn_blocking(move || build(&shared, started)).await;
             let page = match built {
                 Ok(Ok(page)) => page,
                 Ok(Err(e)) => format!(
@@ -212,18 +305,20 @@ async fn page(State(live): State<Arc<Live>>, headers: HeaderMap) -> Response {
                 ),
                 Err(e) => format!("<p>the report failed: {e}</p>"),
             };
-            *live.cache.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some((Instant::now(), page.clone()));
+            live.cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key, (Instant::now(), page.clone()));
             page
         }
     };
     Html(body).into_response()
 }
 
-fn build(live: &Live) -> crate::Result<String> {
-    let progress = live.shared.scheduler().progress();
-    let line = crate::progress::line(&progress, live.started.elapsed());
-    let results = report::data::Results::open(live.shared.results.dir())?;
+fn build(shared: &Shared, started: Instant) -> crate::Result<String> {
+    let progress = shared.scheduler().progress();
+    let line = crate::progress::line(&progress, started.elapsed());
+    let results = report::data::Results::open(shared.results.dir())?;
     let r = report::build(&results)?;
     Ok(report::html_live(&r, &line, RELOAD))
 }

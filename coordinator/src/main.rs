@@ -136,31 +136,14 @@ enum Command {
 /// `bnsweep server`'s options.
 #[derive(clap::Args)]
 struct ServerArgs {
-    /// Address to listen on, e.g. 0.0.0.0:50051 (all interfaces) or 127.0.0.1:50051.
-    #[arg(long)]
-    listen: SocketAddr,
     /// Data directory: one results directory per sweep, DATA/<sweep name>/.
     #[arg(long)]
     data: PathBuf,
     /// Seconds without a poll after which a worker is lost and its trials are re-queued.
     #[arg(long, default_value_t = 30)]
     worker_timeout: u64,
-    /// Shared secret every worker and client must present. Required when listening on
-    /// anything but loopback. Prefer --token-file: arguments show in `ps`.
-    #[arg(long, env = "BNSWEEP_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// A file holding the shared token (its first line's text), instead of --token.
-    #[arg(long, env = "BNSWEEP_TOKEN_FILE")]
-    token_file: Option<PathBuf>,
-    /// Serve TLS with this certificate chain (PEM); clients then use https:// URLs.
-    #[arg(long, requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// The private key (PEM) of --tls-cert.
-    #[arg(long, requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
-    /// Open connections held at most (keep it under `ulimit -n`).
-    #[arg(long, default_value_t = bnsweep::connections::DEFAULT_MAX)]
-    max_connections: usize,
+    #[command(flatten)]
+    net: Net,
 }
 
 /// `bnsweep serve`'s options.
@@ -168,9 +151,6 @@ struct ServerArgs {
 struct ServeArgs {
     /// The sweep file (YAML).
     file: PathBuf,
-    /// Address to listen on, e.g. 0.0.0.0:50051 (all interfaces) or 127.0.0.1:50051.
-    #[arg(long)]
-    listen: SocketAddr,
     /// Results directory. A directory holding this sweep's results resumes it; one holding
     /// anything else is refused.
     #[arg(long)]
@@ -178,7 +158,23 @@ struct ServeArgs {
     /// Seconds without a poll after which a worker is lost and its trials are re-queued.
     #[arg(long, default_value_t = 30)]
     worker_timeout: u64,
-    /// Shared secret every worker must present (workers: --token-file or --token).
+    /// Once serving, write the URL workers reach it by to this file (atomically; with
+    /// `--listen 0.0.0.0:0` the host name and the port the system chose), for workers
+    /// started with `--coordinator-file` (a cluster job's coordinator lands on a node and
+    /// port not known in advance).
+    #[arg(long)]
+    address_file: Option<PathBuf>,
+    #[command(flatten)]
+    net: Net,
+}
+
+/// Where a coordinator (`serve`, `server`) listens and who may reach it.
+#[derive(clap::Args)]
+struct Net {
+    /// Address to listen on, e.g. 0.0.0.0:50051 (all interfaces) or 127.0.0.1:50051.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Shared secret every worker (and `status`, `cancel`, `submit`, `list`) must present.
     /// Required when listening on anything but loopback. Prefer --token-file: arguments
     /// show in `ps`.
     #[arg(long, env = "BNSWEEP_TOKEN", hide_env_values = true)]
@@ -187,7 +183,8 @@ struct ServeArgs {
     #[arg(long, env = "BNSWEEP_TOKEN_FILE")]
     token_file: Option<PathBuf>,
     /// Where to serve the live report (the page of `bnsweep report`, with progress, over
-    /// HTTP; the same token), or `off`. Default: a free port on loopback.
+    /// HTTP; the same token; on a `server`, a page listing its sweeps), or `off`. Default: a
+    /// free port on loopback.
     #[arg(long, default_value = "127.0.0.1:0")]
     http: String,
     /// Serve TLS with this certificate chain (PEM); workers then use https:// URLs.
@@ -200,12 +197,6 @@ struct ServeArgs {
     /// checked (keep it under `ulimit -n`).
     #[arg(long, default_value_t = bnsweep::connections::DEFAULT_MAX)]
     max_connections: usize,
-    /// Once serving, write the URL workers reach it by to this file (atomically; with
-    /// `--listen 0.0.0.0:0` the host name and the port the system chose), for workers
-    /// started with `--coordinator-file` (a cluster job's coordinator lands on a node and
-    /// port not known in advance).
-    #[arg(long)]
-    address_file: Option<PathBuf>,
     /// Serve `grpc.health.v1.Health` on this address, plain and without the token (for
     /// Kubernetes' gRPC probes): NOT_SERVING while resuming and once draining (cancelled
     /// or done), SERVING in between.
@@ -536,49 +527,56 @@ fn list(remote: &Remote) -> Result<ExitCode, Error> {
 
 /// `bnsweep server`.
 fn server_cmd(args: ServerArgs) -> Result<ExitCode, Error> {
-    let token = bnsweep_proto::auth::token(args.token.clone(), args.token_file.as_deref())
-        .map_err(Error::Token)?;
-    if token.is_none() && !args.listen.ip().is_loopback() {
-        return Err(Error::Usage(format!(
-            "--listen {} accepts connections from other machines, so it needs a shared token: \
-             pass --token-file FILE (or set BNSWEEP_TOKEN) here and to every worker and client",
-            args.listen
-        )));
-    }
-    let identity = match args.tls_cert.as_deref().zip(args.tls_key.as_deref()) {
-        None => None,
-        Some((cert, key)) => Some(server::Access::tls_identity(cert, key)?),
-    };
+    let Guard {
+        token,
+        http,
+        identity,
+        live_tls,
+    } = Guard::check(&args.net)?;
     let policy = Policy {
         worker_timeout: Duration::from_secs(args.worker_timeout.max(1)),
         ..Policy::default()
     };
     runtime()?.block_on(async {
+        let health_listener = match args.net.health_listen {
+            Some(a) => Some(server::bind(a).await?),
+            None => None,
+        };
+        let (health, _health_stop) = server::Health::start(health_listener).await;
         let hub = bnsweep::hub::Hub::open(&args.data, policy)?;
-        let listener = server::bind(args.listen).await?;
+        let listener = server::bind(args.net.listen).await?;
+        if let Some(a) = http {
+            let live = live_listener(a, token.is_some(), live_tls.is_some()).await?;
+            let sweeps = bnsweep::live::Sweeps::Many(hub.clone());
+            let token = token.clone();
+            tokio::spawn(async move {
+                let run = bnsweep::live::serve(live, sweeps, token, live_tls, std::future::pending());
+                if let Err(e) = run.await {
+                    tracing::warn!("live page: {e}");
+                }
+            });
+        }
         let (task, url) = server::spawn_grpc(
             bnsweep::hub::HubService(hub.clone()),
             listener,
             token,
             identity,
-            Some(args.max_connections),
+            Some(args.net.max_connections),
             std::future::pending(),
         )?;
         eprintln!(
             "bnsweep: server at {url}, data in {}; submit with `bnsweep submit FILE --coordinator {url}`, start workers with `bnsweep-worker --coordinator {url}`",
             args.data.display()
         );
+        health.set(true).await;
         let upkeep = tokio::spawn(hub.keep_up());
-        let stop = async {
-            let _ = tokio::signal::ctrl_c().await;
-        };
         tokio::select! {
             r = task => {
                 upkeep.abort();
                 r.map_err(Error::ServerTask)??;
                 Ok(ExitCode::SUCCESS)
             }
-            _ = stop => {
+            _ = tokio::signal::ctrl_c() => {
                 upkeep.abort();
                 Err(Error::Interrupted)
             }
@@ -744,17 +742,20 @@ fn default_out(sweep: &Sweep) -> PathBuf {
 
 /// `bnsweep serve`.
 fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
-    let guard = Guard::check(&args)?;
+    let guard = Guard::check(&args.net)?;
     let ServeArgs {
         file,
-        listen,
         out,
         worker_timeout,
-        max_connections,
         address_file,
+        net,
+    } = args;
+    let Net {
+        listen,
+        max_connections,
         health_listen,
         ..
-    } = args;
+    } = net;
     let (file, out) = (file.as_path(), out.as_path());
     let Guard {
         token,
@@ -809,7 +810,7 @@ struct Guard {
 }
 
 impl Guard {
-    fn check(args: &ServeArgs) -> Result<Guard, Error> {
+    fn check(args: &Net) -> Result<Guard, Error> {
         // Empty counts as none (auth::token).
         let token = bnsweep_proto::auth::token(args.token.clone(), args.token_file.as_deref())
             .map_err(Error::Token)?;

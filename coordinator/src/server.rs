@@ -71,10 +71,38 @@ const HEALTH_NAME: &str = "bnsweep.v1.Coordinator";
 /// The health of the coordinator as probes see it: NOT_SERVING while it resumes and once it
 /// drains (cancelled, or done), SERVING in between.
 #[derive(Clone)]
-struct Health(Option<tonic_health::server::HealthReporter>);
+pub struct Health(Option<tonic_health::server::HealthReporter>);
 
 impl Health {
-    async fn set(&self, serving: bool) {
+    /// Serves `grpc.health.v1.Health` on `listener` (plain, no token), NOT_SERVING at first,
+    /// until the returned sender is used or dropped; with no listener, nothing.
+    pub async fn start(
+        listener: Option<TcpListener>,
+    ) -> (Health, tokio::sync::oneshot::Sender<()>) {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let Some(listener) = listener else {
+            return (Health(None), stop_tx);
+        };
+        let (reporter, service) = tonic_health::server::health_reporter();
+        let health = Health(Some(reporter));
+        health.set(false).await;
+        if let Ok(addr) = listener.local_addr() {
+            eprintln!("bnsweep: health probes (grpc.health.v1, plain, no token) at {addr}");
+        }
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async {
+                        let _ = stop_rx.await;
+                    },
+                ),
+        );
+        (health, stop_tx)
+    }
+
+    pub async fn set(&self, serving: bool) {
         use tonic_health::ServingStatus;
         let Some(r) = &self.0 else { return };
         let status = if serving {
@@ -146,29 +174,7 @@ pub async fn run_sweep(
     let start = Instant::now();
     let grace = policy.poll_interval * 4;
     // The health port first, NOT_SERVING until the sweep is resumed and served.
-    let (health_stop_tx, health_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let health = match access.health {
-        None => Health(None),
-        Some(listener) => {
-            let (reporter, service) = tonic_health::server::health_reporter();
-            let health = Health(Some(reporter));
-            health.set(false).await;
-            if let Ok(addr) = listener.local_addr() {
-                eprintln!("bnsweep: health probes (grpc.health.v1, plain, no token) at {addr}");
-            }
-            tokio::spawn(
-                tonic::transport::Server::builder()
-                    .add_service(service)
-                    .serve_with_incoming_shutdown(
-                        tokio_stream::wrappers::TcpListenerStream::new(listener),
-                        async {
-                            let _ = health_stop_rx.await;
-                        },
-                    ),
-            );
-            health
-        }
-    };
+    let (health, health_stop_tx) = Health::start(access.health).await;
     let shared = open(sweep, results, resume, policy, local.is_empty())?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (live_tx, live_rx) = tokio::sync::oneshot::channel::<()>();
@@ -179,7 +185,15 @@ pub async fn run_sweep(
             let stop = async {
                 let _ = live_rx.await;
             };
-            if let Err(e) = crate::live::serve(listener, shared, token, live_tls, stop).await {
+            if let Err(e) = crate::live::serve(
+                listener,
+                crate::live::Sweeps::One(shared),
+                token,
+                live_tls,
+                stop,
+            )
+            .await
+            {
                 tracing::warn!("live report: {e}");
             }
         });

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use bnsweep_e2e::{bin, bnsweep, check_results, worker_command, Running};
+use bnsweep_e2e::{bin, bnsweep, check_results, run, worker_command, Running};
 
 /// Starts `bnsweep server --listen LISTEN --data data` in `dir` and returns it with its URL,
 /// once it has said where it serves.
@@ -105,6 +105,26 @@ fn two_sweeps_share_one_pool_of_workers_and_complete_exactly_once() {
             .unwrap_or_else(|| panic!("{line} in {listed:?}"));
         assert!(row.contains("100%"), "{listed:?}");
     }
+    // The live page lists both sweeps, each linking to its own live report.
+    let said = server.wait_to_say("live report at ", Duration::from_secs(5));
+    let page = said
+        .split("live report at ")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .to_string();
+    let curl = |url: &str| run(Command::new("curl").args(["-s", "--max-time", "30", url])).stdout;
+    let index = curl(&page);
+    for name in ["alpha", "beta"] {
+        assert!(
+            index.contains(&format!("href=\"/sweeps/{name}/\"")),
+            "{index}"
+        );
+    }
+    assert_eq!(index.matches(">finished<").count(), 2, "{index}");
+    let beta = curl(&format!("{page}sweeps/beta/"));
+    assert!(beta.contains("Final test accuracy"), "{beta}");
+    assert!(beta.contains("2/2 trials done"), "{beta}");
     // `--resume` takes up the finished sweep: nothing to run.
     let resumed = submit(d, &url, "alpha.yaml", &["--resume", "--wait"]);
     assert!(resumed.ok(), "{resumed:?}");
