@@ -158,12 +158,6 @@ struct ServeArgs {
     /// Seconds without a poll after which a worker is lost and its trials are re-queued.
     #[arg(long, default_value_t = 30)]
     worker_timeout: u64,
-    /// Once serving, write the URL workers reach it by to this file (atomically; with
-    /// `--listen 0.0.0.0:0` the host name and the port the system chose), for workers
-    /// started with `--coordinator-file` (a cluster job's coordinator lands on a node and
-    /// port not known in advance).
-    #[arg(long)]
-    address_file: Option<PathBuf>,
     #[command(flatten)]
     net: Net,
 }
@@ -197,6 +191,12 @@ struct Net {
     /// checked (keep it under `ulimit -n`).
     #[arg(long, default_value_t = bnsweep::connections::DEFAULT_MAX)]
     max_connections: usize,
+    /// Once serving, write the URL workers reach it by to this file (atomically; with
+    /// `--listen 0.0.0.0:0` the host name and the port the system chose), for workers
+    /// started with `--coordinator-file` (a cluster job's coordinator lands on a node and
+    /// port not known in advance).
+    #[arg(long)]
+    address_file: Option<PathBuf>,
     /// Serve `grpc.health.v1.Health` on this address, plain and without the token (for
     /// Kubernetes' gRPC probes): NOT_SERVING while resuming and once draining (cancelled
     /// or done), SERVING in between.
@@ -568,6 +568,11 @@ fn server_cmd(args: ServerArgs) -> Result<ExitCode, Error> {
             "bnsweep: server at {url}, data in {}; submit with `bnsweep submit FILE --coordinator {url}`, start workers with `bnsweep-worker --coordinator {url}`",
             args.data.display()
         );
+        if let Some(path) = &args.net.address_file {
+            // As `serve` writes it: whole, once accepting.
+            bnsweep::results::write_atomic(path, format!("{url}\n").as_bytes())?;
+            eprintln!("bnsweep: address written to {}", path.display());
+        }
         health.set(true).await;
         let upkeep = tokio::spawn(hub.keep_up());
         tokio::select! {
@@ -576,7 +581,7 @@ fn server_cmd(args: ServerArgs) -> Result<ExitCode, Error> {
                 r.map_err(Error::ServerTask)??;
                 Ok(ExitCode::SUCCESS)
             }
-            _ = tokio::signal::ctrl_c() => {
+            _ = server::stop_signal() => {
                 upkeep.abort();
                 Err(Error::Interrupted)
             }
@@ -747,13 +752,13 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
         file,
         out,
         worker_timeout,
-        address_file,
         net,
     } = args;
     let Net {
         listen,
         max_connections,
         health_listen,
+        address_file,
         ..
     } = net;
     let (file, out) = (file.as_path(), out.as_path());

@@ -10,6 +10,10 @@
 //! - a worker with a two-minute time limit and `--signal=B:USR1@30` on a trial far too long:
 //!   the signal drains it, the trial is handed back at once (it would not end before the
 //!   limit), and the task requeues itself.
+//!
+//! And beside them, `coordinator.sbatch --server`: two sweeps submitted to it through its
+//! address file, trained by one worker array with `--exit-when-idle`, whose tasks then end
+//! COMPLETED.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -218,8 +222,10 @@ fn deploy_slurm_jobs_hand_back_drain_requeue_and_resume_on_a_real_slurm() {
     };
     std::thread::scope(|s| {
         let drain = s.spawn(|| a_time_limit_drains_and_requeues_the_worker(&cluster));
+        let server = s.spawn(|| a_server_job_trains_two_submitted_sweeps(&cluster));
         a_sweep_survives_scancel_of_a_worker_and_of_its_coordinator(&cluster);
         drain.join().unwrap();
+        server.join().unwrap();
     });
 }
 
@@ -316,5 +322,64 @@ fn a_time_limit_drains_and_requeues_the_worker(cluster: &Cluster) {
     cluster.scancel(&coordinator);
     wait_for(60, "the jobs to end", dir, cluster, || {
         !cluster.holds(&worker) && !cluster.holds(&coordinator)
+    });
+}
+
+fn a_server_job_trains_two_submitted_sweeps(cluster: &Cluster) {
+    let rundir = run_dir("");
+    let dir = rundir.path();
+    let d = dir.to_str().unwrap();
+    let server = cluster.sbatch(&[
+        "--cpus-per-task=1",
+        "--mem=1G",
+        "--time=30",
+        &format!("--chdir={d}"),
+        &format!("--output={d}/server-%j.out"),
+        &sbatch_script("coordinator.sbatch"),
+        "--server",
+        d,
+    ]);
+    wait_for(120, "the server's address", dir, cluster, || {
+        !read(&dir.join("coordinator.url")).trim().is_empty()
+    });
+    let url = read(&dir.join("coordinator.url")).trim().to_string();
+    let token = dir.join("token");
+    for name in ["first", "second"] {
+        let text = format!("name: {name}\nparameters:\n  lr: [0.02, 0.05]\ntrain:\n  model: {{width: 0.125}}\n  dataset: {{train_size: 256, test_size: 64}}\n  batch_size: 64\n  steps: 100\n  eval_every: 50\n");
+        let file = dir.join(format!("{name}.yaml"));
+        std::fs::write(&file, text).unwrap();
+        let submitted = run(Command::new(bin("bnsweep")).args([
+            "submit",
+            file.to_str().unwrap(),
+            "--coordinator",
+            &url,
+            "--token-file",
+            token.to_str().unwrap(),
+        ]));
+        assert!(submitted.ok(), "{submitted:?}\n{}", logs(dir));
+    }
+    let array = submit_workers(
+        cluster,
+        dir,
+        &["--array=0-1", "--time=30"],
+        &["--exit-when-idle", "5"],
+    );
+    let (task0, task1) = (format!("{array}_0"), format!("{array}_1"));
+    wait_for(300, "the idle workers to end", dir, cluster, || {
+        !cluster.holds(&task0) && !cluster.holds(&task1)
+    });
+    let all = logs(dir);
+    assert_eq!(cluster.ended(&task0), "COMPLETED 0:0", "{all}");
+    assert_eq!(cluster.ended(&task1), "COMPLETED 0:0", "{all}");
+    for name in ["first", "second"] {
+        let checked = check_results(
+            &dir.join("data").join(name),
+            &["--trials", "2", "--steps", "100", "--eval-every", "50"],
+        );
+        assert!(checked.ok(), "{name}: {checked:?}\n{all}");
+    }
+    cluster.scancel(&server);
+    wait_for(60, "the server to end", dir, cluster, || {
+        !cluster.holds(&server)
     });
 }
