@@ -288,7 +288,9 @@ pub struct HubService(pub Arc<Hub>);
 
 impl HubService {
     /// Polls one sweep for up to `want` trials on behalf of the worker of `req`, passing it
-    /// the attempts the worker runs there; returns the trials, their ids made `<sweep>/<id>`.
+    /// the attempts the worker runs there and those `given` to it earlier in this same poll
+    /// (else the sweep would take them for lost); returns the trials, their ids made
+    /// `<sweep>/<id>`.
     /// A sweep that cannot hand out (its disk is full), is cancelled, or has taken the worker
     /// out of its rotation gives none.
     async fn ask(
@@ -297,10 +299,21 @@ impl HubService {
         req: &pb::PollWorkRequest,
         host: &str,
         want: u32,
+        given: &[pb::TrialAssignment],
     ) -> Vec<pb::TrialAssignment> {
         let running = req
             .running
             .iter()
+            .chain(
+                given
+                    .iter()
+                    .map(|t| pb::AttemptRef {
+                        trial_id: t.trial_id.clone(),
+                        attempt: t.attempt,
+                    })
+                    .collect::<Vec<_>>()
+                    .iter(),
+            )
             .filter_map(|a| {
                 let (sweep, id) = a.trial_id.split_once(SEP)?;
                 (sweep == e.name).then(|| pb::AttemptRef {
@@ -387,7 +400,7 @@ impl pb::coordinator_server::Coordinator for HubService {
             let prefix = format!("{}{SEP}", e.name);
             let runs_here = req.running.iter().any(|a| a.trial_id.starts_with(&prefix));
             if runs_here || !e.finished.load(Ordering::Relaxed) {
-                self.ask(e, &req, &host, 0).await;
+                self.ask(e, &req, &host, 0, &[]).await;
             }
         }
         let mut free = req.free_slots.min(1024);
@@ -400,7 +413,7 @@ impl pb::coordinator_server::Coordinator for HubService {
                     if free == 0 {
                         break;
                     }
-                    let got = self.ask(e, &req, &host, 1).await;
+                    let got = self.ask(e, &req, &host, 1, &trials).await;
                     if !got.is_empty() {
                         free -= got.len() as u32;
                         trials.extend(got);

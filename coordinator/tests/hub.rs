@@ -1,0 +1,150 @@
+//! The long-running coordinator's handlers in process (`bnsweep server`), on a temporary data
+//! directory: the order in which sweeps get a worker's free slots.
+
+use bnsweep::hub::{Hub, HubService};
+use bnsweep::scheduler::Policy;
+use bnsweep_proto as pb;
+use pb::coordinator_server::Coordinator;
+use tonic::Request;
+
+/// A sweep named `name` of `trials` trials (learning rates), with `extra` top-level lines.
+fn sweep(name: &str, trials: usize, extra: &str) -> pb::SubmitRequest {
+    let lrs: Vec<String> = (1..=trials).map(|i| format!("0.{i:03}")).collect();
+    pb::SubmitRequest {
+        file_name: format!("{name}.yaml"),
+        yaml: format!(
+            "name: {name}\nparameters:\n  lr: [{}]\ntrain:\n  steps: 3\n{extra}",
+            lrs.join(", ")
+        ),
+        resume: false,
+    }
+}
+
+async fn server(sweeps: &[pb::SubmitRequest]) -> (HubService, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubService(Hub::open(dir.path(), Policy::default()).unwrap());
+    for s in sweeps {
+        hub.submit(Request::new(s.clone())).await.unwrap();
+    }
+    (hub, dir)
+}
+
+/// A worker: its id, secret, and the attempts it runs (none ends in these tests).
+struct Worker {
+    id: String,
+    secret: String,
+    running: Vec<pb::AttemptRef>,
+}
+
+async fn register(hub: &HubService) -> Worker {
+    let r = hub
+        .register(Request::new(pb::RegisterRequest {
+            host: "h".into(),
+            devices: vec!["cpu".into()],
+            slots: 8,
+            version: pb::PROTOCOL_VERSION.into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    Worker {
+        id: r.worker_id,
+        secret: r.worker_secret,
+        running: Vec::new(),
+    }
+}
+
+/// The sweeps of the trials one poll with `free` slots hands out, in order; the worker runs
+/// them from then on (and says so in its next polls).
+async fn poll(hub: &HubService, who: &mut Worker, free: u32) -> Vec<String> {
+    let r = hub
+        .poll_work(Request::new(pb::PollWorkRequest {
+            worker_id: who.id.clone(),
+            worker_secret: who.secret.clone(),
+            free_slots: free,
+            running: who.running.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    for t in &r.trials {
+        assert_eq!(t.attempt, 1, "a trial handed out twice: {t:?}");
+        who.running.push(pb::AttemptRef {
+            trial_id: t.trial_id.clone(),
+            attempt: t.attempt,
+        });
+    }
+    r.trials
+        .iter()
+        .map(|t| t.trial_id.split_once('/').unwrap().0.to_string())
+        .collect()
+}
+
+/// A sweep of 2 trials submitted after one of 50 gets a trial at each of the first polls, so
+/// it is done after 4 trials handed out, not after 52.
+#[tokio::test]
+async fn a_small_sweep_is_not_starved_by_a_large_one_submitted_before_it() {
+    let (hub, _dir) = server(&[sweep("large", 50, ""), sweep("small", 2, "")]).await;
+    let mut who = register(&hub).await;
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.extend(poll(&hub, &mut who, 1).await);
+    }
+    assert_eq!(got.iter().filter(|s| *s == "small").count(), 2, "{got:?}");
+    // Several free slots in one poll are shared the same way: one trial a sweep in turn.
+    let (hub, _dir) = server(&[sweep("large", 50, ""), sweep("small", 2, "")]).await;
+    let mut who = register(&hub).await;
+    let got = poll(&hub, &mut who, 4).await;
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert_eq!(got.iter().filter(|s| *s == "small").count(), 2, "{got:?}");
+}
+
+/// Sweeps of a higher priority fill every free slot first, whenever they were submitted;
+/// the lower ones get what is left.
+#[tokio::test]
+async fn a_higher_priority_goes_first_and_lower_ones_get_what_is_left() {
+    let (hub, _dir) = server(&[
+        sweep("early", 10, ""),
+        sweep("urgent", 3, "priority: 2\n"),
+        sweep("later", 10, "priority: -1\n"),
+    ])
+    .await;
+    let mut who = register(&hub).await;
+    assert_eq!(poll(&hub, &mut who, 2).await, ["urgent", "urgent"]);
+    assert_eq!(poll(&hub, &mut who, 3).await, ["urgent", "early", "early"]);
+    // Early's 8 left, then what is left of the slots to the lowest priority.
+    let rest = poll(&hub, &mut who, 10).await;
+    assert_eq!(rest[..8], ["early"; 8], "{rest:?}");
+    assert_eq!(rest[8..], ["later", "later"], "{rest:?}");
+}
+
+/// A cancelled sweep hands out nothing, and `submit --resume` takes it up again; the same
+/// sweep submitted again without it, or another under its name, is refused.
+#[tokio::test]
+async fn a_cancelled_sweep_gives_nothing_until_resumed() {
+    let (hub, _dir) = server(&[sweep("a", 3, ""), sweep("b", 3, "")]).await;
+    let mut who = register(&hub).await;
+    let cancel = pb::CancelRequest { sweep: "a".into() };
+    hub.cancel(Request::new(cancel)).await.unwrap();
+    assert_eq!(poll(&hub, &mut who, 4).await, ["b", "b", "b"]);
+    let again = hub
+        .submit(Request::new(sweep("a", 3, "")))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), tonic::Code::AlreadyExists, "{again:?}");
+    let other = hub
+        .submit(Request::new(sweep("a", 4, "")))
+        .await
+        .unwrap_err();
+    assert!(
+        other.message().contains("another sweep named `a`"),
+        "{other:?}"
+    );
+    let resume = pb::SubmitRequest {
+        resume: true,
+        ..sweep("a", 3, "")
+    };
+    hub.submit(Request::new(resume)).await.unwrap();
+    assert_eq!(poll(&hub, &mut who, 4).await, ["a", "a", "a"]);
+}
