@@ -37,6 +37,10 @@ const SEP: char = '/';
 /// The file in a sweep's directory that says it was cancelled.
 const CANCELLED: &str = ".cancelled";
 
+/// The file in a sweep's directory that says it finished: taken up at a restart, its failed
+/// trials stay failed.
+const FINISHED: &str = ".finished";
+
 /// One sweep the server holds.
 struct Entry {
     name: String,
@@ -51,15 +55,21 @@ struct Entry {
 }
 
 impl Entry {
-    fn marker(&self) -> PathBuf {
-        self.service.shared().results.dir().join(CANCELLED)
+    fn marker(&self, name: &str) -> PathBuf {
+        self.service.shared().results.dir().join(name)
     }
 
     fn status(&self) -> pb::StatusResponse {
         pb::StatusResponse {
             priority: self.priority,
+            finished: self.finished.load(Ordering::Relaxed),
             ..self.service.status_now()
         }
+    }
+
+    /// Hands out trials: neither finished nor cancelled.
+    fn active(&self) -> bool {
+        !self.finished.load(Ordering::Relaxed) && !self.service.shared().scheduler().is_cancelled()
     }
 }
 
@@ -112,39 +122,54 @@ impl Hub {
         // In the order they were submitted (their sweep.yaml was written then).
         found.sort();
         for (_, dir, file) in found {
-            let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
-            let sweep = Sweep::parse(&file.display().to_string(), &text).map_err(Error::Sweep)?;
-            if dir.file_name() != Some(std::ffi::OsStr::new(&sweep.name)) {
-                tracing::warn!(
-                    "{} holds sweep `{}`, whose directory would be {}: left alone",
-                    dir.display(),
-                    sweep.name,
-                    data.join(&sweep.name).display()
-                );
-                continue;
+            // A directory that cannot be taken up (unreadable, another version's file, held
+            // by another coordinator) is left alone: the other sweeps are served.
+            if let Err(e) = hub.take_up(data, &dir, &file) {
+                eprintln!("bnsweep: {} left alone: {e}", dir.display());
             }
-            let entry = hub.add(&sweep)?;
-            let cancelled = entry.marker().exists();
-            if cancelled {
-                entry.service.shared().scheduler().recall();
-                entry.service.shared().end_journals();
-            }
-            let p = entry.service.status_now();
-            eprintln!(
-                "bnsweep: took up sweep `{}`: {} of {} trials done{}",
-                sweep.name,
-                p.completed + p.diverged + p.failed,
-                p.total,
-                if cancelled { " (cancelled)" } else { "" }
-            );
         }
         Ok(hub)
     }
 
-    /// Opens the sweep's results directory (resuming what it holds) and serves it.
-    fn add(&self, sweep: &Sweep) -> Result<Arc<Entry>> {
+    /// Takes up the sweep of `dir` at the server's start: resumed, or left finished (its failed
+    /// trials too) or cancelled as it was.
+    fn take_up(&self, data: &Path, dir: &Path, file: &Path) -> Result<()> {
+        let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
+        let sweep = Sweep::parse(&file.display().to_string(), &text).map_err(Error::Sweep)?;
+        if dir.file_name() != Some(std::ffi::OsStr::new(&sweep.name)) {
+            return Err(Error::Refused(format!(
+                "it holds sweep `{}`, whose directory would be {}",
+                sweep.name,
+                data.join(&sweep.name).display()
+            )));
+        }
+        let entry = self.add(&sweep, dir.join(FINISHED).exists())?;
+        let cancelled = entry.marker(CANCELLED).exists();
+        if cancelled {
+            entry.service.shared().scheduler().recall();
+            entry.service.shared().end_journals();
+        }
+        let p = entry.service.status_now();
+        eprintln!(
+            "bnsweep: took up sweep `{}`: {} of {} trials done{}",
+            sweep.name,
+            p.completed + p.diverged + p.failed,
+            p.total,
+            if cancelled { " (cancelled)" } else { "" }
+        );
+        Ok(())
+    }
+
+    /// Opens the sweep's results directory (resuming what it holds; `finished`: its failed
+    /// trials stay failed) and serves it.
+    fn add(&self, sweep: &Sweep, finished: bool) -> Result<Arc<Entry>> {
         let (results, resume) = ResultsDir::open(&self.data.join(&sweep.name), sweep)?;
-        let shared = crate::server::open(sweep, results, resume, self.policy.clone(), true)?;
+        let how = crate::server::Opening {
+            policy: self.policy.clone(),
+            remote: true,
+            keep_failed: finished,
+        };
+        let shared = crate::server::open(sweep, results, resume, how)?;
         let entry = Arc::new(Entry {
             name: sweep.name.clone(),
             ids: sorted_ids(sweep),
@@ -196,6 +221,10 @@ impl Hub {
             }
             match crate::server::upkeep(e.service.shared()) {
                 Ok(u) if u.finished => {
+                    let marked = crate::results::write_atomic(&e.marker(FINISHED), b"");
+                    if let Err(err) = marked {
+                        tracing::warn!(sweep = %e.name, "{err}");
+                    }
                     e.finished.store(true, Ordering::Relaxed);
                     let p = &u.progress;
                     eprintln!(
@@ -269,7 +298,12 @@ impl Hub {
         let id = loop {
             let n = self.next_worker.fetch_add(1, Ordering::Relaxed);
             let id = format!("w{n}-{}-{}", self.run_tag, crate::scheduler::sanitize(host));
-            if id != previous && !workers.contains_key(&id) {
+            let elsewhere = || {
+                self.entries()
+                    .iter()
+                    .any(|e| e.service.shared().scheduler().has_worker(&id))
+            };
+            if id != previous && !workers.contains_key(&id) && !elsewhere() {
                 break id;
             }
         };
@@ -387,26 +421,32 @@ impl pb::coordinator_server::Coordinator for HubService {
     ) -> Result<Response<pb::PollWorkResponse>, Status> {
         let req = req.into_inner();
         let host = self.0.authenticate(&req.worker_id, &req.worker_secret)?;
-        let mut sweeps = self.0.entries();
-        // Equal priorities take turns: the list begins one sweep further on at every poll,
-        // and the (stable) sort by priority keeps that order within each priority.
-        let turn = self.0.turn.fetch_add(1, Ordering::Relaxed);
-        let n = sweeps.len().max(1);
-        sweeps.rotate_left(turn % n);
-        sweeps.sort_by_key(|e| std::cmp::Reverse(e.priority));
-        // Every sweep hears from the worker: its heartbeat there, and the attempts it runs
-        // (a finished sweep only while the worker still lists attempts of it).
+        let sweeps = self.0.entries();
+        // Every sweep that hands out trials hears from the worker: its heartbeat there, and
+        // the attempts it runs; a finished or cancelled one only while the worker still
+        // lists attempts of it.
+        let mut active = Vec::new();
         for e in &sweeps {
             let prefix = format!("{}{SEP}", e.name);
             let runs_here = req.running.iter().any(|a| a.trial_id.starts_with(&prefix));
-            if runs_here || !e.finished.load(Ordering::Relaxed) {
+            let hands_out = e.active();
+            if runs_here || hands_out {
                 self.ask(e, &req, &host, 0, &[]).await;
             }
+            if hands_out {
+                active.push(e.clone());
+            }
         }
+        // Highest priority first; within a priority, the sweeps that hand out take turns,
+        // the first of them one further on at every poll.
+        active.sort_by_key(|e| std::cmp::Reverse(e.priority));
+        let turn = self.0.turn.fetch_add(1, Ordering::Relaxed);
         let mut free = req.free_slots.min(1024);
         let mut trials = Vec::new();
-        for group in sweeps.chunk_by(|a, b| a.priority == b.priority) {
+        for group in active.chunk_by(|a, b| a.priority == b.priority) {
             let mut giving: Vec<&Arc<Entry>> = group.iter().collect();
+            let n = giving.len();
+            giving.rotate_left(turn % n);
             while free > 0 && !giving.is_empty() {
                 let mut still = Vec::new();
                 for e in giving {
@@ -477,7 +517,7 @@ impl pb::coordinator_server::Coordinator for HubService {
         }
         let e = self.0.entry(&name)?;
         let shared = e.service.shared();
-        let marked = crate::results::write_atomic(&e.marker(), b"");
+        let marked = crate::results::write_atomic(&e.marker(CANCELLED), b"");
         marked.map_err(|err| shared.refuse(err))?;
         let running = shared.scheduler().recall();
         shared.end_journals();
@@ -514,14 +554,21 @@ impl pb::coordinator_server::Coordinator for HubService {
                         sweep.name
                     )));
                 }
-                let marker = e.marker();
-                if marker.exists() {
-                    std::fs::remove_file(&marker).map_err(|err| Error::io(&marker, err))?;
+                for name in [CANCELLED, FINISHED] {
+                    let marker = e.marker(name);
+                    if marker.exists() {
+                        std::fs::remove_file(&marker).map_err(|err| Error::io(&marker, err))?;
+                    }
                 }
-                e.service.shared().scheduler().resume_cancelled();
+                let again = e.service.shared().scheduler().take_up();
+                if again > 0 {
+                    e.finished.store(false, Ordering::Relaxed);
+                    e.service.shared().touch();
+                }
+                e.stopped_said.store(false, Ordering::Relaxed);
                 return Ok(e);
             }
-            hub.add(&sweep)
+            hub.add(&sweep, false)
         })
         .await
         .map_err(|e| Status::internal(format!("submitting: {e}")))??;

@@ -13,5 +13,6 @@ pub mod scheduler;
 pub mod server;
 pub mod service;
 pub mod sweep;
+pub mod trial;
 
 pub use error::{Error, Result};

@@ -256,7 +256,7 @@ fn index(hub: &crate::hub::Hub) -> String {
             fraction: s.fraction,
             workers: s.workers.len(),
         };
-        let state = if p.finished() == p.total {
+        let state = if s.finished {
             "finished"
         } else if s.cancelled {
             "cancelled"

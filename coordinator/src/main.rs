@@ -67,8 +67,8 @@ enum Command {
         /// (otherwise refused).
         #[arg(long)]
         resume: bool,
-        /// Follow its progress until every trial is final; exit 0 when none failed, 1 when
-        /// some did.
+        /// Follow its progress until every trial is final and its files are written; exit 0
+        /// when none failed, 1 when some did, 130 when the sweep is cancelled.
         #[arg(long)]
         wait: bool,
     },
@@ -458,13 +458,21 @@ fn submit(file: &Path, remote: &Remote, resume: bool, wait: bool) -> Result<Exit
                 .map_err(call)?
                 .into_inner();
             let p = progress_of(&s);
-            if p.finished() == p.total {
+            if s.finished {
                 reporter.finish(&p);
                 return Ok(if p.failed > 0 {
                     ExitCode::FAILURE
                 } else {
                     ExitCode::SUCCESS
                 });
+            }
+            if s.cancelled && p.running == 0 {
+                reporter.finish(&p);
+                eprintln!(
+                    "bnsweep: sweep `{}` cancelled; finished trials are kept: `bnsweep submit --resume` takes it up",
+                    s.sweep
+                );
+                return Ok(ExitCode::from(130));
             }
             reporter.show(&p);
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -497,8 +505,7 @@ fn list(remote: &Remote) -> Result<ExitCode, Error> {
         "done"
     );
     for s in &sweeps.sweeps {
-        let finished = s.completed + s.diverged + s.failed;
-        let state = if finished == s.total {
+        let state = if s.finished {
             "finished"
         } else if s.cancelled {
             "cancelled"

@@ -12,122 +12,7 @@ use bnsweep_proto as pb;
 
 use crate::error::{Error, Result};
 use crate::sweep::{Sweep, Trial};
-
-/// Where a trial stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Queued,
-    Running,
-    Completed,
-    Diverged,
-    Failed,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Queued => "queued",
-            Status::Running => "running",
-            Status::Completed => "completed",
-            Status::Diverged => "diverged",
-            Status::Failed => "failed",
-        }
-    }
-
-    pub fn is_final(self) -> bool {
-        matches!(self, Status::Completed | Status::Diverged | Status::Failed)
-    }
-}
-
-/// What `trials.parquet` records of a trial besides its parameters, status and attempts.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Summary {
-    /// The worker of the last attempt.
-    pub worker: Option<String>,
-    pub device: Option<String>,
-    pub started_at: Option<SystemTime>,
-    pub ended_at: Option<SystemTime>,
-    pub final_test_acc: Option<f64>,
-    pub final_train_loss: Option<f64>,
-    pub error: Option<String>,
-}
-
-/// One trial's record: what `trials.parquet` holds about it.
-#[derive(Debug, Clone)]
-pub struct TrialRecord {
-    pub trial: Trial,
-    pub status: Status,
-    /// Attempts started so far.
-    pub attempts: u32,
-    /// Of those, attempts a stopping worker gave back (they use up no retry).
-    pub handed_back: u32,
-    pub summary: Summary,
-    /// Last training step reported by the running attempt (progress).
-    pub last_step: u64,
-    /// True once a final trial's files are on disk.
-    pub persisted: bool,
-}
-
-/// Training steps whose mean loss is a trial's `final_train_loss`.
-const FINAL_LOSS_STEPS: usize = 50;
-
-/// What the coordinator keeps of a running attempt: counts, and the few values
-/// `trials.parquet` records, never the rows themselves. Those are in the attempt's journal
-/// (appended and synced before each acknowledgement), and the trial's tables are written from
-/// there when it ends; so this does not grow with the rows an attempt sends.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Tally {
-    /// Batches taken: the next one due is numbered this.
-    pub next_seq: u64,
-    /// Rows taken, by table.
-    pub train: u64,
-    pub eval: u64,
-    pub layers: u64,
-    pub landscape: u64,
-    pub activations: u64,
-    /// The step of the last train row.
-    pub last_step: Option<u64>,
-    /// Test accuracy of the last evaluation.
-    pub last_test_acc: Option<f64>,
-    /// Losses of the last [`FINAL_LOSS_STEPS`] train rows, oldest first.
-    loss_tail: VecDeque<f64>,
-}
-
-impl Tally {
-    /// Counts the next batch in.
-    pub fn take(&mut self, batch: &pb::MetricsBatch) {
-        self.next_seq += 1;
-        self.train += batch.train.len() as u64;
-        self.eval += batch.eval.len() as u64;
-        self.layers += batch.layers.len() as u64;
-        self.landscape += batch.landscape.len() as u64;
-        self.activations += batch.activations.len() as u64;
-        if let Some(r) = batch.train.last() {
-            self.last_step = Some(r.step);
-        }
-        if let Some(e) = batch.eval.last() {
-            self.last_test_acc = Some(e.test_acc);
-        }
-        let tail = &batch.train[batch.train.len().saturating_sub(FINAL_LOSS_STEPS)..];
-        for r in tail {
-            if self.loss_tail.len() == FINAL_LOSS_STEPS {
-                self.loss_tail.pop_front();
-            }
-            self.loss_tail.push_back(r.loss);
-        }
-    }
-
-    /// Mean training loss over the last 50 steps (fewer if the attempt had fewer).
-    pub fn final_train_loss(&self) -> Option<f64> {
-        let n = self.loss_tail.len();
-        (n > 0).then(|| self.loss_tail.iter().sum::<f64>() / n as f64)
-    }
-
-    /// Bytes this takes in memory, its own and on the heap.
-    pub fn bytes(&self) -> usize {
-        std::mem::size_of::<Tally>() + self.loss_tail.capacity() * std::mem::size_of::<f64>()
-    }
-}
+use crate::trial::{Status, Summary, Tally, TrialRecord};
 
 /// A trial that has just ended: what it sent, counted, to be written from its journal before
 /// it counts as done.
@@ -276,12 +161,14 @@ impl Scheduler {
 
     /// Takes over what an earlier run of the same sweep finished: completed and diverged
     /// trials whose files `has_files` finds are not run again; every other trial is queued,
-    /// its attempts counted on. Failed trials run again (their cause may be fixed by now).
+    /// its attempts counted on. Failed trials run again (their cause may be fixed by now),
+    /// unless `keep_failed` (a finished sweep of a `bnsweep server` taken up at its restart).
     /// Returns how many trials were taken over.
     pub fn resume(
         &mut self,
-        priors: &[crate::results::Prior],
-        has_files: impl Fn(&Trial, &str) -> bool,
+        priors: &[crate::trial::Prior],
+        keep_failed: bool,
+        has_files: impl Fn(&Trial, Status) -> bool,
     ) -> usize {
         let mut restored = 0;
         for p in priors {
@@ -290,12 +177,12 @@ impl Scheduler {
             };
             let r = &mut self.records[i];
             r.attempts = p.attempts;
-            let status = match p.status.as_str() {
-                "completed" => Status::Completed,
-                "diverged" => Status::Diverged,
+            let status = match p.status {
+                Some(s @ (Status::Completed | Status::Diverged)) => s,
+                Some(Status::Failed) if keep_failed => Status::Failed,
                 _ => continue,
             };
-            if !has_files(&r.trial, &p.status) {
+            if status != Status::Failed && !has_files(&r.trial, status) {
                 continue;
             }
             r.status = status;
@@ -372,11 +259,12 @@ impl Scheduler {
         }
     }
 
-    /// Whether `worker_id` is registered here with `secret` (or with none recorded).
+    /// Whether `worker_id` is registered here with `secret` (a record without a secret,
+    /// from an old journal, never matches).
     pub fn knows(&self, worker_id: &str, secret: &str) -> bool {
         self.workers
             .get(worker_id)
-            .is_some_and(|w| w.secret.is_empty() || crate::service::same_secret(&w.secret, secret))
+            .is_some_and(|w| !w.secret.is_empty() && crate::service::same_secret(&w.secret, secret))
     }
 
     /// Checks that a call naming `worker_id` carries its secret. An unknown id passes here
@@ -528,9 +416,26 @@ impl Scheduler {
         running.len()
     }
 
-    /// Takes up a cancelled sweep again: its queued trials go out once more.
-    pub fn resume_cancelled(&mut self) {
+    /// Takes up a cancelled or finished sweep again: its queued trials go out once more, and
+    /// so do its failed ones (their cause may be fixed by now). Returns how many failed
+    /// trials were queued again.
+    pub fn take_up(&mut self) -> usize {
         self.cancelled = false;
+        let failed: Vec<usize> = (0..self.records.len())
+            .filter(|&i| self.records[i].status == Status::Failed)
+            .collect();
+        for &i in &failed {
+            let r = &mut self.records[i];
+            r.status = Status::Queued;
+            r.persisted = false;
+            self.queue.push_back(i);
+        }
+        failed.len()
+    }
+
+    /// Whether a worker of this id is registered here, whatever its secret.
+    pub fn has_worker(&self, worker_id: &str) -> bool {
+        self.workers.contains_key(worker_id)
     }
 
     /// Set by `bnsweep cancel`: the sweep drains.
@@ -1254,7 +1159,7 @@ mod tests {
         // Nothing goes out while cancelled; resumed, every trial does, in the old order,
         // and a recalled trial still has all its retries.
         assert!(s.poll(&w, 3, &[], now).unwrap().stop);
-        s.resume_cancelled();
+        s.take_up();
         let again = s.poll(&w, 3, &[], now).unwrap();
         let ids: Vec<&str> = again.trials.iter().map(|t| t.trial_id.as_str()).collect();
         assert_eq!(

@@ -175,7 +175,12 @@ pub async fn run_sweep(
     let grace = policy.poll_interval * 4;
     // The health port first, NOT_SERVING until the sweep is resumed and served.
     let (health, health_stop_tx) = Health::start(access.health).await;
-    let shared = open(sweep, results, resume, policy, local.is_empty())?;
+    let how = Opening {
+        policy,
+        remote: local.is_empty(),
+        keep_failed: false,
+    };
+    let shared = open(sweep, results, resume, how)?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (live_tx, live_rx) = tokio::sync::oneshot::channel::<()>();
     if let Some(listener) = access.live {
@@ -289,24 +294,39 @@ pub fn spawn_grpc<S: pb::coordinator_server::Coordinator>(
 /// The task of a gRPC server.
 pub type ServerTask = tokio::task::JoinHandle<Result<(), tonic::transport::Error>>;
 
+/// How [`open`] takes a sweep up.
+pub struct Opening {
+    pub policy: Policy,
+    /// Running attempts may re-attach: their workers are elsewhere. Local workers died with
+    /// the coordinator that started them (`bnsweep run`), so their trials are queued at once.
+    pub remote: bool,
+    /// Failed trials stay failed (a finished sweep of a `bnsweep server`); otherwise they run
+    /// again.
+    pub keep_failed: bool,
+}
+
 /// A sweep's state, made from its results directory: what an earlier run finished is taken
-/// over, and running attempts whose journals survive are re-attached (when `remote`: local
-/// workers died with the coordinator that started them, so their trials are queued at once).
+/// over, and running attempts whose journals survive are re-attached.
 pub fn open(
     sweep: &Sweep,
     results: ResultsDir,
     resume: crate::results::Resume,
-    policy: Policy,
-    remote: bool,
+    how: Opening,
 ) -> Result<Arc<Shared>> {
+    let Opening {
+        policy,
+        remote,
+        keep_failed,
+    } = how;
     let mut scheduler = Scheduler::new(sweep, policy);
-    let restored = scheduler.resume(&resume.priors, |trial, status| {
+    let restored = scheduler.resume(&resume.priors, keep_failed, |trial, status| {
         match results.check_trial_files(trial, status, sweep.measure.as_ref()) {
             Ok(()) => true,
             Err(why) => {
                 eprintln!(
-                    "bnsweep: trial {} is recorded {status}, but {why}: running it again",
-                    trial.id
+                    "bnsweep: trial {} is recorded {}, but {why}: running it again",
+                    trial.id,
+                    status.as_str()
                 );
                 false
             }

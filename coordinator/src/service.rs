@@ -287,6 +287,7 @@ impl CoordinatorService {
             dir: self.shared.results.dir().display().to_string(),
             cancelled: s.is_cancelled(),
             priority: 0,
+            finished: s.is_done(),
         }
     }
 }

@@ -69,7 +69,8 @@ async fn poll(hub: &HubService, who: &mut Worker, free: u32) -> Vec<String> {
         .unwrap()
         .into_inner();
     for t in &r.trials {
-        assert_eq!(t.attempt, 1, "a trial handed out twice: {t:?}");
+        let again = who.running.iter().any(|a| a.trial_id == t.trial_id);
+        assert!(!again, "a trial handed out while it runs: {t:?}");
         who.running.push(pb::AttemptRef {
             trial_id: t.trial_id.clone(),
             attempt: t.attempt,
@@ -147,4 +148,72 @@ async fn a_cancelled_sweep_gives_nothing_until_resumed() {
     };
     hub.submit(Request::new(resume)).await.unwrap();
     assert_eq!(poll(&hub, &mut who, 4).await, ["a", "a", "a"]);
+}
+
+/// Sweeps that hand out nothing (cancelled here; finished alike) take no turn: two sweeps of
+/// equal priority share the slots evenly however many idle sweeps sit before them.
+#[tokio::test]
+async fn idle_sweeps_take_no_turn_from_the_ones_that_hand_out() {
+    let (hub, _dir) = server(&[
+        sweep("c1", 2, ""),
+        sweep("c2", 2, ""),
+        sweep("c3", 2, ""),
+        sweep("a", 20, ""),
+        sweep("b", 20, ""),
+    ])
+    .await;
+    for name in ["c1", "c2", "c3"] {
+        let cancel = pb::CancelRequest { sweep: name.into() };
+        hub.cancel(Request::new(cancel)).await.unwrap();
+    }
+    let mut who = register(&hub).await;
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        got.extend(poll(&hub, &mut who, 1).await);
+    }
+    assert_eq!(got.iter().filter(|s| *s == "a").count(), 5, "{got:?}");
+    assert_eq!(got.iter().filter(|s| *s == "b").count(), 5, "{got:?}");
+}
+
+/// A finished sweep taken up again at the server's restart stays finished, its failed trial
+/// too; `submit --resume` runs that trial again.
+#[tokio::test]
+async fn a_finished_sweep_stays_finished_across_a_restart_until_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let hub = Hub::open(dir.path(), Policy::default()).unwrap();
+        let service = HubService(hub.clone());
+        service
+            .submit(Request::new(sweep("f", 1, "")))
+            .await
+            .unwrap();
+        let mut who = register(&service).await;
+        assert_eq!(poll(&service, &mut who, 1).await, ["f"]);
+        let outcome = pb::TrialOutcome {
+            worker_id: who.id.clone(),
+            worker_secret: who.secret.clone(),
+            trial_id: who.running[0].trial_id.clone(),
+            attempt: 1,
+            status: pb::TrialStatus::Failed as i32,
+            error: "the data is not there".into(),
+            ..Default::default()
+        };
+        service.finish_trial(Request::new(outcome)).await.unwrap();
+        hub.upkeep();
+        let s = &hub.statuses()[0];
+        assert!(s.finished && s.failed == 1, "{s:?}");
+    }
+    let hub = Hub::open(dir.path(), Policy::default()).unwrap();
+    hub.upkeep();
+    let s = &hub.statuses()[0];
+    assert!(s.finished && s.failed == 1 && s.queued == 0, "{s:?}");
+    let service = HubService(hub.clone());
+    let mut who = register(&service).await;
+    assert!(poll(&service, &mut who, 1).await.is_empty());
+    let resume = pb::SubmitRequest {
+        resume: true,
+        ..sweep("f", 1, "")
+    };
+    service.submit(Request::new(resume)).await.unwrap();
+    assert_eq!(poll(&service, &mut who, 1).await, ["f"]);
 }

@@ -814,8 +814,8 @@ mod tests {
     #[test]
     fn findings_are_read_from_a_results_directory() {
         use crate::results::ResultsDir;
-        use crate::scheduler::{Status, Summary, Tally, TrialRecord};
         use crate::sweep::Sweep;
+        use crate::trial::{Status, Summary, Tally, TrialRecord};
         use bnsweep_proto as pb;
         use findings::Verdict::*;
 

@@ -36,7 +36,7 @@ use bnsweep_proto as pb;
 use prost::Message;
 
 use crate::error::{Error, Result};
-use crate::scheduler::Tally;
+use crate::trial::Tally;
 
 /// Largest record accepted when reading back (a metric batch is at most 64 MiB on the wire).
 const MAX_RECORD: usize = 64 * 1024 * 1024;

@@ -24,11 +24,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bnsweep_proto as pb;
 
 use crate::error::{Error, Result};
-use crate::scheduler::{Summary, Tally, TrialRecord};
 use crate::sweep::Sweep;
+use crate::trial::{Prior, Status, Summary, Tally, TrialRecord};
 use journal::{Journal, Restored};
 
-pub use tables::{read_row_count, ParamColumn, Prior};
+pub use tables::{read_row_count, ParamColumn};
 
 /// What a results directory holds, as seen by a sweep about to use it.
 pub enum Holding {
@@ -219,7 +219,7 @@ impl ResultsDir {
     pub fn check_trial_files(
         &self,
         trial: &crate::sweep::Trial,
-        status: &str,
+        status: Status,
         measure: Option<&crate::sweep::measure::MeasureConfig>,
     ) -> std::result::Result<(), String> {
         let rows = |kind: &str| -> std::result::Result<Option<i64>, String> {
@@ -232,7 +232,7 @@ impl ResultsDir {
         let train = rows("train")?.ok_or("its train table is missing")?;
         let eval = rows("eval")?.ok_or("its eval table is missing")?;
         let measured = measure.filter(|m| {
-            status == "completed"
+            status == Status::Completed
                 && m.every > 0
                 && trial.config.steps >= m.every
                 && (m.ics || m.weights || m.landscape.is_some() || m.activations.is_some())
@@ -251,10 +251,10 @@ impl ResultsDir {
         }
         let steps = trial.config.steps as i64;
         match status {
-            "completed" if train != steps => Err(format!(
+            Status::Completed if train != steps => Err(format!(
                 "its train table has {train} rows for {steps} steps"
             )),
-            "completed" if eval < 1 => Err("its eval table is empty".into()),
+            Status::Completed if eval < 1 => Err("its eval table is empty".into()),
             _ if train < 1 => Err("its train table is empty".into()),
             _ => Ok(()),
         }
@@ -564,7 +564,7 @@ fn prior_of(e: pb::TrialEnded) -> Prior {
     let text = |s: String| (!s.is_empty()).then_some(s);
     Prior {
         trial_id: e.trial_id,
-        status: e.status,
+        status: Status::parse(&e.status),
         attempts: e.attempts,
         summary: Summary {
             worker: text(e.worker),
@@ -731,7 +731,7 @@ mod tests {
         }
         let record = TrialRecord {
             trial: trial.clone(),
-            status: crate::scheduler::Status::Completed,
+            status: crate::trial::Status::Completed,
             attempts: 1,
             handed_back: 0,
             summary: Summary::default(),
@@ -793,11 +793,11 @@ mod tests {
         // A power loss left trials.parquet cut short.
         fs::write(out.join("trials.parquet"), b"PAR1 and nothing after").unwrap();
         let (_, resume) = ResultsDir::open(&out, &sweep).unwrap();
-        let priors: Vec<(&str, &str)> = resume
+        let priors: Vec<(&str, Option<Status>)> = resume
             .priors
             .iter()
-            .map(|p| (p.trial_id.as_str(), p.status.as_str()))
+            .map(|p| (p.trial_id.as_str(), p.status))
             .collect();
-        assert_eq!(priors, [(id.as_str(), "completed")]);
+        assert_eq!(priors, [(id.as_str(), Some(Status::Completed))]);
     }
 }

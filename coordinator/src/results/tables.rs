@@ -17,9 +17,9 @@ use parquet::file::properties::WriterProperties;
 use bnsweep_proto as pb;
 
 use crate::error::{Error, Result};
-use crate::scheduler::{Summary, TrialRecord};
 use crate::sweep::config::Kind;
 use crate::sweep::{ParamValue, Sweep};
+use crate::trial::{Prior, Status, Summary, TrialRecord};
 
 /// A swept parameter as a column: its name in the results, its type, its field path.
 #[derive(Debug, Clone)]
@@ -579,15 +579,6 @@ fn parquet_error(path: &Path, source: parquet::errors::ParquetError) -> Error {
     }
 }
 
-/// A trial as an earlier run of the same sweep left it in `trials.parquet`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Prior {
-    pub trial_id: String,
-    pub status: String,
-    pub attempts: u32,
-    pub summary: Summary,
-}
-
 /// Reads `trials.parquet` back.
 pub fn read_trials(path: &Path) -> Result<Vec<Prior>> {
     use arrow_array::{Array, Int64Array as I64};
@@ -655,7 +646,7 @@ pub fn read_trials(path: &Path) -> Result<Vec<Prior>> {
         for i in 0..batch.num_rows() {
             out.push(Prior {
                 trial_id: ids.value(i).to_string(),
-                status: status.value(i).to_string(),
+                status: Status::parse(status.value(i)),
                 attempts: attempts.value(i).clamp(0, i64::from(u32::MAX)) as u32,
                 summary: Summary {
                     worker: opt_str(&worker, i),
