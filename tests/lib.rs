@@ -418,8 +418,8 @@ pub fn worker_command(url: &str, extra: &[&str]) -> Command {
 /// every open one and refusing new ones) and restore, as a flaky network would.
 pub struct Proxy {
     pub addr: String,
-    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    open: Arc<Mutex<Vec<std::net::TcpStream>>>,
 }
 
 impl Proxy {
@@ -429,8 +429,8 @@ impl Proxy {
         use std::sync::atomic::Ordering;
         let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
         let addr = listener.local_addr().unwrap().to_string();
-        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open = Arc::new(Mutex::new(Vec::new()));
         let (c, o, up) = (cut.clone(), open.clone(), upstream.to_string());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {

@@ -504,6 +504,7 @@ impl pb::coordinator_server::Coordinator for HubService {
         Ok(Response::new(self.0.entry(&name)?.status()))
     }
 
+    #[tracing::instrument(name = "cancel", skip_all, fields(sweep = %req.get_ref().sweep))]
     async fn cancel(
         &self,
         req: Request<pb::CancelRequest>,
@@ -528,6 +529,7 @@ impl pb::coordinator_server::Coordinator for HubService {
         }))
     }
 
+    #[tracing::instrument(name = "submit", skip_all, fields(file = %req.get_ref().file_name))]
     async fn submit(
         &self,
         req: Request<pb::SubmitRequest>,

@@ -173,7 +173,7 @@ fn allowed(live: &Live, headers: &HeaderMap) -> bool {
 /// POST /login: the right token sets the session cookie and goes to the page.
 async fn login(
     State(live): State<Arc<Live>>,
-    Form(form): Form<std::collections::HashMap<String, String>>,
+    Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     let sent = form.get("token").map(|t| t.trim()).unwrap_or_default();
     let right = live

@@ -205,14 +205,7 @@ struct Net {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BNSWEEP_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    bnsweep_proto::process::init_logging("warn");
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate { file } => validate(&file),
@@ -588,7 +581,7 @@ fn server_cmd(args: ServerArgs) -> Result<ExitCode, Error> {
                 r.map_err(Error::ServerTask)??;
                 Ok(ExitCode::SUCCESS)
             }
-            _ = server::stop_signal() => {
+            _ = bnsweep_proto::process::stop_signal() => {
                 upkeep.abort();
                 Err(Error::Interrupted)
             }

@@ -413,20 +413,11 @@ pub fn upkeep(shared: &Shared) -> Result<Upkeep> {
     })
 }
 
-/// Ctrl-C or SIGTERM.
-pub async fn stop_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-    }
-}
-
 async fn watch(shared: &Arc<Shared>, local: &mut [Child], health: &Health) -> Result<Progress> {
     let mut draining = false;
     let mut reporter = Reporter::default();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let stop = stop_signal();
+    let stop = pb::process::stop_signal();
     tokio::pin!(stop);
     loop {
         tokio::select! {

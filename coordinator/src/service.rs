@@ -314,6 +314,7 @@ fn check_id(name: &str, id: &str) -> Result<()> {
 
 #[tonic::async_trait]
 impl pb::coordinator_server::Coordinator for CoordinatorService {
+    #[tracing::instrument(name = "register", skip_all, fields(host = %req.get_ref().host))]
     async fn register(
         &self,
         req: Request<pb::RegisterRequest>,
@@ -350,6 +351,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         }))
     }
 
+    #[tracing::instrument(name = "poll", skip_all, fields(sweep = %self.sweep, worker = %req.get_ref().worker_id))]
     async fn poll_work(
         &self,
         req: Request<pb::PollWorkRequest>,
@@ -410,6 +412,12 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         Ok(Response::new(resp))
     }
 
+    #[tracing::instrument(name = "metrics", skip_all, fields(
+        sweep = %self.sweep,
+        trial = %req.get_ref().trial_id,
+        attempt = req.get_ref().attempt,
+        seq = req.get_ref().seq,
+    ))]
     async fn report_metrics(
         &self,
         req: Request<pb::MetricsBatch>,
@@ -475,6 +483,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         }))
     }
 
+    #[tracing::instrument(name = "cancel", skip_all, fields(sweep = %self.sweep))]
     async fn cancel(
         &self,
         req: Request<pb::CancelRequest>,
@@ -490,6 +499,11 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         }))
     }
 
+    #[tracing::instrument(name = "finish", skip_all, fields(
+        sweep = %self.sweep,
+        trial = %req.get_ref().trial_id,
+        attempt = req.get_ref().attempt,
+    ))]
     async fn finish_trial(
         &self,
         req: Request<pb::TrialOutcome>,

@@ -134,7 +134,7 @@ impl Tally {
 
     /// Bytes this takes in memory, its own and on the heap.
     pub fn bytes(&self) -> usize {
-        std::mem::size_of::<Tally>() + self.loss_tail.capacity() * std::mem::size_of::<f64>()
+        size_of::<Tally>() + self.loss_tail.capacity() * size_of::<f64>()
     }
 }
 

@@ -1,8 +1,8 @@
 //! The gRPC contract between the bnsweep coordinator and its workers (`bnsweep.proto`).
 
-#![allow(clippy::all, clippy::pedantic)]
-
-/// Generated messages and the `Coordinator` service (client and server).
+/// Generated messages and the `Coordinator` service (client and server); the lints are the
+/// generator's business, not this crate's.
+#[allow(clippy::all, clippy::pedantic, rust_2018_idioms, unused_qualifications)]
 pub mod v1 {
     tonic::include_proto!("bnsweep.v1");
 }
@@ -17,6 +17,8 @@ pub const PROTOCOL_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Metadata of an UNAVAILABLE answer from a coordinator that is up but cannot write its
 /// results yet (a full disk): workers retry without counting the wait against their patience.
 pub const WAITING_ON_DISK: &str = "bnsweep-waiting-on-disk";
+
+pub mod process;
 
 pub mod auth {
     /// The metadata key.

@@ -830,7 +830,7 @@ fn workers_find_a_moving_coordinator_through_its_address_file() {
     let address = dir.path().join("coordinator.addr");
     // The worker first: it waits for the coordinator's address file.
     let mut worker = Running::logged(
-        Command::new(bnsweep_e2e::bin("bnsweep-worker"))
+        Command::new(bin("bnsweep-worker"))
             .args(["--device", "cpu", "--threads", "1", "--patience", "60"])
             .arg("--coordinator-file")
             .arg(&address)
@@ -924,7 +924,7 @@ fn the_health_port_answers_probes_without_the_token() {
     );
     // Cancelled mid-trial.
     worker.wait_to_say("starting on cpu", Duration::from_secs(120));
-    let cancel = run(Command::new(bnsweep_e2e::bin("bnsweep"))
+    let cancel = run(Command::new(bin("bnsweep"))
         .args(["cancel", "--coordinator", &url, "--token-file"])
         .arg(dir.path().join("token")));
     assert!(cancel.ok(), "{cancel:?}");

@@ -90,7 +90,7 @@ impl Placement {
 }
 
 /// Resolves the request on this machine.
-pub fn resolve(req: &Request) -> Result<Placement> {
+pub fn resolve(req: &Request<'_>) -> Result<Placement> {
     let devices = devices(req.device, req.gpus)?;
     let cuda = devices[0].is_cuda();
     if req.mps == MpsMode::On && !cuda {
@@ -105,7 +105,7 @@ pub fn resolve(req: &Request) -> Result<Placement> {
         // directory and are its clients; a private daemon beside it would not start.
         tracing::info!(
             "using this machine's MPS daemon ({}): slots share each GPU",
-            std::path::Path::new(dir).display()
+            Path::new(dir).display()
         );
         None
     } else if cuda && sharing && req.mps != MpsMode::Off {

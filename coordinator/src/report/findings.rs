@@ -941,7 +941,7 @@ fn bn_vs_no_bn(
     d: &mut Draft,
     trials: &[TrialSummary],
     keep: &dyn Fn(&TrialSummary) -> bool,
-    quantities: &[Quantity],
+    quantities: &[Quantity<'_>],
     extra: &dyn Fn(&[&TrialSummary]) -> Vec<String>,
 ) {
     for (panel, all) in by_key(trials, |t| &t.panel) {

@@ -939,7 +939,7 @@ mod tests {
         }
         out.write_trials(&records).unwrap();
 
-        let r = build(&data::Results::open(dir.path()).unwrap()).unwrap();
+        let r = build(&Results::open(dir.path()).unwrap()).unwrap();
         let verdicts: Vec<(&str, findings::Verdict)> =
             r.findings.iter().map(|f| (f.key, f.verdict)).collect();
         assert_eq!(

@@ -731,7 +731,7 @@ mod tests {
         }
         let record = TrialRecord {
             trial: trial.clone(),
-            status: crate::trial::Status::Completed,
+            status: Status::Completed,
             attempts: 1,
             handed_back: 0,
             summary: Summary::default(),

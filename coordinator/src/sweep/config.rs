@@ -463,7 +463,7 @@ impl TrialConfig {
 }
 
 /// The rules that tie fields together, once each field is read and checked on its own.
-fn check_across(c: &TrialConfig, r: &mut Reader) {
+fn check_across(c: &TrialConfig, r: &mut Reader<'_>) {
     if c.dataset.name == "mnist" {
         if c.model.name != "mlp" {
             // On the model when the file names one, else on the dataset.

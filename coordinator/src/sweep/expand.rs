@@ -31,7 +31,7 @@ type Assignment = Vec<(&'static str, ParamValue, Origin)>;
 
 /// Expands the file into trials in dispatch order (parameter combinations outer, seeds inner),
 /// plus warnings. Problems go to `diags`; each is reported once however many trials share it.
-pub fn expand(file: &SweepFile, diags: &mut Vec<Diagnostic>) -> (Vec<super::Trial>, Vec<String>) {
+pub fn expand(file: &SweepFile, diags: &mut Vec<Diagnostic>) -> (Vec<Trial>, Vec<String>) {
     let mut warnings = Vec::new();
     // Counted from the axes' lengths before anything is built: a file that asks for more than
     // it may is refused in microseconds, whatever its size.

@@ -443,7 +443,7 @@ impl Poll {
 /// (running trials are handed back), the drain signal drains it.
 fn watch_for_the_end(cfg: &Config, ctx: &Context, wake: &Arc<Notify>) -> Result<()> {
     raise_when(
-        stop_signal(),
+        pb::process::stop_signal(),
         &ctx.shutdown,
         wake,
         "stopping: giving running trials back to the coordinator",
@@ -493,22 +493,6 @@ fn raise_when(
         flag.store(true, Ordering::SeqCst);
         wake.notify_one();
     });
-}
-
-/// Ctrl-C or SIGTERM.
-async fn stop_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                term.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
 }
 
 /// A wait as people say it: 95 s, 12 min, 3.5 h.

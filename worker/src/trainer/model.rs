@@ -220,7 +220,7 @@ impl Init {
 
 /// BatchNorm as the nets use it. Weights are drawn afterwards by `Model::new`; BatchNorm
 /// starts at scale 1, shift 0.
-fn bn_config(arch: &Arch) -> nn::BatchNormConfig {
+fn bn_config(arch: &Arch<'_>) -> nn::BatchNormConfig {
     nn::BatchNormConfig {
         momentum: arch.bn_momentum,
         ws_init: nn::Init::Const(1.0),
@@ -231,7 +231,7 @@ fn bn_config(arch: &Arch) -> nn::BatchNormConfig {
 
 impl Net {
     /// Builds the architecture with its weights under `vs`; `None` for an unknown name.
-    pub fn new(vs: &nn::Path, arch: &Arch) -> Option<Net> {
+    pub fn new(vs: &nn::Path<'_>, arch: &Arch<'_>) -> Option<Net> {
         let stack = match arch.name {
             "vgg8" | "vgg11" => VGG8,
             "vgg10" | "vgg13" => VGG13,
@@ -264,7 +264,7 @@ impl Net {
 
     /// Appends the convolutions of `stack` (`None`: a max-pool), each with its BatchNorm if
     /// the net has them; returns the channels of the last.
-    fn convs(&mut self, vs: &nn::Path, arch: &Arch, stack: &[Option<i64>]) -> i64 {
+    fn convs(&mut self, vs: &nn::Path<'_>, arch: &Arch<'_>, stack: &[Option<i64>]) -> i64 {
         let mut channels = arch.input[0];
         for entry in stack {
             match entry {
@@ -299,8 +299,8 @@ impl Net {
     /// Appends a fully connected layer, `normed` by BatchNorm if the net has it.
     fn dense(
         &mut self,
-        vs: &nn::Path,
-        arch: &Arch,
+        vs: &nn::Path<'_>,
+        arch: &Arch<'_>,
         inputs: i64,
         outputs: i64,
         normed: bool,
@@ -484,7 +484,7 @@ impl Model {
     /// and bias from a key of their own (the seed, the layer's index, which of the two), on
     /// the CPU, then moved to `device`. So the same seed gives the same weights on every
     /// device, and BatchNorm on or off changes no weight the two nets share.
-    pub fn new(arch: &Arch, seed: u64, device: Device) -> Option<Model> {
+    pub fn new(arch: &Arch<'_>, seed: u64, device: Device) -> Option<Model> {
         let vs = nn::VarStore::new(device);
         let net = Net::new(&vs.root(), arch)?;
         tch::no_grad(|| {

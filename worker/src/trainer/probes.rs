@@ -231,7 +231,7 @@ mod tests {
     fn landscape_matches_the_closed_form_of_a_linear_model() {
         let (n, d) = (50, 4);
         // Under the trials' generator lock: never between another test's seed and its draw.
-        let (x, y, w) = crate::trainer::rng::seeded(1, 0, 0, || {
+        let (x, y, w) = rng::seeded(1, 0, 0, || {
             (
                 Tensor::randn([n, d], F64),
                 Tensor::randn([n, 1], F64),
@@ -267,7 +267,7 @@ mod tests {
     #[test]
     fn ics_matches_the_closed_form_of_a_deep_linear_net() {
         let n = 40.0;
-        let (x, y, a, b) = crate::trainer::rng::seeded(2, 0, 0, || {
+        let (x, y, a, b) = rng::seeded(2, 0, 0, || {
             (
                 Tensor::randn([40, 5], F64),
                 Tensor::randn([40, 2], F64),
