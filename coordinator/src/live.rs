@@ -246,23 +246,8 @@ fn index(hub: &crate::hub::Hub) -> String {
     use std::fmt::Write;
     let mut rows = String::new();
     for s in hub.statuses() {
-        let p = crate::scheduler::Progress {
-            total: s.total as usize,
-            queued: s.queued as usize,
-            running: s.running as usize,
-            completed: s.completed as usize,
-            diverged: s.diverged as usize,
-            failed: s.failed as usize,
-            fraction: s.fraction,
-            workers: s.workers.len(),
-        };
-        let state = if s.finished {
-            "finished"
-        } else if s.cancelled {
-            "cancelled"
-        } else {
-            "running"
-        };
+        let p = crate::progress::of_status(&s);
+        let state = crate::progress::state(&s);
         let name = report::svg::esc(&s.sweep);
         let _ = write!(
             rows,

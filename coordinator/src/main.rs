@@ -384,7 +384,7 @@ fn status(remote: &Remote, sweep: String) -> Result<ExitCode, Error> {
             .map(tonic::Response::into_inner)
             .map_err(|s| answer_of(url, s))
     })?;
-    let p = progress_of(&s);
+    let p = bnsweep::progress::of_status(&s);
     println!("sweep `{}`", s.sweep);
     println!(
         "{}",
@@ -403,19 +403,6 @@ fn status(remote: &Remote, sweep: String) -> Result<ExitCode, Error> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn progress_of(s: &bnsweep_proto::StatusResponse) -> bnsweep::scheduler::Progress {
-    bnsweep::scheduler::Progress {
-        total: s.total as usize,
-        queued: s.queued as usize,
-        running: s.running as usize,
-        completed: s.completed as usize,
-        diverged: s.diverged as usize,
-        failed: s.failed as usize,
-        fraction: s.fraction,
-        workers: s.workers.len(),
-    }
 }
 
 /// `bnsweep submit`.
@@ -450,7 +437,7 @@ fn submit(file: &Path, remote: &Remote, resume: bool, wait: bool) -> Result<Exit
                 .await
                 .map_err(call)?
                 .into_inner();
-            let p = progress_of(&s);
+            let p = bnsweep::progress::of_status(&s);
             if s.finished {
                 reporter.finish(&p);
                 return Ok(if p.failed > 0 {
@@ -498,15 +485,7 @@ fn list(remote: &Remote) -> Result<ExitCode, Error> {
         "done"
     );
     for s in &sweeps.sweeps {
-        let state = if s.finished {
-            "finished"
-        } else if s.cancelled {
-            "cancelled"
-        } else if s.running > 0 {
-            "running"
-        } else {
-            "queued"
-        };
+        let state = bnsweep::progress::state(s);
         println!(
             "{:<24} {:<9} {:>8} {:>7} {:>7} {:>7} {:>9} {:>8} {:>6} {:>5.0}%  {}",
             s.sweep,

@@ -94,3 +94,31 @@ impl Reporter {
         }
     }
 }
+
+/// The progress a coordinator reports in its answer to `Status`.
+pub fn of_status(s: &bnsweep_proto::StatusResponse) -> Progress {
+    Progress {
+        total: s.total as usize,
+        queued: s.queued as usize,
+        running: s.running as usize,
+        completed: s.completed as usize,
+        diverged: s.diverged as usize,
+        failed: s.failed as usize,
+        fraction: s.fraction,
+        workers: s.workers.len(),
+    }
+}
+
+/// A sweep's state in a word, from its `Status`: `finished`, `cancelled`, `running` (trials
+/// running) or `queued`.
+pub fn state(s: &bnsweep_proto::StatusResponse) -> &'static str {
+    if s.finished {
+        "finished"
+    } else if s.cancelled {
+        "cancelled"
+    } else if s.running > 0 {
+        "running"
+    } else {
+        "queued"
+    }
+}
