@@ -1,5 +1,12 @@
 //! bnsweep's coordinator: sweep files, scheduling trials onto workers over gRPC, and writing
 //! the results as Parquet. It does not link libtorch; workers (`bnsweep-worker`) train.
+//!
+//! A newcomer's map: `sweep` reads sweep files into trials; `trial` is the vocabulary of a
+//! trial's state; `scheduler` changes that state (queue, leases, outcomes) with no I/O;
+//! `results` writes and reads the results directory (journal, Parquet); `service` is one
+//! sweep's gRPC handlers over both; `server` runs a sweep on a socket (`bnsweep serve`,
+//! `bnsweep run`); `hub` holds many sweeps behind one service (`bnsweep server`); `live` and
+//! `report` show the results; `progress` and `connections` are small helpers.
 
 pub mod connections;
 pub mod error;

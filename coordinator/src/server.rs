@@ -1,5 +1,7 @@
 //! Running a sweep: the gRPC server on a socket, the clock that finds lost workers, the
-//! progress display, and the end of the sweep.
+//! progress display, and the end of the sweep. The pieces a sweep needs wherever it is
+//! served (`open`, `upkeep`, `spawn_grpc`, `Health`) are public: `bnsweep server`
+//! (`crate::hub`) serves its sweeps with them.
 
 use std::net::SocketAddr;
 use std::path::Path;
