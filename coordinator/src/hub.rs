@@ -56,7 +56,7 @@ struct Entry {
 
 impl Entry {
     fn marker(&self, name: &str) -> PathBuf {
-        self.service.shared().results.dir().join(name)
+        self.service.served().results.dir().join(name)
     }
 
     fn status(&self) -> pb::StatusResponse {
@@ -69,7 +69,7 @@ impl Entry {
 
     /// Hands out trials: neither finished nor cancelled.
     fn active(&self) -> bool {
-        !self.finished.load(Ordering::Relaxed) && !self.service.shared().scheduler().is_cancelled()
+        !self.finished.load(Ordering::Relaxed) && !self.service.served().scheduler().is_cancelled()
     }
 }
 
@@ -146,8 +146,8 @@ impl Hub {
         let entry = self.add(&sweep, dir.join(FINISHED).exists())?;
         let cancelled = entry.marker(CANCELLED).exists();
         if cancelled {
-            entry.service.shared().scheduler().recall();
-            entry.service.shared().end_journals();
+            entry.service.served().scheduler().recall();
+            entry.service.served().end_journals();
         }
         let p = entry.service.status_now();
         eprintln!(
@@ -207,9 +207,9 @@ impl Hub {
     }
 
     /// The state of the sweep `name`, if the server holds it.
-    pub fn shared_of(&self, name: &str) -> Option<Arc<crate::service::Shared>> {
+    pub fn shared_of(&self, name: &str) -> Option<Arc<crate::served::ServedSweep>> {
         let e = self.entry(name).ok()?;
-        Some(e.service.shared().clone())
+        Some(e.service.served().clone())
     }
 
     /// The upkeep of every sweep not yet finished ([`crate::server::upkeep`]); says when one
@@ -219,7 +219,7 @@ impl Hub {
             if e.finished.load(Ordering::Relaxed) {
                 continue;
             }
-            match crate::server::upkeep(e.service.shared()) {
+            match crate::server::upkeep(e.service.served()) {
                 Ok(u) if u.finished => {
                     let marked = crate::results::write_atomic(&e.marker(FINISHED), b"");
                     if let Err(err) = marked {
@@ -234,7 +234,7 @@ impl Hub {
                 }
                 Ok(u) if u.cancelled => {
                     if !e.stopped_said.swap(true, Ordering::Relaxed) {
-                        if let Err(err) = e.service.shared().write_trials() {
+                        if let Err(err) = e.service.served().write_trials() {
                             tracing::warn!(sweep = %e.name, "{err}");
                         }
                         eprintln!(
@@ -266,7 +266,7 @@ impl Hub {
         let w = workers
             .get(worker_id)
             .ok_or_else(|| Error::UnknownWorker(worker_id.to_string()))?;
-        if !crate::service::same_secret(&w.secret, secret) {
+        if !pb::auth::same(w.secret.as_bytes(), secret.as_bytes()) {
             return Err(Error::WrongSecret(worker_id.to_string()));
         }
         Ok(w.host.clone())
@@ -279,10 +279,10 @@ impl Hub {
         if !previous.is_empty() {
             let known_here = workers
                 .get(previous)
-                .is_some_and(|w| crate::service::same_secret(&w.secret, previous_secret));
+                .is_some_and(|w| pb::auth::same(w.secret.as_bytes(), previous_secret.as_bytes()));
             let known_to_a_sweep = self.entries().iter().any(|e| {
                 e.service
-                    .shared()
+                    .served()
                     .scheduler()
                     .knows(previous, previous_secret)
             });
@@ -301,7 +301,7 @@ impl Hub {
             let elsewhere = || {
                 self.entries()
                     .iter()
-                    .any(|e| e.service.shared().scheduler().has_worker(&id))
+                    .any(|e| e.service.served().scheduler().has_worker(&id))
             };
             if id != previous && !workers.contains_key(&id) && !elsewhere() {
                 break id;
@@ -356,7 +356,7 @@ impl HubService {
                 })
             })
             .collect();
-        e.service.shared().scheduler().admit(
+        e.service.served().scheduler().admit(
             &req.worker_id,
             &req.worker_secret,
             host,
@@ -517,7 +517,7 @@ impl pb::coordinator_server::Coordinator for HubService {
             .into());
         }
         let e = self.0.entry(&name)?;
-        let shared = e.service.shared();
+        let shared = e.service.served();
         let marked = crate::results::write_atomic(&e.marker(CANCELLED), b"");
         marked.map_err(|err| shared.refuse(err))?;
         let running = shared.scheduler().recall();
@@ -543,7 +543,7 @@ impl pb::coordinator_server::Coordinator for HubService {
         let resume = req.resume;
         let entry = tokio::task::spawn_blocking(move || -> Result<Arc<Entry>> {
             if let Ok(e) = hub.entry(&sweep.name) {
-                let dir = e.service.shared().results.dir().display().to_string();
+                let dir = e.service.served().results.dir().display().to_string();
                 if e.ids != sorted_ids(&sweep) {
                     return Err(Error::SweepExists(format!(
                         "another sweep named `{}` is on this coordinator (results in {dir}): give this one another `name`",
@@ -562,10 +562,10 @@ impl pb::coordinator_server::Coordinator for HubService {
                         std::fs::remove_file(&marker).map_err(|err| Error::io(&marker, err))?;
                     }
                 }
-                let again = e.service.shared().scheduler().take_up();
+                let again = e.service.served().scheduler().take_up();
                 if again > 0 {
                     e.finished.store(false, Ordering::Relaxed);
-                    e.service.shared().touch();
+                    e.service.served().touch();
                 }
                 e.stopped_said.store(false, Ordering::Relaxed);
                 return Ok(e);

@@ -3,10 +3,11 @@
 //!
 //! A newcomer's map: `sweep` reads sweep files into trials; `trial` is the vocabulary of a
 //! trial's state; `scheduler` changes that state (queue, leases, outcomes) with no I/O;
-//! `results` writes and reads the results directory (journal, Parquet); `service` is one
-//! sweep's gRPC handlers over both; `server` runs a sweep on a socket (`bnsweep serve`,
-//! `bnsweep run`); `hub` holds many sweeps behind one service (`bnsweep server`); `live` and
-//! `report` show the results; `progress` and `connections` are small helpers.
+//! `results` writes and reads the results directory (journal, Parquet); `served` is one sweep
+//! being served (its scheduler, results and file writing); `service` is that sweep's gRPC
+//! handlers; `server` runs a sweep on a socket (`bnsweep serve`, `bnsweep run`); `hub` holds
+//! many sweeps behind one service (`bnsweep server`); `live` and `report` show the results;
+//! `progress` and `connections` are small helpers.
 
 pub mod connections;
 pub mod error;
@@ -17,6 +18,7 @@ pub mod progress;
 pub mod report;
 pub mod results;
 pub mod scheduler;
+pub mod served;
 pub mod server;
 pub mod service;
 pub mod sweep;

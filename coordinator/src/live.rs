@@ -20,7 +20,7 @@ use bnsweep_proto as pb;
 use tokio::net::TcpListener;
 
 use crate::report;
-use crate::service::Shared;
+use crate::served::ServedSweep;
 
 /// How often the page reloads itself, and how long a built page is reused.
 const RELOAD: Duration = Duration::from_secs(3);
@@ -30,7 +30,7 @@ const COOKIE: &str = "bnsweep_live";
 
 /// What the pages show: one sweep, or every sweep of a `bnsweep server`.
 pub enum Sweeps {
-    One(Arc<Shared>),
+    One(Arc<ServedSweep>),
     Many(Arc<crate::hub::Hub>),
 }
 
@@ -269,7 +269,7 @@ fn index(hub: &crate::hub::Hub) -> String {
     )
 }
 
-async fn page(live: &Arc<Live>, key: String, shared: Arc<Shared>) -> Response {
+async fn page(live: &Arc<Live>, key: String, shared: Arc<ServedSweep>) -> Response {
     let cached = {
         let cache = live.cache.lock().unwrap_or_else(|e| e.into_inner());
         cache
@@ -300,7 +300,7 @@ async fn page(live: &Arc<Live>, key: String, shared: Arc<Shared>) -> Response {
     Html(body).into_response()
 }
 
-fn build(shared: &Shared, started: Instant) -> crate::Result<String> {
+fn build(shared: &ServedSweep, started: Instant) -> crate::Result<String> {
     let progress = shared.scheduler().progress();
     let line = crate::progress::line(&progress, started.elapsed());
     let results = report::data::Results::open(shared.results.dir())?;

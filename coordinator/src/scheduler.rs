@@ -222,7 +222,9 @@ impl Scheduler {
         now: Instant,
     ) -> (String, String) {
         if let Some(w) = self.workers.get_mut(previous) {
-            if w.secret.is_empty() || crate::service::same_secret(&w.secret, previous_secret) {
+            if w.secret.is_empty()
+                || pb::auth::same(w.secret.as_bytes(), previous_secret.as_bytes())
+            {
                 w.host = host.to_string();
                 w.last_seen = now;
                 if w.secret.is_empty() {
@@ -262,16 +264,19 @@ impl Scheduler {
     /// Whether `worker_id` is registered here with `secret` (a record without a secret,
     /// from an old journal, never matches).
     pub fn knows(&self, worker_id: &str, secret: &str) -> bool {
-        self.workers
-            .get(worker_id)
-            .is_some_and(|w| !w.secret.is_empty() && crate::service::same_secret(&w.secret, secret))
+        self.workers.get(worker_id).is_some_and(|w| {
+            !w.secret.is_empty() && pb::auth::same(w.secret.as_bytes(), secret.as_bytes())
+        })
     }
 
     /// Checks that a call naming `worker_id` carries its secret. An unknown id passes here
     /// (the call itself answers NOT_FOUND, and the worker registers again).
     pub fn authenticate(&self, worker_id: &str, secret: &str) -> Result<()> {
         match self.workers.get(worker_id) {
-            Some(w) if !w.secret.is_empty() && !crate::service::same_secret(&w.secret, secret) => {
+            Some(w)
+                if !w.secret.is_empty()
+                    && !pb::auth::same(w.secret.as_bytes(), secret.as_bytes()) =>
+            {
                 Err(Error::WrongSecret(worker_id.to_string()))
             }
             _ => Ok(()),

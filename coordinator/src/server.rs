@@ -16,7 +16,8 @@ use crate::error::{Error, Result};
 use crate::progress::Reporter;
 use crate::results::ResultsDir;
 use crate::scheduler::{Policy, Progress, Scheduler};
-use crate::service::{CoordinatorService, Shared};
+use crate::served::ServedSweep;
+use crate::service::CoordinatorService;
 use crate::sweep::Sweep;
 
 /// How the sweep ended.
@@ -314,7 +315,7 @@ pub fn open(
     results: ResultsDir,
     resume: crate::results::Resume,
     how: Opening,
-) -> Result<Arc<Shared>> {
+) -> Result<Arc<ServedSweep>> {
     let Opening {
         policy,
         remote,
@@ -361,7 +362,7 @@ pub fn open(
             scheduler.policy.worker_timeout
         );
     }
-    let shared = Shared::new(scheduler, results);
+    let shared = ServedSweep::new(scheduler, results);
     shared.write_trials()?;
     Ok(shared)
 }
@@ -381,7 +382,7 @@ pub struct Upkeep {
 /// declared lost (their trials queued again), what a full disk held back is written once it
 /// can be, `trials.parquet` is rewritten when due, and the journal is finished once the
 /// sweep is done.
-pub fn upkeep(shared: &Shared) -> Result<Upkeep> {
+pub fn upkeep(shared: &ServedSweep) -> Result<Upkeep> {
     let (lost, progress, done, cancelled, cancelling) = {
         let mut s = shared.scheduler();
         let lost = s.expire(Instant::now());
@@ -415,7 +416,11 @@ pub fn upkeep(shared: &Shared) -> Result<Upkeep> {
     })
 }
 
-async fn watch(shared: &Arc<Shared>, local: &mut [Child], health: &Health) -> Result<Progress> {
+async fn watch(
+    shared: &Arc<ServedSweep>,
+    local: &mut [Child],
+    health: &Health,
+) -> Result<Progress> {
     let mut draining = false;
     let mut reporter = Reporter::default();
     let mut tick = tokio::time::interval(Duration::from_millis(250));

@@ -4,7 +4,8 @@
 
 use bnsweep::results::ResultsDir;
 use bnsweep::scheduler::{Policy, Scheduler};
-use bnsweep::service::{CoordinatorService, Shared};
+use bnsweep::served::ServedSweep;
+use bnsweep::service::CoordinatorService;
 use bnsweep::sweep::Sweep;
 use bnsweep_proto as pb;
 use pb::coordinator_server::Coordinator;
@@ -20,7 +21,7 @@ fn coordinator(text: &str) -> (CoordinatorService, tempfile::TempDir) {
     let sweep = Sweep::parse("handlers.yaml", text).unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().unwrap();
     let (results, _) = ResultsDir::open(&dir.path().join("out"), &sweep).unwrap();
-    let shared = Shared::new(Scheduler::new(&sweep, Policy::default()), results);
+    let shared = ServedSweep::new(Scheduler::new(&sweep, Policy::default()), results);
     (CoordinatorService::new(shared, &sweep.name), dir)
 }
 
