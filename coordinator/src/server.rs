@@ -232,18 +232,7 @@ pub async fn run_sweep(
     let _ = stop_tx.send(());
     let _ = live_tx.send(());
     let _ = health_stop_tx.send(());
-    // A graceful stop waits for open connections to close; a client that keeps one open
-    // without using it must not keep the coordinator alive, so the wait is bounded.
-    let mut server = server;
-    match tokio::time::timeout(Duration::from_secs(5), &mut server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => return Err(e.into()),
-        Ok(Err(e)) => return Err(Error::ServerTask(e)),
-        Err(_) => {
-            tracing::warn!("connections still open after the sweep ended; closing them");
-            server.abort();
-        }
-    }
+    wind_down(server).await?;
     for child in &mut local {
         let _ = tokio::time::timeout(grace, child.wait()).await;
     }
@@ -252,6 +241,22 @@ pub async fn run_sweep(
         progress,
         elapsed: start.elapsed(),
     })
+}
+
+/// Waits for a gRPC server told to stop. A graceful stop waits for open connections to
+/// close; a client that keeps one open without using it must not keep the coordinator alive,
+/// so the wait is bounded (5 s), and what is still open then is closed.
+async fn wind_down(mut server: ServerTask) -> Result<()> {
+    match tokio::time::timeout(Duration::from_secs(5), &mut server).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(e.into()),
+        Ok(Err(e)) => Err(Error::ServerTask(e)),
+        Err(_) => {
+            tracing::warn!("connections still open after the sweep ended; closing them");
+            server.abort();
+            Ok(())
+        }
+    }
 }
 
 /// Serves `service` on `listener` until `stop`: the shared token checked on every call, TLS
