@@ -335,24 +335,16 @@ impl HubService {
         want: u32,
         given: &[pb::TrialAssignment],
     ) -> Vec<pb::TrialAssignment> {
-        let running = req
-            .running
-            .iter()
-            .chain(
-                given
-                    .iter()
-                    .map(|t| pb::AttemptRef {
-                        trial_id: t.trial_id.clone(),
-                        attempt: t.attempt,
-                    })
-                    .collect::<Vec<_>>()
-                    .iter(),
-            )
-            .filter_map(|a| {
-                let (sweep, id) = a.trial_id.split_once(SEP)?;
+        // The attempts the worker runs and those given to it in this poll, as (wire id, attempt).
+        let listed = req.running.iter().map(|a| (&a.trial_id, a.attempt));
+        let given = given.iter().map(|t| (&t.trial_id, t.attempt));
+        let running = listed
+            .chain(given)
+            .filter_map(|(wire_id, attempt)| {
+                let (sweep, id) = wire_id.split_once(SEP)?;
                 (sweep == e.name).then(|| pb::AttemptRef {
                     trial_id: id.to_string(),
-                    attempt: a.attempt,
+                    attempt,
                 })
             })
             .collect();
@@ -394,16 +386,7 @@ impl pb::coordinator_server::Coordinator for HubService {
         req: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         let r = req.into_inner();
-        if r.version != pb::PROTOCOL_VERSION {
-            return Err(Error::VersionMismatch {
-                worker: r.version,
-                coordinator: pb::PROTOCOL_VERSION.into(),
-            }
-            .into());
-        }
-        if r.host.is_empty() || r.host.len() > 128 || r.previous_worker_id.len() > 128 {
-            return Err(Error::InvalidArgument("`host` must be 1 to 128 characters".into()).into());
-        }
+        crate::service::check_registration(&r)?;
         let (worker_id, worker_secret) =
             self.0
                 .register(&r.host, &r.previous_worker_id, &r.previous_worker_secret);

@@ -73,6 +73,26 @@ fn require(cond: bool, what: &str) -> Result<()> {
     }
 }
 
+/// What every coordinator (`serve`'s, `server`'s) checks of a registration: the worker's
+/// version, its slots, its host name and the id and secret it had.
+pub fn check_registration(req: &pb::RegisterRequest) -> Result<()> {
+    if req.version != pb::PROTOCOL_VERSION {
+        return Err(Error::VersionMismatch {
+            worker: req.version.clone(),
+            coordinator: pb::PROTOCOL_VERSION.into(),
+        });
+    }
+    require(
+        req.slots >= 1 && req.slots <= 1024,
+        "`slots` must be in [1, 1024]",
+    )?;
+    check_id("host", &req.host)?;
+    require(
+        req.previous_worker_id.len() <= 128 && req.previous_worker_secret.len() <= 128,
+        "`previous_worker_id` and its secret must be at most 128 characters",
+    )
+}
+
 fn check_id(name: &str, id: &str) -> Result<()> {
     require(
         !id.is_empty() && id.len() <= 128,
@@ -88,22 +108,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         req: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         let req = req.into_inner();
-        if req.version != pb::PROTOCOL_VERSION {
-            return Err(Error::VersionMismatch {
-                worker: req.version,
-                coordinator: pb::PROTOCOL_VERSION.into(),
-            }
-            .into());
-        }
-        require(
-            req.slots >= 1 && req.slots <= 1024,
-            "`slots` must be in [1, 1024]",
-        )?;
-        check_id("host", &req.host)?;
-        require(
-            req.previous_worker_id.len() <= 128 && req.previous_worker_secret.len() <= 128,
-            "`previous_worker_id` and its secret must be at most 128 characters",
-        )?;
+        check_registration(&req)?;
         let mut s = self.shared.scheduler();
         let (worker_id, worker_secret) = s.register_again(
             &req.host,
