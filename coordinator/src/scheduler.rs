@@ -510,39 +510,19 @@ impl Scheduler {
         let bins = m
             .filter(|m| m.activations)
             .map_or(0, |m| u64::from(m.bins) + 2);
-        let have = self.tallies.get(&i);
-        let count = |f: fn(&Tally) -> u64| have.map_or(0, f);
-        let kinds: [(&str, u64, u64); 5] = [
-            (
-                "train",
-                count(|t| t.train) + batch.train.len() as u64,
-                steps,
-            ),
-            (
-                "eval",
-                count(|t| t.eval) + batch.eval.len() as u64,
-                steps / c.eval_every.max(1) + 1,
-            ),
-            (
-                "layer",
-                count(|t| t.layers) + batch.layers.len() as u64,
-                measured * layers,
-            ),
-            (
-                "landscape",
-                count(|t| t.landscape) + batch.landscape.len() as u64,
-                measured * etas,
-            ),
-            (
-                "activation",
-                count(|t| t.activations) + batch.activations.len() as u64,
-                measured * layers * 2 * bins,
-            ),
-        ];
-        for (kind, n, max) in kinds {
+        let had = self.tallies.get(&i).map(|t| t.rows).unwrap_or_default();
+        for table in pb::Table::ALL {
+            let max = match table {
+                pb::Table::Train => steps,
+                pb::Table::Eval => steps / c.eval_every.max(1) + 1,
+                pb::Table::Layers => measured * layers,
+                pb::Table::Landscape => measured * etas,
+                pb::Table::Activations => measured * layers * 2 * bins,
+            };
+            let n = had[table] + batch.rows_of(table) as u64;
             if n > max {
                 return Err(Error::InvalidArgument(format!(
-                    "trial {} attempt {}: {n} {kind} rows, more than the trial can produce ({max})",
+                    "trial {} attempt {}: {n} {table} rows, more than the trial can produce ({max})",
                     batch.trial_id, batch.attempt
                 )));
             }
@@ -995,7 +975,11 @@ mod tests {
         // journal; `results::tests` checks the tables written from it).
         let tally = &done.tally;
         assert_eq!(
-            (tally.next_seq, tally.train, tally.last_step),
+            (
+                tally.next_seq,
+                tally.rows[pb::Table::Train],
+                tally.last_step
+            ),
             (2, 10, Some(10))
         );
         assert!(!s.is_done(), "not done until the files are written");
@@ -1044,7 +1028,10 @@ mod tests {
             )
             .unwrap()
             .unwrap();
-        assert_eq!((done.tally.next_seq, done.tally.train), (1, 10));
+        assert_eq!(
+            (done.tally.next_seq, done.tally.rows[pb::Table::Train]),
+            (1, 10)
+        );
         assert_eq!(s.records()[0].attempts, 2);
     }
 
@@ -1371,7 +1358,11 @@ mod tests {
             .unwrap();
         let tally = &done.tally;
         assert_eq!(
-            (tally.next_seq, tally.train, tally.last_step),
+            (
+                tally.next_seq,
+                tally.rows[pb::Table::Train],
+                tally.last_step
+            ),
             (3, 10, Some(10))
         );
         assert_eq!(s.records()[done.index].attempts, 1);

@@ -199,12 +199,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         check_id("worker_id", &batch.worker_id)?;
         check_id("trial_id", &batch.trial_id)?;
         require(
-            batch.train.len()
-                + batch.eval.len()
-                + batch.layers.len()
-                + batch.landscape.len()
-                + batch.activations.len()
-                <= MAX_ROWS_PER_BATCH,
+            batch.row_count() <= MAX_ROWS_PER_BATCH,
             &format!("a metric batch holds at most {MAX_ROWS_PER_BATCH} rows"),
         )?;
         let ticket = {

@@ -89,11 +89,7 @@ pub struct Tally {
     /// Batches taken: the next one due is numbered this.
     pub next_seq: u64,
     /// Rows taken, by table.
-    pub train: u64,
-    pub eval: u64,
-    pub layers: u64,
-    pub landscape: u64,
-    pub activations: u64,
+    pub rows: pb::rows::Counts,
     /// The step of the last train row.
     pub last_step: Option<u64>,
     /// Test accuracy of the last evaluation.
@@ -106,11 +102,7 @@ impl Tally {
     /// Counts the next batch in.
     pub fn take(&mut self, batch: &pb::MetricsBatch) {
         self.next_seq += 1;
-        self.train += batch.train.len() as u64;
-        self.eval += batch.eval.len() as u64;
-        self.layers += batch.layers.len() as u64;
-        self.landscape += batch.landscape.len() as u64;
-        self.activations += batch.activations.len() as u64;
+        self.rows.add(&batch.counts());
         if let Some(r) = batch.train.last() {
             self.last_step = Some(r.step);
         }

@@ -19,6 +19,9 @@ pub const PROTOCOL_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const WAITING_ON_DISK: &str = "bnsweep-waiting-on-disk";
 
 pub mod process;
+pub mod rows;
+
+pub use rows::{Row, Table};
 
 pub mod auth {
     /// The metadata key.

@@ -45,29 +45,13 @@ const JOB_SIGNALS: [libc::c_int; 6] = [
     libc::SIGALRM,
 ];
 
-impl From<Row> for Event {
-    fn from(row: Row) -> Event {
-        match row {
-            Row::Train(r) => Event::Train(r),
-            Row::Eval(r) => Event::Eval(r),
-            Row::Layer(r) => Event::Layer(r),
-            Row::Landscape(r) => Event::Landscape(r),
-            Row::Activation(r) => Event::Activation(r),
-        }
-    }
-}
-
-/// The worker's side of the same conversion: a row, or how the attempt ended.
+/// The worker's side of a slot's event: a row, or how the attempt ended.
 impl From<Event> for Msg {
     fn from(event: Event) -> Msg {
-        Msg::Row(match event {
-            Event::Train(r) => Row::Train(r),
-            Event::Eval(r) => Row::Eval(r),
-            Event::Layer(r) => Row::Layer(r),
-            Event::Landscape(r) => Row::Landscape(r),
-            Event::Activation(r) => Row::Activation(r),
-            Event::End(end) => return Msg::End(result_of(end)),
-        })
+        match Row::try_from(event) {
+            Ok(row) => Msg::Row(row),
+            Err(end) => Msg::End(result_of(end)),
+        }
     }
 }
 

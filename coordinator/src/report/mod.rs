@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
+use bnsweep_proto as pb;
+
 use crate::error::{Error, Result};
 use data::{Results, Table, TrialInfo, Variant};
 use svg::{esc, Chart, Series, PALETTE};
@@ -228,14 +230,14 @@ fn load_trials(results: &Results) -> Result<Vec<TrialData>> {
         .trials
         .iter()
         .map(|info| {
-            let table = |kind| results.table(kind, &info.id);
+            let table = |t: pb::Table| results.table(t.name(), &info.id);
             Ok(TrialData {
                 info: info.clone(),
-                train: table("train")?,
-                eval: table("eval")?,
-                layers: table("layers")?,
-                landscape: table("landscape")?,
-                activations: table("activations")?,
+                train: table(pb::Table::Train)?,
+                eval: table(pb::Table::Eval)?,
+                layers: table(pb::Table::Layers)?,
+                landscape: table(pb::Table::Landscape)?,
+                activations: table(pb::Table::Activations)?,
             })
         })
         .collect()

@@ -222,31 +222,36 @@ impl ResultsDir {
         status: Status,
         measure: Option<&crate::sweep::measure::MeasureConfig>,
     ) -> std::result::Result<(), String> {
-        let rows = |kind: &str| -> std::result::Result<Option<i64>, String> {
-            let path = self.dir.join(kind).join(format!("{}.parquet", trial.id));
+        let rows = |table: pb::Table| -> std::result::Result<Option<i64>, String> {
+            let path = self
+                .dir
+                .join(table.name())
+                .join(format!("{}.parquet", trial.id));
             if !path.exists() {
                 return Ok(None);
             }
             read_row_count(&path).map(Some).map_err(|e| format!("{e}"))
         };
-        let train = rows("train")?.ok_or("its train table is missing")?;
-        let eval = rows("eval")?.ok_or("its eval table is missing")?;
+        let train = rows(pb::Table::Train)?.ok_or("its train table is missing")?;
+        let eval = rows(pb::Table::Eval)?.ok_or("its eval table is missing")?;
         let measured = measure.filter(|m| {
             status == Status::Completed
                 && m.every > 0
                 && trial.config.steps >= m.every
                 && (m.ics || m.weights || m.landscape.is_some() || m.activations.is_some())
         });
-        for (kind, needed) in [
-            ("layers", measured.is_some()),
-            ("landscape", measured.is_some_and(|m| m.landscape.is_some())),
-            (
-                "activations",
-                measured.is_some_and(|m| m.activations.is_some()),
-            ),
+        for table in [
+            pb::Table::Layers,
+            pb::Table::Landscape,
+            pb::Table::Activations,
         ] {
-            if rows(kind)?.is_none() && needed {
-                return Err(format!("its {kind} table is missing"));
+            let needed = measured.is_some_and(|m| match table {
+                pb::Table::Landscape => m.landscape.is_some(),
+                pb::Table::Activations => m.activations.is_some(),
+                _ => true,
+            });
+            if rows(table)?.is_none() && needed {
+                return Err(format!("its {table} table is missing"));
             }
         }
         let steps = trial.config.steps as i64;
@@ -306,14 +311,14 @@ impl ResultsDir {
         }
         tables.flush(&self.params, record)?;
         let read = reader.tally();
-        let (counted, journaled) = (counts(tally), counts(read));
+        let (counted, journaled) = (tally.rows, read.rows);
         if counted != journaled {
             return Err(Error::io(
                 reader.path(),
                 std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     format!(
-                        "the journal of trial {} attempt {} holds {} batches with {journaled:?} rows (train, eval, layers, landscape, activations), but {} batches with {counted:?} were acknowledged",
+                        "the journal of trial {} attempt {} holds {} batches with rows {journaled}, but {} batches with rows {counted} were acknowledged",
                         record.trial.id, record.attempts, read.next_seq, tally.next_seq
                     ),
                 ),
@@ -331,46 +336,67 @@ impl ResultsDir {
     }
 }
 
-/// Rows of each table, in the order of the file: train, eval, layers, landscape, activations.
-fn counts(t: &Tally) -> [u64; 5] {
-    [t.train, t.eval, t.layers, t.landscape, t.activations]
-}
-
 /// Rows decoded from the journal wait in a table's buffer until this many are there, then go
 /// to its Parquet writer as one record batch.
 const CHUNK: usize = 4096;
+
+/// Builds a record batch of a table from its rows.
+type Build<T> = fn(&[ParamColumn], &TrialRecord, &[T]) -> Result<arrow_array::RecordBatch>;
 
 /// One table of a trial being written: its file, and the rows waiting for the next chunk.
 struct Streamed<T> {
     writer: tables::TableWriter,
     dir: PathBuf,
     rows: Vec<T>,
-    build: fn(&[ParamColumn], &TrialRecord, &[T]) -> Result<arrow_array::RecordBatch>,
+    build: Build<T>,
+    /// Takes this table's rows out of a batch.
+    take: fn(&mut pb::MetricsBatch) -> Vec<T>,
 }
 
-impl<T> Streamed<T> {
-    /// Starts the table `kind` (its directory's name) of a trial, of `rows` rows.
-    fn create(
-        results: &ResultsDir,
-        kind: &str,
+/// A table being written, whatever its kind of row.
+trait Sink {
+    /// Takes this table's rows out of `batch`, writing a chunk when enough are waiting.
+    fn add(
+        &mut self,
+        params: &[ParamColumn],
         record: &TrialRecord,
-        rows: u64,
-        build: fn(&[ParamColumn], &TrialRecord, &[T]) -> Result<arrow_array::RecordBatch>,
-    ) -> Result<Streamed<T>> {
-        let dir = results.dir.join(kind);
+        batch: &mut pb::MetricsBatch,
+    ) -> Result<()>;
+    /// Writes the rows still waiting.
+    fn flush(&mut self, params: &[ParamColumn], record: &TrialRecord) -> Result<()>;
+    /// Its writer and directory.
+    fn into_parts(self: Box<Self>) -> (tables::TableWriter, PathBuf);
+}
+
+impl<T: 'static> Streamed<T> {
+    /// Starts the table `table` of a trial, of `rows` rows.
+    fn create(
+        (results, table, record, rows): (&ResultsDir, pb::Table, &TrialRecord, u64),
+        build: Build<T>,
+        take: fn(&mut pb::MetricsBatch) -> Vec<T>,
+    ) -> Result<Box<dyn Sink>> {
+        let dir = results.dir.join(table.name());
         fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let schema = build(&results.params, record, &[])?.schema();
         let path = dir.join(format!("{}.parquet", record.trial.id));
-        Ok(Streamed {
+        Ok(Box::new(Streamed {
             writer: tables::TableWriter::create(&path, schema, rows)?,
             dir,
             rows: Vec::new(),
             build,
-        })
+            take,
+        }))
     }
+}
 
-    fn add(&mut self, params: &[ParamColumn], record: &TrialRecord, rows: Vec<T>) -> Result<()> {
-        self.rows.extend(rows);
+impl<T> Sink for Streamed<T> {
+    fn add(
+        &mut self,
+        params: &[ParamColumn],
+        record: &TrialRecord,
+        batch: &mut pb::MetricsBatch,
+    ) -> Result<()> {
+        self.rows.extend((self.take)(batch));
         if self.rows.len() >= CHUNK {
             self.flush(params, record)?;
         }
@@ -385,127 +411,94 @@ impl<T> Streamed<T> {
         self.rows.shrink_to(CHUNK);
         Ok(())
     }
+
+    fn into_parts(self: Box<Self>) -> (tables::TableWriter, PathBuf) {
+        (self.writer, self.dir)
+    }
+}
+
+/// Starts one table of a trial: the one place that pairs each table with how its rows become
+/// columns and where they are in a batch.
+fn start_table(
+    results: &ResultsDir,
+    table: pb::Table,
+    record: &TrialRecord,
+    rows: u64,
+) -> Result<Box<dyn Sink>> {
+    use std::mem::take;
+    let columns = (results, table, record, rows);
+    match table {
+        pb::Table::Train => Streamed::create(columns, tables::train_batch, |b| take(&mut b.train)),
+        pb::Table::Eval => Streamed::create(columns, tables::eval_batch, |b| take(&mut b.eval)),
+        pb::Table::Layers => {
+            Streamed::create(columns, tables::layers_batch, |b| take(&mut b.layers))
+        }
+        pb::Table::Landscape => {
+            Streamed::create(columns, tables::landscape_batch, |b| take(&mut b.landscape))
+        }
+        pb::Table::Activations => Streamed::create(columns, tables::activations_batch, |b| {
+            take(&mut b.activations)
+        }),
+    }
 }
 
 /// The tables of a trial being written from its journal, each under a temporary name until
-/// every one is whole.
-struct TrialTables {
-    train: Streamed<pb::TrainRow>,
-    eval: Streamed<pb::EvalRow>,
-    layers: Option<Streamed<pb::LayerRow>>,
-    landscape: Option<Streamed<pb::LandscapeRow>>,
-    activations: Option<Streamed<pb::ActivationRow>>,
-}
+/// every one is whole: train and eval always, a measurement table when the trial sent rows
+/// for it; in [`pb::Table::ALL`]'s order.
+struct TrialTables(Vec<(pb::Table, Box<dyn Sink>)>);
 
 impl TrialTables {
     fn create(results: &ResultsDir, record: &TrialRecord, tally: &Tally) -> Result<TrialTables> {
-        let train = Streamed::create(results, "train", record, tally.train, tables::train_batch)?;
-        let eval = match Streamed::create(results, "eval", record, tally.eval, tables::eval_batch) {
-            Ok(t) => t,
-            Err(e) => {
-                train.writer.abandon();
-                return Err(e);
-            }
-        };
-        let mut made = TrialTables {
-            train,
-            eval,
-            layers: None,
-            landscape: None,
-            activations: None,
-        };
+        let mut made = TrialTables(Vec::new());
         // Started one by one: one that cannot be leaves none behind.
-        let more = (|| -> Result<()> {
-            if tally.layers > 0 {
-                made.layers = Some(Streamed::create(
-                    results,
-                    "layers",
-                    record,
-                    tally.layers,
-                    tables::layers_batch,
-                )?);
+        for table in pb::Table::ALL {
+            let rows = tally.rows[table];
+            if !table.always() && rows == 0 {
+                continue;
             }
-            if tally.landscape > 0 {
-                made.landscape = Some(Streamed::create(
-                    results,
-                    "landscape",
-                    record,
-                    tally.landscape,
-                    tables::landscape_batch,
-                )?);
-            }
-            if tally.activations > 0 {
-                made.activations = Some(Streamed::create(
-                    results,
-                    "activations",
-                    record,
-                    tally.activations,
-                    tables::activations_batch,
-                )?);
-            }
-            Ok(())
-        })();
-        match more {
-            Ok(()) => Ok(made),
-            Err(e) => {
-                made.abandon();
-                Err(e)
+            match start_table(results, table, record, rows) {
+                Ok(sink) => made.0.push((table, sink)),
+                Err(e) => {
+                    made.abandon();
+                    return Err(e);
+                }
             }
         }
+        Ok(made)
     }
 
+    /// Each table takes its rows of a batch. Rows of a table the trial was not counted as
+    /// having are refused (the counts of the journal then differ from the tally, and nothing
+    /// is written).
     fn add(
         &mut self,
         params: &[ParamColumn],
         record: &TrialRecord,
-        batch: pb::MetricsBatch,
+        mut batch: pb::MetricsBatch,
     ) -> Result<()> {
-        self.train.add(params, record, batch.train)?;
-        self.eval.add(params, record, batch.eval)?;
-        add_to(&mut self.layers, params, record, batch.layers, "layers")?;
-        add_to(
-            &mut self.landscape,
-            params,
-            record,
-            batch.landscape,
-            "landscape",
-        )?;
-        add_to(
-            &mut self.activations,
-            params,
-            record,
-            batch.activations,
-            "activations",
-        )
+        for (_, sink) in &mut self.0 {
+            sink.add(params, record, &mut batch)?;
+        }
+        match pb::Table::ALL.into_iter().find(|&t| batch.rows_of(t) > 0) {
+            None => Ok(()),
+            Some(kind) => Err(Error::Refused(format!(
+                "the journal of trial {} attempt {} holds {kind} rows that were not acknowledged",
+                record.trial.id, record.attempts
+            ))),
+        }
     }
 
     fn flush(&mut self, params: &[ParamColumn], record: &TrialRecord) -> Result<()> {
-        self.train.flush(params, record)?;
-        self.eval.flush(params, record)?;
-        if let Some(t) = &mut self.layers {
-            t.flush(params, record)?;
-        }
-        if let Some(t) = &mut self.landscape {
-            t.flush(params, record)?;
-        }
-        if let Some(t) = &mut self.activations {
-            t.flush(params, record)?;
-        }
-        Ok(())
+        self.0
+            .iter_mut()
+            .try_for_each(|(_, sink)| sink.flush(params, record))
     }
 
     /// Syncs the tables and renames them into place, train first; returns their directories
     /// (to be synced). A table that cannot be finished removes the ones not yet renamed.
     fn finish(self) -> Result<Vec<PathBuf>> {
-        let mut pending: Vec<(tables::TableWriter, PathBuf)> = vec![
-            (self.train.writer, self.train.dir),
-            (self.eval.writer, self.eval.dir),
-        ];
-        pending.extend(self.layers.map(|t| (t.writer, t.dir)));
-        pending.extend(self.landscape.map(|t| (t.writer, t.dir)));
-        pending.extend(self.activations.map(|t| (t.writer, t.dir)));
         let mut dirs = Vec::new();
-        let mut pending = pending.into_iter();
+        let mut pending = self.0.into_iter().map(|(_, sink)| sink.into_parts());
         while let Some((writer, dir)) = pending.next() {
             if let Err(e) = writer.finish() {
                 pending.for_each(|(w, _)| w.abandon());
@@ -518,37 +511,9 @@ impl TrialTables {
 
     /// Removes every temporary file.
     fn abandon(self) {
-        self.train.writer.abandon();
-        self.eval.writer.abandon();
-        for w in [
-            self.layers.map(|t| t.writer),
-            self.landscape.map(|t| t.writer),
-            self.activations.map(|t| t.writer),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            w.abandon();
+        for (_, sink) in self.0 {
+            sink.into_parts().0.abandon();
         }
-    }
-}
-
-/// Rows of a measurement table the trial was not counted as having are refused (the counts
-/// of the journal then differ from the tally, and nothing is written).
-fn add_to<T>(
-    table: &mut Option<Streamed<T>>,
-    params: &[ParamColumn],
-    record: &TrialRecord,
-    rows: Vec<T>,
-    kind: &str,
-) -> Result<()> {
-    match table {
-        Some(t) => t.add(params, record, rows),
-        None if rows.is_empty() => Ok(()),
-        None => Err(Error::Refused(format!(
-            "the journal of trial {} attempt {} holds {kind} rows that were not acknowledged",
-            record.trial.id, record.attempts
-        ))),
     }
 }
 
@@ -722,7 +687,14 @@ mod tests {
         let (results, resume) = ResultsDir::open(&out, &sweep).unwrap();
         assert_eq!(resume.running.len(), 1);
         let mut tally = resume.running[0].tally.clone();
-        assert_eq!((tally.next_seq, tally.train, tally.eval), (12, 6000, 6));
+        assert_eq!(
+            (
+                tally.next_seq,
+                tally.rows[pb::Table::Train],
+                tally.rows[pb::Table::Eval]
+            ),
+            (12, 6000, 6)
+        );
         // The attempt carries on from batch 12 (resent whole) to its end.
         let j = results.journal();
         for seq in 12..20 {

@@ -172,24 +172,13 @@ impl Batcher {
     }
 
     fn push(&mut self, row: Row) {
-        match row {
-            Row::Train(r) => self.batch.train.push(r),
-            Row::Eval(r) => self.batch.eval.push(r),
-            Row::Layer(r) => self.batch.layers.push(r),
-            Row::Landscape(r) => self.batch.landscape.push(r),
-            Row::Activation(r) => self.batch.activations.push(r),
-        }
-    }
-
-    fn rows(&self) -> usize {
-        let b = &self.batch;
-        b.train.len() + b.eval.len() + b.layers.len() + b.landscape.len() + b.activations.len()
+        self.batch.push(row);
     }
 
     /// Whether the rows held go now: there are enough of them, they waited long enough, or
     /// the attempt `ending` sends its last.
     fn due(&self, ending: bool) -> bool {
-        let rows = self.rows();
+        let rows = self.batch.row_count();
         rows >= BATCH_ROWS
             || (rows > 0 && self.last_send.elapsed() >= BATCH_WAIT)
             || (ending && rows > 0)
@@ -310,7 +299,10 @@ mod tests {
         b.push(Row::Eval(pb::EvalRow::default()));
         assert!(!b.due(false) && b.due(true));
         let first = b.take();
-        assert_eq!((first.seq, first.eval.len(), b.rows()), (0, 1, 0));
+        assert_eq!(
+            (first.seq, first.eval.len(), b.batch.row_count()),
+            (0, 1, 0)
+        );
         assert_eq!(
             (first.worker_id.as_str(), first.trial_id.as_str()),
             ("w", "t")

@@ -30,15 +30,8 @@ const READ_EVERY: u64 = 25;
 /// Images per forward pass when evaluating.
 const EVAL_BATCH: i64 = 1000;
 
-/// Rows a trial produces, in order.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Row {
-    Train(pb::TrainRow),
-    Eval(pb::EvalRow),
-    Layer(pb::LayerRow),
-    Landscape(pb::LandscapeRow),
-    Activation(pb::ActivationRow),
-}
+/// Rows a trial produces, in order: the protocol crate's one type for the five kinds.
+pub use bnsweep_proto::Row;
 
 /// How a trial that ran to its end (or blew up) ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
