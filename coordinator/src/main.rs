@@ -620,12 +620,12 @@ fn runtime() -> Result<tokio::runtime::Runtime, Error> {
         .map_err(|e| Error::io("tokio runtime", e))
 }
 
-fn report(summary: &server::Summary, out: &Path) -> ExitCode {
-    let p = &summary.progress;
+fn report(end: &server::SweepEnd, out: &Path) -> ExitCode {
+    let p = &end.progress;
     println!(
         "{} trials in {}: {} completed, {} diverged, {} failed",
         p.total,
-        bnsweep::progress::human(summary.elapsed),
+        bnsweep::progress::human(end.elapsed),
         p.completed,
         p.diverged,
         p.failed
@@ -685,7 +685,7 @@ fn run(
         out.display()
     );
     let rt = runtime()?;
-    let summary = rt.block_on(async {
+    let end = rt.block_on(async {
         let listener = server::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let addr = listener
             .local_addr()
@@ -701,7 +701,7 @@ fn run(
         };
         server::run_sweep(&sweep, results, resume, listener, policy, access, children).await
     })?;
-    Ok(report(&summary, &out))
+    Ok(report(&end, &out))
 }
 
 /// `results/NAME` when it is free or holds this sweep (which then resumes), else the first of
@@ -751,7 +751,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
     let sweep = load(file)?;
     let (results, resume) = ResultsDir::open(out, &sweep)?;
     let rt = runtime()?;
-    let summary = rt.block_on(async {
+    let end = rt.block_on(async {
         let listener = server::bind(listen).await?;
         let addr = listener.local_addr().map_err(|e| Error::io("listener", e))?;
         eprintln!(
@@ -781,7 +781,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
         };
         server::run_sweep(&sweep, results, resume, listener, policy, access, Vec::new()).await
     })?;
-    Ok(report(&summary, out))
+    Ok(report(&end, out))
 }
 
 /// What guards `serve`, checked before anything runs: the shared token, the live page's

@@ -22,7 +22,7 @@ use crate::sweep::Sweep;
 
 /// How the sweep ended.
 #[derive(Debug, Clone)]
-pub struct Summary {
+pub struct SweepEnd {
     pub progress: Progress,
     pub elapsed: Duration,
 }
@@ -173,7 +173,7 @@ pub async fn run_sweep(
     policy: Policy,
     access: Access,
     mut local: Vec<Child>,
-) -> Result<Summary> {
+) -> Result<SweepEnd> {
     let start = Instant::now();
     let grace = policy.poll_interval * 4;
     // The health port first, NOT_SERVING until the sweep is resumed and served.
@@ -237,7 +237,7 @@ pub async fn run_sweep(
         let _ = tokio::time::timeout(grace, child.wait()).await;
     }
     let progress = outcome?;
-    Ok(Summary {
+    Ok(SweepEnd {
         progress,
         elapsed: start.elapsed(),
     })

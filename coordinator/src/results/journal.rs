@@ -1,8 +1,9 @@
-//! The journal of running attempts: `DIR/journal/slot-N.journal`, one append-only file per
+//! The journal of running attempts: `DIR/journal/attempt-N.journal`, one append-only file per
 //! leased attempt, holding the lease (a `JournalHeader`) and then every metric batch
-//! acknowledged for it. An empty file is a free slot: an attempt that ends empties its file for
+//! acknowledged for it. An empty file is free: an attempt that ends empties its file for
 //! the next one rather than deleting it, because creating and deleting a file per trial costs
-//! the file system more than the rest of the trial's bookkeeping. A batch is appended before the
+//! the file system more than the rest of the trial's bookkeeping. Every `*.journal` file in the
+//! directory is read back, whatever its name (earlier builds wrote `slot-N.journal`). A batch is appended before the
 //! worker gets its acknowledgement, so a coordinator killed mid-sweep loses no row it
 //! acknowledged: started again, it reads the journals back and the attempts carry on where they
 //! were.
@@ -56,51 +57,51 @@ pub struct Recovered {
 }
 
 /// One journal file, open for appending.
-struct Slot {
+struct AttemptFile {
     path: PathBuf,
-    file: File,
+    handle: File,
 }
 
-impl Slot {
-    fn open(path: PathBuf) -> Result<Slot> {
-        let file = OpenOptions::new()
+impl AttemptFile {
+    fn open(path: PathBuf) -> Result<AttemptFile> {
+        let handle = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
-        Ok(Slot { path, file })
+        Ok(AttemptFile { path, handle })
     }
 
     /// Appends one record; a write that fails part way (a full disk) is cut back off, so the
     /// file never holds a torn record before later whole ones.
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
         let before = self
-            .file
+            .handle
             .metadata()
             .map_err(|e| Error::io(&self.path, e))?
             .len();
-        self.file.write_all(&frame(bytes)).map_err(|e| {
-            let _ = self.file.set_len(before);
+        self.handle.write_all(&frame(bytes)).map_err(|e| {
+            let _ = self.handle.set_len(before);
             Error::io(&self.path, e)
         })
     }
 
     fn empty(&mut self) -> Result<()> {
-        self.file.set_len(0).map_err(|e| Error::io(&self.path, e))
+        self.handle.set_len(0).map_err(|e| Error::io(&self.path, e))
     }
 }
 
 #[derive(Default)]
-struct Slots {
-    live: HashMap<(String, u32), Slot>,
-    free: Vec<Slot>,
-    /// Slot files made so far (the next is `slot-{made}.journal`).
+struct Files {
+    live: HashMap<(String, u32), AttemptFile>,
+    free: Vec<AttemptFile>,
+    /// Files made so far (the next is `attempt-{made}.journal`).
     made: u64,
 }
 
 pub struct Journal {
     dir: PathBuf,
-    slots: Mutex<Slots>,
+    files: Mutex<Files>,
     ended: Mutex<Option<File>>,
     commit: GroupCommit,
 }
@@ -183,7 +184,7 @@ impl Journal {
             }
             truncate(&log, records.finish())?;
         }
-        let mut slots = Slots::default();
+        let mut files = Files::default();
         let mut paths: Vec<PathBuf> = fs::read_dir(dir)
             .map_err(|e| Error::io(dir, e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -195,31 +196,31 @@ impl Journal {
             if let Some((_, good_len)) = &read {
                 truncate(&path, *good_len)?;
             }
-            let mut slot = Slot::open(path)?;
-            slots.made += 1;
+            let mut file = AttemptFile::open(path)?;
+            files.made += 1;
             match read {
                 Some((r, _)) => {
                     let key = (r.header.trial_id.clone(), r.header.attempt);
-                    slots.live.insert(key, slot);
+                    files.live.insert(key, file);
                     recovered.running.push(r);
                 }
                 None => {
-                    slot.empty()?;
-                    slots.free.push(slot);
+                    file.empty()?;
+                    files.free.push(file);
                 }
             }
         }
         let journal = Journal {
             dir: dir.to_path_buf(),
-            slots: Mutex::new(slots),
+            files: Mutex::new(files),
             ended: Mutex::new(None),
             commit: GroupCommit::default(),
         };
         Ok((journal, recovered))
     }
 
-    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
-        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    fn files(&self) -> std::sync::MutexGuard<'_, Files> {
+        self.files.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A ticket for everything written so far: synced, it makes sure a batch seen before (a
@@ -234,32 +235,32 @@ impl Journal {
         self.commit.sync(ticket)
     }
 
-    /// Starts the journal of an attempt just leased, in a free slot or a new one; durable once
+    /// Starts the journal of an attempt just leased, in a free file or a new one; durable once
     /// the ticket is synced.
     pub fn begin(&self, header: &pb::JournalHeader) -> Result<Ticket> {
-        let mut slots = self.slots();
-        let mut slot = match slots.free.pop() {
-            Some(slot) => slot,
+        let mut files = self.files();
+        let mut file = match files.free.pop() {
+            Some(file) => file,
             None => {
-                let path = self.dir.join(format!("slot-{:06}.journal", slots.made));
-                slots.made += 1;
-                Slot::open(path)?
+                let path = self.dir.join(format!("attempt-{:06}.journal", files.made));
+                files.made += 1;
+                AttemptFile::open(path)?
             }
         };
-        let written = slot
+        let written = file
             .write(&header.encode_to_vec())
-            .and_then(|()| self.commit.written(&slot.path, &slot.file));
+            .and_then(|()| self.commit.written(&file.path, &file.handle));
         let ticket = match written {
             Ok(t) => t,
             Err(e) => {
-                let _ = slot.empty();
-                slots.free.push(slot);
+                let _ = file.empty();
+                files.free.push(file);
                 return Err(e);
             }
         };
-        slots
+        files
             .live
-            .insert((header.trial_id.clone(), header.attempt), slot);
+            .insert((header.trial_id.clone(), header.attempt), file);
         Ok(ticket)
     }
 
@@ -267,10 +268,10 @@ impl Journal {
     /// [`AttemptReader`]), one at a time: the attempt's rows, to be written to its tables.
     pub fn batches(&self, trial_id: &str, attempt: u32) -> Result<AttemptReader> {
         let path = self
-            .slots()
+            .files()
             .live
             .get(&(trial_id.to_string(), attempt))
-            .map(|slot| slot.path.clone())
+            .map(|file| file.path.clone())
             .ok_or_else(|| {
                 Error::io(
                     &self.dir,
@@ -298,8 +299,8 @@ impl Journal {
 
     /// Appends one metric batch of a journaled attempt; durable once the ticket is synced.
     pub fn append(&self, batch: &pb::MetricsBatch) -> Result<Ticket> {
-        let mut slots = self.slots();
-        let slot = slots
+        let mut files = self.files();
+        let file = files
             .live
             .get_mut(&(batch.trial_id.clone(), batch.attempt))
             .ok_or_else(|| {
@@ -314,29 +315,29 @@ impl Journal {
                     ),
                 )
             })?;
-        slot.write(&batch.encode_to_vec())?;
-        self.commit.written(&slot.path, &slot.file)
+        file.write(&batch.encode_to_vec())?;
+        self.commit.written(&file.path, &file.handle)
     }
 
-    /// Ends the journal of an attempt whose rows are written or discarded: its slot is
+    /// Ends the journal of an attempt whose rows are written or discarded: its file is
     /// emptied and free again.
     pub fn end(&self, trial_id: &str, attempt: u32) {
-        let mut slots = self.slots();
-        if let Some(mut slot) = slots.live.remove(&(trial_id.to_string(), attempt)) {
-            match slot.empty() {
-                Ok(()) => slots.free.push(slot),
+        let mut files = self.files();
+        if let Some(mut file) = files.live.remove(&(trial_id.to_string(), attempt)) {
+            match file.empty() {
+                Ok(()) => files.free.push(file),
                 Err(e) => tracing::warn!("{e}"),
             }
         }
     }
 
-    /// Once the sweep is done: removes the free slot files and the log of ended trials.
+    /// Once the sweep is done: removes the free files and the log of ended trials.
     pub fn finish(&self) {
-        let mut slots = self.slots();
-        for slot in slots.free.drain(..) {
-            let _ = fs::remove_file(&slot.path);
+        let mut files = self.files();
+        for file in files.free.drain(..) {
+            let _ = fs::remove_file(&file.path);
         }
-        drop(slots);
+        drop(files);
         *self.ended.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let _ = fs::remove_file(self.dir.join(ENDED));
     }
@@ -471,7 +472,7 @@ pub struct AttemptReader {
 }
 
 impl AttemptReader {
-    /// None when not even the lease is readable (an empty, free slot).
+    /// None when not even the lease is readable (an empty, free file).
     fn open(path: &Path) -> Result<Option<AttemptReader>> {
         let mut records = Records::open(path)?;
         let Some(header) = records
@@ -548,6 +549,37 @@ mod tests {
     }
 
     #[test]
+    fn journal_files_of_any_name_are_read_back() {
+        // Earlier builds named the files `slot-N.journal`; a directory they left mid-sweep
+        // resumes all the same.
+        let dir = tempfile::tempdir().unwrap();
+        let header = pb::JournalHeader {
+            trial_id: "t1".into(),
+            attempt: 2,
+            ..Default::default()
+        };
+        {
+            let (j, _) = Journal::open(dir.path()).unwrap();
+            j.sync(j.begin(&header).unwrap()).unwrap();
+            j.sync(j.append(&batch(0)).unwrap()).unwrap();
+        }
+        let old = dir.path().join("slot-000000.journal");
+        fs::rename(dir.path().join("attempt-000000.journal"), &old).unwrap();
+        let (j, recovered) = Journal::open(dir.path()).unwrap();
+        assert_eq!(recovered.running.len(), 1);
+        assert_eq!(recovered.running[0].header, header);
+        assert_eq!(recovered.running[0].tally.next_seq, 1);
+        // A new attempt takes a new file beside it.
+        let next = pb::JournalHeader {
+            trial_id: "t2".into(),
+            ..header
+        };
+        j.sync(j.begin(&next).unwrap()).unwrap();
+        assert!(old.is_file());
+        assert!(dir.path().join("attempt-000001.journal").is_file());
+    }
+
+    #[test]
     fn batches_come_back_after_a_restart_and_a_torn_tail_is_cut_off() {
         let dir = tempfile::tempdir().unwrap();
         let header = pb::JournalHeader {
@@ -566,7 +598,7 @@ mod tests {
             j.sync(j.append(&batch(1)).unwrap()).unwrap();
         }
         // The process died halfway through writing a third record.
-        let path = dir.path().join("slot-000000.journal");
+        let path = dir.path().join("attempt-000000.journal");
         let whole = fs::metadata(&path).unwrap().len();
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(&frame(&batch(2).encode_to_vec())[..10])
@@ -600,12 +632,12 @@ mod tests {
         ) = Journal::open(dir.path()).unwrap();
         assert_eq!(restored[0].tally.next_seq, 3);
         j.end("t1", 2);
-        assert_eq!(fs::metadata(&path).unwrap().len(), 0, "the slot is free");
+        assert_eq!(fs::metadata(&path).unwrap().len(), 0, "the file is free");
         assert!(
             j.append(&batch(3)).is_err(),
             "an ended journal takes no more"
         );
-        // The next attempt reuses the slot; a restart finds only it.
+        // The next attempt reuses the file; a restart finds only it.
         let next = pb::JournalHeader {
             trial_id: "t2".into(),
             ..header.clone()

@@ -675,12 +675,12 @@ mod tests {
             j.sync(j.append(&sent(id, 11)).unwrap()).unwrap(); // twice
         }
         // Killed while writing batch 12.
-        let slot = out.join("journal").join("slot-000000.journal");
+        let file = out.join("journal").join("attempt-000000.journal");
         let bytes = sent(id, 12).encode_to_vec();
         let mut torn = (bytes.len() as u32).to_le_bytes().to_vec();
         torn.extend(crc32fast::hash(&bytes).to_le_bytes());
         torn.extend(&bytes[..bytes.len() / 2]);
-        let mut f = fs::OpenOptions::new().append(true).open(&slot).unwrap();
+        let mut f = fs::OpenOptions::new().append(true).open(&file).unwrap();
         std::io::Write::write_all(&mut f, &torn).unwrap();
         drop(f);
 
