@@ -12,12 +12,8 @@
 # target/release/bnsweep), WORKER (default: beside it), OUT (results directory, default a
 # temporary one).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-cifar="$(cd "$1" && pwd)"
-device=cpu
-[[ "${2:-}" == "--device" ]] && device="$3"
-bnsweep="${BNSWEEP:-target/release/bnsweep}"
-export BNSWEEP_WORKER_BIN="${WORKER:-$(dirname "$bnsweep")/bnsweep-worker}"
+source "$(dirname "$0")/cifar_args.sh"
+export BNSWEEP_WORKER_BIN="$worker"
 out="${OUT:-$(mktemp -d)/precision}"
 if [[ "$device" == cpu ]]; then
   width=0.125 steps="${STEPS:-1500}" precisions="[fp32, bf16]" layouts="[false]"

@@ -14,11 +14,7 @@
 # found beside it), READER (a python with pyarrow; default python3), OUT (default a temporary
 # directory; the results directory is OUT/results).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-cifar="$(cd "$1" && pwd)"
-device=cpu
-[[ "${2:-}" == "--device" ]] && device="$3"
-bnsweep="${BNSWEEP:-target/release/bnsweep}"
+source "$(dirname "$0")/cifar_args.sh"
 reader="${READER:-python3}"
 out="${OUT:-$(mktemp -d)}"
 if [[ "$device" == cpu ]]; then

@@ -11,12 +11,7 @@
 # Environment: BNSWEEP, WORKER (default target/release/...), READER (a python with pyarrow;
 # default python3), OUT (default a temporary directory).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-cifar="$(cd "$1" && pwd)"
-device=cpu
-[[ "${2:-}" == "--device" ]] && device="$3"
-bnsweep="${BNSWEEP:-target/release/bnsweep}"
-worker="${WORKER:-target/release/bnsweep-worker}"
+source "$(dirname "$0")/cifar_args.sh"
 reader="${READER:-python3}"
 out="${OUT:-$(mktemp -d)}"
 if [[ "$device" == cpu ]]; then

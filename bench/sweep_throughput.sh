@@ -17,12 +17,7 @@
 # Environment: STEPS, K (slots, default 4), CONFIGS (below), TRIALS_TORCH (0: no PyTorch row), BNSWEEP and WORKER (target/release/...), PYTHON
 # (with torch 2.11; default python3), OUT (default a temporary directory).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-cifar="$(cd "$1" && pwd)"
-device=cpu
-[[ "${2:-}" == "--device" ]] && device="$3"
-bnsweep="${BNSWEEP:-target/release/bnsweep}"
-worker="${WORKER:-target/release/bnsweep-worker}"
+source "$(dirname "$0")/cifar_args.sh"
 python="${PYTHON:-python3}"
 out="${OUT:-$(mktemp -d)}"
 k="${K:-4}"
