@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,7 @@ use pb::coordinator_server::Coordinator as _;
 use tonic::{Request, Response, Status};
 
 use crate::error::{Error, Result};
+use crate::registry::{new_secret, Ids};
 use crate::results::ResultsDir;
 use crate::scheduler::Policy;
 use crate::service::CoordinatorService;
@@ -79,14 +80,17 @@ struct Member {
     host: String,
 }
 
+/// The registered workers, and how their ids are given out (as a sweep gives them out).
+struct Members {
+    by_id: HashMap<String, Member>,
+    ids: Ids,
+}
+
 pub struct Hub {
     data: PathBuf,
     policy: Policy,
     sweeps: RwLock<Vec<Arc<Entry>>>,
-    workers: Mutex<HashMap<String, Member>>,
-    next_worker: AtomicU64,
-    /// Drawn at start: part of every worker id, so that ids never repeat across restarts.
-    run_tag: String,
+    workers: Mutex<Members>,
     /// Where the next poll begins its round of the sweeps.
     turn: AtomicUsize,
 }
@@ -106,9 +110,10 @@ impl Hub {
             data: data.to_path_buf(),
             policy,
             sweeps: RwLock::new(Vec::new()),
-            workers: Mutex::new(HashMap::new()),
-            next_worker: AtomicU64::new(1),
-            run_tag: format!("{:04x}", rand::random::<u16>()),
+            workers: Mutex::new(Members {
+                by_id: HashMap::new(),
+                ids: Ids::new(),
+            }),
             turn: AtomicUsize::new(0),
         });
         let mut found = Vec::new();
@@ -264,6 +269,7 @@ impl Hub {
     fn authenticate(&self, worker_id: &str, secret: &str) -> Result<String> {
         let workers = self.workers.lock().expect("workers");
         let w = workers
+            .by_id
             .get(worker_id)
             .ok_or_else(|| Error::UnknownWorker(worker_id.to_string()))?;
         if !pb::auth::same(w.secret.as_bytes(), secret.as_bytes()) {
@@ -273,17 +279,20 @@ impl Hub {
     }
 
     /// A worker's id and secret: the ones it had when this server (or, after a restart, one
-    /// of its sweeps' journals) still knows them with that secret, else new ones.
+    /// of its sweeps' journals) still knows them with that secret, else new ones, never an
+    /// id a sweep knows.
     fn register(&self, host: &str, previous: &str, previous_secret: &str) -> (String, String) {
         let mut workers = self.workers.lock().expect("workers");
+        let Members { by_id, ids } = &mut *workers;
         if !previous.is_empty() {
-            let known_here = workers
+            let known_here = by_id
                 .get(previous)
                 .is_some_and(|w| pb::auth::same(w.secret.as_bytes(), previous_secret.as_bytes()));
             let known_to_a_sweep = self.entries().iter().any(|e| {
                 e.service
                     .served()
                     .scheduler()
+                    .workers()
                     .knows(previous, previous_secret)
             });
             if known_here || (known_to_a_sweep && !previous_secret.is_empty()) {
@@ -291,28 +300,24 @@ impl Hub {
                     secret: previous_secret.to_string(),
                     host: host.to_string(),
                 };
-                workers.insert(previous.to_string(), member);
+                by_id.insert(previous.to_string(), member);
                 return (previous.to_string(), previous_secret.to_string());
             }
         }
-        let id = loop {
-            let n = self.next_worker.fetch_add(1, Ordering::Relaxed);
-            let id = format!("w{n}-{}-{}", self.run_tag, crate::scheduler::sanitize(host));
-            let elsewhere = || {
-                self.entries()
+        let id = ids.mint(host, |id| {
+            id == previous
+                || by_id.contains_key(id)
+                || self
+                    .entries()
                     .iter()
-                    .any(|e| e.service.served().scheduler().has_worker(&id))
-            };
-            if id != previous && !workers.contains_key(&id) && !elsewhere() {
-                break id;
-            }
-        };
-        let secret = crate::scheduler::new_secret();
+                    .any(|e| e.service.served().scheduler().workers().contains(id))
+        });
+        let secret = new_secret();
         let member = Member {
             secret: secret.clone(),
             host: host.to_string(),
         };
-        workers.insert(id.clone(), member);
+        by_id.insert(id.clone(), member);
         (id, secret)
     }
 }

@@ -2,7 +2,8 @@
 //! the results as Parquet. It does not link libtorch; workers (`bnsweep-worker`) train.
 //!
 //! A newcomer's map: `sweep` reads sweep files into trials; `trial` is the vocabulary of a
-//! trial's state; `scheduler` changes that state (queue, leases, outcomes) with no I/O;
+//! trial's state; `scheduler` changes that state (queue, leases, outcomes) with no I/O,
+//! `registry` being the workers it knows (ids, secrets, their attempts and failures);
 //! `results` writes and reads the results directory (journal, Parquet); `served` is one sweep
 //! being served (its scheduler, results and file writing); `service` is that sweep's gRPC
 //! handlers; `server` runs a sweep on a socket (`bnsweep serve`, `bnsweep run`); `hub` holds
@@ -15,6 +16,7 @@ pub mod hub;
 pub mod live;
 pub mod local;
 pub mod progress;
+pub mod registry;
 pub mod report;
 pub mod results;
 pub mod scheduler;

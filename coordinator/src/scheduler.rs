@@ -1,6 +1,6 @@
 //! The sweep's state, changed in this one place: the queue, which worker holds which trial,
-//! what each running attempt has sent (counted: its rows are in its journal), and how every
-//! trial ended.
+//! what each running attempt has sent (counted: its rows are in its journal), how every trial
+//! ended, and the workers it knows (a [`Workers`] registry, changed only through here).
 //!
 //! The gRPC handlers check a request, call one method here under a lock, and do any file
 //! writing outside it. Nothing here does I/O.
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bnsweep_proto as pb;
 
 use crate::error::{Error, Result};
+use crate::registry::Workers;
 use crate::sweep::{Sweep, Trial};
 use crate::trial::{Status, Summary, Tally, TrialRecord};
 
@@ -20,37 +21,6 @@ use crate::trial::{Status, Summary, Tally, TrialRecord};
 pub struct Finished {
     pub index: usize,
     pub tally: Tally,
-}
-
-struct Worker {
-    host: String,
-    /// What its calls must carry (empty: restored from a journal written without one).
-    secret: String,
-    last_seen: Instant,
-    running: Vec<usize>,
-    /// Attempts that failed on this worker since its last success.
-    failures_in_a_row: u32,
-    last_error: String,
-    registered: Instant,
-    /// Attempts this worker ended, and training steps it sent.
-    finished: u32,
-    steps: u64,
-}
-
-impl Worker {
-    fn new(host: &str, now: Instant) -> Worker {
-        Worker {
-            host: host.to_string(),
-            secret: String::new(),
-            last_seen: now,
-            running: Vec::new(),
-            failures_in_a_row: 0,
-            last_error: String::new(),
-            registered: now,
-            finished: 0,
-            steps: 0,
-        }
-    }
 }
 
 /// Counts for the progress display.
@@ -96,24 +66,13 @@ impl Default for Policy {
     }
 }
 
-/// A registration's secret: 128 random bits from the thread's CSPRNG (seeded by the operating
-/// system), as hex.
-pub(crate) fn new_secret() -> String {
-    let bits: u128 = rand::random();
-    format!("{bits:032x}")
-}
-
 pub struct Scheduler {
     records: Vec<TrialRecord>,
     by_id: HashMap<String, usize>,
     queue: VecDeque<usize>,
     /// What each running attempt has sent, counted.
     tallies: HashMap<usize, Tally>,
-    workers: HashMap<String, Worker>,
-    next_worker: u64,
-    /// Drawn when the coordinator starts: part of every worker id it gives, so that ids never
-    /// repeat across its restarts.
-    run_tag: String,
+    workers: Workers,
     /// What every trial measures, in wire form.
     measure: Option<pb::MeasureSpec>,
     /// Set by `bnsweep cancel`: nothing more goes out, workers give their trials back.
@@ -149,10 +108,8 @@ impl Scheduler {
             records,
             by_id,
             tallies: HashMap::new(),
-            workers: HashMap::new(),
-            next_worker: 1,
-            run_tag: format!("{:04x}", rand::random::<u16>()),
-            measure: sweep.measure.as_ref().map(measure_spec),
+            workers: Workers::new(),
+            measure: sweep.measure.as_ref().map(|m| m.to_spec()),
             cancelled: false,
             ended: Vec::new(),
             policy,
@@ -194,9 +151,9 @@ impl Scheduler {
         restored
     }
 
-    /// The host a registered worker gave.
-    pub fn host_of(&self, worker_id: &str) -> Option<String> {
-        self.workers.get(worker_id).map(|w| w.host.clone())
+    /// The workers registered here, to be asked who they are (changed through the scheduler).
+    pub fn workers(&self) -> &Workers {
+        &self.workers
     }
 
     pub fn records(&self) -> &[TrialRecord] {
@@ -209,11 +166,10 @@ impl Scheduler {
     }
 
     /// Registers a worker that had the id `previous` (empty for none) with the secret
-    /// `previous_secret`: its id and the secret its calls must carry. When the coordinator
-    /// still holds that id (its leases were restored from the journal after a restart, or it
-    /// has not been declared lost yet) and the secret matches (or none was recorded), the
-    /// worker gets it back and its attempts carry on; otherwise it gets a new id, never
-    /// equal to `previous` nor to any id of an earlier run (`w<N>-<run tag>-<host>`).
+    /// `previous_secret`: its id and the secret its calls must carry. It gets that id back
+    /// while this sweep still holds it (restored from the journal, or not yet declared lost)
+    /// with that secret (or none recorded), and its attempts carry on; otherwise a new id,
+    /// never `previous` nor any id of an earlier run (`w<N>-<run tag>-<host>`).
     pub fn register_again(
         &mut self,
         host: &str,
@@ -221,30 +177,8 @@ impl Scheduler {
         previous_secret: &str,
         now: Instant,
     ) -> (String, String) {
-        if let Some(w) = self.workers.get_mut(previous) {
-            if w.secret.is_empty()
-                || pb::auth::same(w.secret.as_bytes(), previous_secret.as_bytes())
-            {
-                w.host = host.to_string();
-                w.last_seen = now;
-                if w.secret.is_empty() {
-                    w.secret = new_secret();
-                }
-                return (previous.to_string(), w.secret.clone());
-            }
-        }
-        let id = loop {
-            let id = format!("w{}-{}-{}", self.next_worker, self.run_tag, sanitize(host));
-            self.next_worker += 1;
-            if id != previous && !self.workers.contains_key(&id) {
-                break id;
-            }
-        };
-        let mut w = Worker::new(host, now);
-        w.secret = new_secret();
-        let secret = w.secret.clone();
-        self.workers.insert(id.clone(), w);
-        (id, secret)
+        self.workers
+            .register_again(host, previous, previous_secret, now)
     }
 
     /// Makes a worker that registered elsewhere known here under its id and secret (a
@@ -252,43 +186,7 @@ impl Scheduler {
     /// scheduler knows already keeps its record; one restored from a journal without a secret
     /// takes this one.
     pub fn admit(&mut self, worker_id: &str, secret: &str, host: &str, now: Instant) {
-        let w = self
-            .workers
-            .entry(worker_id.to_string())
-            .or_insert_with(|| Worker::new(host, now));
-        if w.secret.is_empty() {
-            w.secret = secret.to_string();
-        }
-    }
-
-    /// Whether `worker_id` is registered here with `secret` (a record without a secret,
-    /// from an old journal, never matches).
-    pub fn knows(&self, worker_id: &str, secret: &str) -> bool {
-        self.workers.get(worker_id).is_some_and(|w| {
-            !w.secret.is_empty() && pb::auth::same(w.secret.as_bytes(), secret.as_bytes())
-        })
-    }
-
-    /// Checks that a call naming `worker_id` carries its secret. An unknown id passes here
-    /// (the call itself answers NOT_FOUND, and the worker registers again).
-    pub fn authenticate(&self, worker_id: &str, secret: &str) -> Result<()> {
-        match self.workers.get(worker_id) {
-            Some(w)
-                if !w.secret.is_empty()
-                    && !pb::auth::same(w.secret.as_bytes(), secret.as_bytes()) =>
-            {
-                Err(Error::WrongSecret(worker_id.to_string()))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// The secret of a registered worker (empty when unknown).
-    pub fn secret_of(&self, worker_id: &str) -> String {
-        self.workers
-            .get(worker_id)
-            .map(|w| w.secret.clone())
-            .unwrap_or_default()
+        self.workers.admit(worker_id, secret, host, now);
     }
 
     /// Hands out up to `free_slots` queued trials to a worker; also its heartbeat. `running`
@@ -307,15 +205,14 @@ impl Scheduler {
             .workers
             .get_mut(worker_id)
             .ok_or_else(|| Error::UnknownWorker(worker_id.into()))?;
-        worker.last_seen = now;
+        worker.heard_from(now);
         let records = &self.records;
-        let (kept, dropped): (Vec<usize>, Vec<usize>) = worker.running.iter().partition(|&&i| {
+        let dropped = worker.keep_attempts(|i| {
             let r = &records[i];
             running
                 .iter()
                 .any(|a| a.trial_id == r.trial.id && a.attempt == r.attempts)
         });
-        worker.running = kept;
         for i in dropped {
             let why = format!("worker {worker_id} no longer runs attempt");
             self.lose_attempt(i, &why);
@@ -324,11 +221,8 @@ impl Scheduler {
             .workers
             .get_mut(worker_id)
             .ok_or_else(|| Error::UnknownWorker(worker_id.into()))?;
-        if worker.failures_in_a_row >= max_failures {
-            let reason = format!(
-                "its last {} attempts failed (the last with: {})",
-                worker.failures_in_a_row, worker.last_error
-            );
+        if worker.out_of_rotation(max_failures) {
+            let reason = worker.why_out_of_rotation();
             return Ok(pb::PollWorkResponse {
                 trials: Vec::new(),
                 sweep_done: self.is_done(),
@@ -355,12 +249,12 @@ impl Scheduler {
             r.summary.device = None;
             r.summary.started_at = Some(SystemTime::now());
             r.last_step = 0;
-            worker.running.push(i);
+            worker.lease(i);
             self.tallies.insert(i, Tally::default());
             out.push(pb::TrialAssignment {
                 trial_id: r.trial.id.clone(),
                 attempt: r.attempts,
-                spec: Some(spec(&r.trial, self.measure.clone())),
+                spec: Some(r.trial.config.to_spec(self.measure.clone())),
             });
         }
         Ok(pb::PollWorkResponse {
@@ -376,7 +270,7 @@ impl Scheduler {
     pub fn unlease(&mut self, worker_id: &str, trial_id: &str, attempt: u32) -> Result<()> {
         let i = self.leased(worker_id, trial_id, attempt)?;
         if let Some(w) = self.workers.get_mut(worker_id) {
-            w.running.retain(|&j| j != i);
+            w.drop_attempt(i);
         }
         self.tallies.remove(&i);
         let r = &mut self.records[i];
@@ -407,9 +301,7 @@ impl Scheduler {
         let running: Vec<usize> = (0..self.records.len())
             .filter(|&i| self.records[i].status == Status::Running)
             .collect();
-        for w in self.workers.values_mut() {
-            w.running.retain(|i| !running.contains(i));
-        }
+        self.workers.drop_attempts(&running);
         for &i in running.iter().rev() {
             self.tallies.remove(&i);
             let r = &mut self.records[i];
@@ -438,11 +330,6 @@ impl Scheduler {
         failed.len()
     }
 
-    /// Whether a worker of this id is registered here, whatever its secret.
-    pub fn has_worker(&self, worker_id: &str) -> bool {
-        self.workers.contains_key(worker_id)
-    }
-
     /// Set by `bnsweep cancel`: the sweep drains.
     pub fn is_cancelled(&self) -> bool {
         self.cancelled
@@ -455,7 +342,7 @@ impl Scheduler {
 
     /// Looks up the running attempt a worker speaks of.
     fn leased(&self, worker_id: &str, trial_id: &str, attempt: u32) -> Result<usize> {
-        if !self.workers.contains_key(worker_id) {
+        if !self.workers.contains(worker_id) {
             return Err(Error::UnknownWorker(worker_id.into()));
         }
         let &i = self
@@ -535,9 +422,9 @@ impl Scheduler {
     pub fn metrics(&mut self, batch: pb::MetricsBatch, now: Instant) -> Result<()> {
         let new = self.is_new_batch(&batch)?;
         if let Some(w) = self.workers.get_mut(&batch.worker_id) {
-            w.last_seen = now;
+            w.heard_from(now);
             if new {
-                w.steps += batch.train.len() as u64;
+                w.sent_steps(batch.train.len() as u64);
             }
         }
         if !new {
@@ -575,22 +462,9 @@ impl Scheduler {
         r.last_step = tally.last_step.unwrap_or(0);
         self.tallies.insert(i, tally);
         self.queue.retain(|&j| j != i);
-        if let Some(n) = header
-            .worker_id
-            .strip_prefix('w')
-            .and_then(|s| s.split('-').next())
-            .and_then(|n| n.parse::<u64>().ok())
-        {
-            self.next_worker = self.next_worker.max(n + 1);
-        }
-        let w = self
-            .workers
-            .entry(header.worker_id.clone())
-            .or_insert_with(|| Worker::new(&header.host, now));
-        if w.secret.is_empty() {
-            w.secret = header.worker_secret.clone();
-        }
-        w.running.push(i);
+        self.workers
+            .restore(&header.worker_id, &header.worker_secret, &header.host, now)
+            .lease(i);
         true
     }
 
@@ -623,14 +497,10 @@ impl Scheduler {
             });
         }
         if let Some(w) = self.workers.get_mut(&outcome.worker_id) {
-            w.last_seen = now;
-            w.running.retain(|&j| j != i);
-            w.finished += u32::from(!outcome.handed_back);
-            if status == Status::Failed && !outcome.handed_back {
-                w.failures_in_a_row += 1;
-                w.last_error = outcome.error.clone();
-            } else if !outcome.handed_back {
-                w.failures_in_a_row = 0;
+            w.heard_from(now);
+            w.drop_attempt(i);
+            if !outcome.handed_back {
+                w.ended((status == Status::Failed).then_some(outcome.error.as_str()));
             }
         }
         let max = self.policy.max_attempts;
@@ -706,22 +576,13 @@ impl Scheduler {
     /// Returns what happened, for the log.
     pub fn expire(&mut self, now: Instant) -> Vec<String> {
         let timeout = self.policy.worker_timeout;
-        let lost: Vec<String> = self
-            .workers
-            .iter()
-            .filter(|(_, w)| now.duration_since(w.last_seen) > timeout)
-            .map(|(id, _)| id.clone())
-            .collect();
         let mut log = Vec::new();
-        for id in lost {
-            let Some(w) = self.workers.remove(&id) else {
-                continue;
-            };
+        for (id, w) in self.workers.remove_silent(now, timeout) {
             log.push(format!(
                 "worker {id} on {} lost (silent for over {timeout:?})",
-                w.host
+                w.host()
             ));
-            for i in w.running {
+            for &i in w.running() {
                 log.push(self.lose_attempt(i, &format!("worker {id} was lost during attempt")));
             }
         }
@@ -743,22 +604,7 @@ impl Scheduler {
 
     /// Each registered worker, for `bnsweep status`.
     pub fn worker_status(&self, now: Instant) -> Vec<pb::WorkerStatus> {
-        let mut out: Vec<pb::WorkerStatus> = self
-            .workers
-            .iter()
-            .map(|(id, w)| pb::WorkerStatus {
-                worker_id: id.clone(),
-                host: w.host.clone(),
-                running: w.running.len() as u32,
-                finished: w.finished,
-                steps_per_s: w.steps as f64
-                    / now.duration_since(w.registered).as_secs_f64().max(1e-3),
-                last_seen_s: now.duration_since(w.last_seen).as_secs_f64(),
-                retired: w.failures_in_a_row >= self.policy.max_worker_failures,
-            })
-            .collect();
-        out.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
-        out
+        self.workers.status(now, self.policy.max_worker_failures)
     }
 
     pub fn progress(&self) -> Progress {
@@ -788,53 +634,6 @@ impl Scheduler {
         };
         p
     }
-}
-
-pub(crate) fn sanitize(host: &str) -> String {
-    let s: String = host
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(64)
-        .collect();
-    if s.is_empty() {
-        "unknown".into()
-    } else {
-        s
-    }
-}
-
-/// The wire form of the `measure:` section.
-pub fn measure_spec(m: &crate::sweep::measure::MeasureConfig) -> pb::MeasureSpec {
-    let (landscape, eta, relative) = match &m.landscape {
-        Some(l) => (true, l.eta.clone(), l.relative_to_lr),
-        None => (false, Vec::new(), false),
-    };
-    let a = m.activations.as_ref();
-    pb::MeasureSpec {
-        every: m.every,
-        ics: m.ics,
-        landscape,
-        eta,
-        eta_relative_to_lr: relative,
-        weights: m.weights,
-        activations: a.is_some(),
-        activation_layers: a.and_then(|a| a.layers.clone()).unwrap_or_default(),
-        bins: a.map_or(0, |a| a.bins),
-        sample: a.map_or(0, |a| a.sample),
-        range_lo: a.map_or(0.0, |a| a.range.0),
-        range_hi: a.map_or(0.0, |a| a.range.1),
-    }
-}
-
-/// The wire form of a trial's configuration.
-pub fn spec(t: &Trial, measure: Option<pb::MeasureSpec>) -> pb::TrialSpec {
-    t.config.to_spec(measure)
 }
 
 #[cfg(test)]
@@ -1189,39 +988,6 @@ mod tests {
             (again[0].trial_id.as_str(), again[0].attempt),
             (got[1].trial_id.as_str(), 2)
         );
-    }
-
-    /// Two workers of one name (one per GPU of a machine), then a coordinator restart with
-    /// neither holding a lease: each registers again with its old id and secret, and gets an id
-    /// of its own, never the other's; nobody acts as a worker without its secret.
-    #[test]
-    fn workers_of_one_name_keep_apart_across_a_restart() {
-        let now = Instant::now();
-        let mut first = Scheduler::new(&sweep(4), Policy::default());
-        let (a, a_secret) = first.register_again("gpu-node", "", "", now);
-        let (b, b_secret) = first.register_again("gpu-node", "", "", now);
-        assert_ne!(a, b);
-        assert_ne!(a_secret, b_secret);
-        assert!(
-            first.authenticate(&a, &b_secret).is_err(),
-            "b's secret is not a's"
-        );
-        assert!(first.authenticate(&a, "").is_err());
-        assert!(first.authenticate(&a, &a_secret).is_ok());
-
-        let mut second = Scheduler::new(&sweep(4), Policy::default());
-        let (a2, a2_secret) = second.register_again("gpu-node", &a, &a_secret, now);
-        let (b2, _) = second.register_again("gpu-node", &b, &b_secret, now);
-        for id in [&a2, &b2] {
-            assert!(*id != a && *id != b, "{id} repeats an id of the first run");
-        }
-        assert_ne!(a2, b2);
-        // b, polling as a2 without a2's secret, is refused before anything changes.
-        assert!(matches!(
-            second.authenticate(&a2, &b_secret),
-            Err(Error::WrongSecret(_))
-        ));
-        assert!(second.authenticate(&a2, &a2_secret).is_ok());
     }
 
     /// A worker that sends more rows than its trial can produce is refused, and nothing of

@@ -141,8 +141,15 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         }
         let resp = {
             let mut s = self.shared.scheduler();
-            s.authenticate(&req.worker_id, &req.worker_secret)?;
+            s.workers()
+                .authenticate(&req.worker_id, &req.worker_secret)?;
             let resp = s.poll(&req.worker_id, req.free_slots, &req.running, Instant::now())?;
+            let workers = s.workers();
+            let secret = workers.secret_of(&req.worker_id).to_string();
+            let host = workers
+                .host_of(&req.worker_id)
+                .unwrap_or_default()
+                .to_string();
             for (n, t) in resp.trials.iter().enumerate() {
                 // Journaled before the worker hears of it: a restarted coordinator knows the
                 // lease. Not synced here: the attempt's first batch syncs its file, header
@@ -152,8 +159,8 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                     trial_id: t.trial_id.clone(),
                     attempt: t.attempt,
                     worker_id: req.worker_id.clone(),
-                    worker_secret: s.secret_of(&req.worker_id),
-                    host: s.host_of(&req.worker_id).unwrap_or_default(),
+                    worker_secret: secret.clone(),
+                    host: host.clone(),
                     started_at_ms: crate::results::millis(SystemTime::now()),
                 });
                 if let Err(e) = begun {
@@ -204,7 +211,8 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         )?;
         let ticket = {
             let mut s = self.shared.scheduler();
-            s.authenticate(&batch.worker_id, &std::mem::take(&mut batch.worker_secret))?;
+            s.workers()
+                .authenticate(&batch.worker_id, &std::mem::take(&mut batch.worker_secret))?;
             // On disk before it is acknowledged: no acknowledged row is lost to a crash.
             let ticket = if s.is_new_batch(&batch)? {
                 let appended = self.shared.results.journal().append(&batch);
@@ -281,7 +289,8 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         check_id("trial_id", &outcome.trial_id)?;
         let finished = {
             let mut s = self.shared.scheduler();
-            s.authenticate(&outcome.worker_id, &outcome.worker_secret)?;
+            s.workers()
+                .authenticate(&outcome.worker_id, &outcome.worker_secret)?;
             s.finish(&outcome, Instant::now())?
         };
         let status = pb::TrialStatus::try_from(outcome.status)

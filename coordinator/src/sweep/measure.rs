@@ -1,5 +1,7 @@
 //! The `measure:` section: what every trial measures besides its loss, and how often.
 
+use bnsweep_proto as pb;
+
 use super::diagnostic::Diagnostic;
 use super::yaml::{Node, Pos, Scalar, Value};
 
@@ -31,6 +33,31 @@ pub struct MeasureConfig {
     pub landscape: Option<Landscape>,
     pub activations: Option<Activations>,
     pub weights: bool,
+}
+
+impl MeasureConfig {
+    /// What a worker is sent of it, with every trial.
+    pub fn to_spec(&self) -> pb::MeasureSpec {
+        let (landscape, eta, relative) = match &self.landscape {
+            Some(l) => (true, l.eta.clone(), l.relative_to_lr),
+            None => (false, Vec::new(), false),
+        };
+        let a = self.activations.as_ref();
+        pb::MeasureSpec {
+            every: self.every,
+            ics: self.ics,
+            landscape,
+            eta,
+            eta_relative_to_lr: relative,
+            weights: self.weights,
+            activations: a.is_some(),
+            activation_layers: a.and_then(|a| a.layers.clone()).unwrap_or_default(),
+            bins: a.map_or(0, |a| a.bins),
+            sample: a.map_or(0, |a| a.sample),
+            range_lo: a.map_or(0.0, |a| a.range.0),
+            range_hi: a.map_or(0.0, |a| a.range.1),
+        }
+    }
 }
 
 const KEYS: &[&str] = &["every", "ics", "landscape", "activations", "weights"];

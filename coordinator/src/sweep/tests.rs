@@ -612,7 +612,7 @@ fn every_field_reaches_the_worker() {
         every: 10,
         ..Default::default()
     };
-    let spec = crate::scheduler::spec(&every.trials[1], Some(measure.clone()));
+    let spec = every.trials[1].config.to_spec(Some(measure.clone()));
     let want = pb::TrialSpec {
         seed: 7,
         lr: 1e-3,
@@ -659,7 +659,7 @@ fn every_field_reaches_the_worker() {
     };
     assert_eq!(spec, want);
     // At the defaults, every message is there (a worker never guesses a default).
-    let plain = crate::scheduler::spec(&parse(GRID).unwrap().trials[0], None);
+    let plain = parse(GRID).unwrap().trials[0].config.to_spec(None);
     assert!(plain.model.is_some() && plain.dataset.is_some());
     assert!(plain.optimizer.is_some() && plain.divergence.is_some());
     assert_eq!(
