@@ -159,7 +159,7 @@ impl ServedSweep {
     }
 
     /// Rewrites `trials.parquet` when the records changed and it was last rewritten over
-    /// [`REWRITE_EVERY`] ago.
+    /// `REWRITE_EVERY` ago.
     pub fn write_trials_if_due(&self) -> Result<()> {
         let due = self.dirty.load(Ordering::SeqCst)
             && self

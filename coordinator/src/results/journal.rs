@@ -229,7 +229,7 @@ impl Journal {
         Ticket(self.commit.issued.load(Ordering::SeqCst))
     }
 
-    /// Makes the writes up to `ticket` durable (see [`GroupCommit`]). Blocking: call it
+    /// Makes the writes up to `ticket` durable (see `GroupCommit`). Blocking: call it
     /// outside any lock the rest of the coordinator needs.
     pub fn sync(&self, ticket: Ticket) -> Result<()> {
         self.commit.sync(ticket)

@@ -2,8 +2,8 @@
 //! [`Runner`] (its slots, each a process of its own, see [`crate::slot`]), stream its rows
 //! back in numbered batches, and report how it ended.
 //!
-//! This module holds the poll loop and what ends the worker's time; [`session`] its calls to
-//! the coordinator, [`attempt`] each attempt from its start to its outcome.
+//! This module holds the poll loop and what ends the worker's time; `session` its calls to
+//! the coordinator, `attempt` each attempt from its start to its outcome.
 
 mod attempt;
 mod session;
