@@ -4,11 +4,12 @@
 //! A newcomer's map: `sweep` reads sweep files into trials; `trial` is the vocabulary of a
 //! trial's state; `scheduler` changes that state (queue, leases, outcomes) with no I/O,
 //! `registry` being the workers it knows (ids, secrets, their attempts and failures);
-//! `results` writes and reads the results directory (journal, Parquet); `served` is one sweep
-//! being served (its scheduler, results and file writing); `service` is that sweep's gRPC
-//! handlers; `server` runs a sweep on a socket (`bnsweep serve`, `bnsweep run`); `hub` holds
-//! many sweeps behind one service (`bnsweep server`); `live` and `report` show the results;
-//! `progress` and `connections` are small helpers.
+//! `results` writes and reads the results directory (journal, Parquet; `results::columns` is
+//! the one reader of its Parquet files, as plain columns); `served` is one sweep being served
+//! (its scheduler, results and file writing); `service` is that sweep's gRPC handlers; `server`
+//! runs a sweep on a socket (`bnsweep serve`, `bnsweep run`); `hub` holds many sweeps behind
+//! one service (`bnsweep server`); `live` and `report` show the results; `progress` and
+//! `connections` are small helpers.
 
 pub mod connections;
 pub mod error;

@@ -1,165 +1,33 @@
-//! Reading a results directory back for the report: trials.parquet and each trial's tables, as
-//! plain columns. A table that is not there yet (a trial still queued or running) is simply
-//! absent.
+//! Reading a results directory back for the report: its sweep, trials.parquet as `TrialInfo`s
+//! and each trial's tables, read as plain columns by `results::columns`; a column's values as
+//! the report writes them (`text`, `texts`). A table that is not there yet (a trial still
+//! queued or running) is simply absent.
 
-use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
-
-use arrow_array::{Array, BooleanArray, Float64Array, Int64Array, StringArray};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::error::{Error, Result};
 use crate::report::svg::fmt_num;
+use crate::results::columns::{read_table, Column, Table};
 use crate::sweep::Sweep;
 
-/// One column of a table; nulls and other types read as None.
-#[derive(Debug, Clone)]
-pub enum Column {
-    F64(Vec<Option<f64>>),
-    I64(Vec<Option<i64>>),
-    Bool(Vec<Option<bool>>),
-    Str(Vec<Option<String>>),
-    Other(usize),
-}
-
-impl Column {
-    fn len(&self) -> usize {
-        match self {
-            Column::F64(v) => v.len(),
-            Column::I64(v) => v.len(),
-            Column::Bool(v) => v.len(),
-            Column::Str(v) => v.len(),
-            Column::Other(n) => *n,
-        }
-    }
-
-    /// The value at `i` as a number (integers and booleans too).
-    pub fn f64(&self, i: usize) -> Option<f64> {
-        match self {
-            Column::F64(v) => v[i],
-            Column::I64(v) => v[i].map(|x| x as f64),
-            Column::Bool(v) => v[i].map(|b| f64::from(u8::from(b))),
-            _ => None,
-        }
-    }
-
-    /// The value at `i` as text, numbers written short.
-    pub fn text(&self, i: usize) -> Option<String> {
-        match self {
-            Column::F64(v) => v[i].map(fmt_num),
-            Column::I64(v) => v[i].map(|x| x.to_string()),
-            Column::Bool(v) => v[i].map(|b| b.to_string()),
-            Column::Str(v) => v[i].clone(),
-            Column::Other(_) => None,
-        }
+/// A column's value at `i` as text, numbers written short; None for a null, a timestamp or a
+/// column of another type.
+pub fn text(column: &Column, i: usize) -> Option<String> {
+    match column {
+        Column::F64(v) => v[i].map(fmt_num),
+        Column::I64(v) => v[i].map(|x| x.to_string()),
+        Column::Bool(v) => v[i].map(|b| b.to_string()),
+        Column::Str(v) => v[i].clone(),
+        Column::Time(_) | Column::Other(_) => None,
     }
 }
 
-#[derive(Debug, Default)]
-pub struct Table {
-    pub rows: usize,
-    columns: HashMap<String, Column>,
-}
-
-impl Table {
-    /// A table from its columns (all of the same length).
-    pub fn from_columns(columns: Vec<(&str, Column)>) -> Table {
-        Table {
-            rows: columns.first().map_or(0, |c| c.1.len()),
-            columns: columns
-                .into_iter()
-                .map(|(name, c)| (name.to_string(), c))
-                .collect(),
-        }
+/// A column's values as text (missing column: all None).
+pub fn texts(table: &Table, name: &str) -> Vec<Option<String>> {
+    match table.col(name) {
+        Some(c) => (0..table.rows).map(|i| text(c, i)).collect(),
+        None => vec![None; table.rows],
     }
-
-    pub fn col(&self, name: &str) -> Option<&Column> {
-        self.columns.get(name)
-    }
-
-    /// A numeric column's values (missing column: all None).
-    pub fn f64s(&self, name: &str) -> Vec<Option<f64>> {
-        match self.col(name) {
-            Some(c) => (0..self.rows).map(|i| c.f64(i)).collect(),
-            None => vec![None; self.rows],
-        }
-    }
-
-    pub fn texts(&self, name: &str) -> Vec<Option<String>> {
-        match self.col(name) {
-            Some(c) => (0..self.rows).map(|i| c.text(i)).collect(),
-            None => vec![None; self.rows],
-        }
-    }
-}
-
-/// Reads a whole Parquet file into columns.
-pub fn read_table(path: &Path) -> Result<Table> {
-    let parquet_err = |source| Error::Parquet {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(parquet_err)?
-        .build()
-        .map_err(parquet_err)?;
-    let mut table = Table::default();
-    for batch in reader {
-        let batch = batch?;
-        for (field, array) in batch.schema().fields().iter().zip(batch.columns()) {
-            let a = array.as_any();
-            let n = array.len();
-            let more = if let Some(x) = a.downcast_ref::<Float64Array>() {
-                Column::F64(
-                    (0..n)
-                        .map(|i| (!x.is_null(i)).then(|| x.value(i)))
-                        .collect(),
-                )
-            } else if let Some(x) = a.downcast_ref::<Int64Array>() {
-                Column::I64(
-                    (0..n)
-                        .map(|i| (!x.is_null(i)).then(|| x.value(i)))
-                        .collect(),
-                )
-            } else if let Some(x) = a.downcast_ref::<BooleanArray>() {
-                Column::Bool(
-                    (0..n)
-                        .map(|i| (!x.is_null(i)).then(|| x.value(i)))
-                        .collect(),
-                )
-            } else if let Some(x) = a.downcast_ref::<StringArray>() {
-                Column::Str(
-                    (0..n)
-                        .map(|i| (!x.is_null(i)).then(|| x.value(i).to_string()))
-                        .collect(),
-                )
-            } else {
-                Column::Other(n)
-            };
-            let entry = table
-                .columns
-                .entry(field.name().clone())
-                .or_insert_with(|| match &more {
-                    Column::F64(_) => Column::F64(Vec::new()),
-                    Column::I64(_) => Column::I64(Vec::new()),
-                    Column::Bool(_) => Column::Bool(Vec::new()),
-                    Column::Str(_) => Column::Str(Vec::new()),
-                    Column::Other(_) => Column::Other(0),
-                });
-            match (entry, more) {
-                (Column::F64(a), Column::F64(b)) => a.extend(b),
-                (Column::I64(a), Column::I64(b)) => a.extend(b),
-                (Column::Bool(a), Column::Bool(b)) => a.extend(b),
-                (Column::Str(a), Column::Str(b)) => a.extend(b),
-                (Column::Other(a), more) => *a += more.len(),
-                _ => {}
-            }
-        }
-        table.rows += batch.num_rows();
-    }
-    Ok(table)
 }
 
 /// BatchNorm and noise: the comparison the paper makes.
@@ -212,12 +80,12 @@ pub struct Results {
 impl Results {
     pub fn open(dir: &Path) -> Result<Results> {
         let stored = dir.join("sweep.yaml");
-        let text = std::fs::read_to_string(&stored).map_err(|source| Error::NotResults {
+        let yaml = std::fs::read_to_string(&stored).map_err(|source| Error::NotResults {
             dir: dir.to_path_buf(),
             stored: stored.clone(),
             source,
         })?;
-        let sweep = Sweep::parse(&stored.display().to_string(), &text).map_err(Error::Sweep)?;
+        let sweep = Sweep::parse(&stored.display().to_string(), &yaml).map_err(Error::Sweep)?;
         let path = dir.join("trials.parquet");
         let mut trials = Vec::new();
         if path.is_file() {
@@ -228,8 +96,8 @@ impl Results {
                 .map(|c| c.0)
                 .filter(|c| !["bn", "noise", "seed"].contains(&c.as_str()))
                 .collect();
-            let ids = t.texts("trial_id");
-            let status = t.texts("status");
+            let ids = texts(&t, "trial_id");
+            let status = texts(&t, "status");
             let seed = t.f64s("seed");
             let bn = t.f64s("bn");
             let noise = t.f64s("noise");
@@ -241,7 +109,7 @@ impl Results {
                         .iter()
                         .filter(|c| keep(c))
                         .map(|c| {
-                            let v = t.col(c).and_then(|col| col.text(i)).unwrap_or_default();
+                            let v = t.col(c).and_then(|col| text(col, i)).unwrap_or_default();
                             format!("{c} = {v}")
                         })
                         .collect::<Vec<_>>()

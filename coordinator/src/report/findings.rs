@@ -14,8 +14,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
-use super::data::{Table, TrialInfo};
+use super::data::{texts, TrialInfo};
 use super::svg::{esc, fmt_num};
+use crate::results::columns::Table;
 use crate::sweep::Sweep;
 
 /// A net "trains" when its final test accuracy reaches this: twice chance for 10 classes.
@@ -312,7 +313,7 @@ fn normalised(names: &BTreeMap<usize, String>) -> Vec<usize> {
 }
 
 pub fn layer_summary(t: &Table) -> LayerSummary {
-    let (step, layer, name) = (t.f64s("step"), t.f64s("layer"), t.texts("layer_name"));
+    let (step, layer, name) = (t.f64s("step"), t.f64s("layer"), texts(t, "layer_name"));
     let (l2, cos, dist) = (
         t.f64s("ics_l2"),
         t.f64s("ics_cos"),
@@ -1331,8 +1332,8 @@ pub fn markdown(fs: &[Finding]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::data::Column;
     use super::*;
+    use crate::results::columns::Column;
 
     const ALL: Context = Context {
         ics: true,

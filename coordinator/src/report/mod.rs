@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use bnsweep_proto as pb;
 
 use crate::error::{Error, Result};
-use data::{Results, Table, TrialInfo, Variant};
+use crate::results::columns::Table;
+use data::{texts, Results, TrialInfo, Variant};
 use svg::{esc, Chart, Series, PALETTE};
 
 /// One figure: its file name (without `.svg`), caption and drawing.
@@ -590,7 +591,7 @@ fn findings_of(results: &Results, trials: &[TrialData]) -> Vec<findings::Finding
 fn layer_names<'a>(tables: impl Iterator<Item = &'a Table>) -> Vec<(usize, String)> {
     let mut names: BTreeMap<usize, String> = BTreeMap::new();
     for t in tables {
-        let (l, n) = (t.f64s("layer"), t.texts("layer_name"));
+        let (l, n) = (t.f64s("layer"), texts(t, "layer_name"));
         for i in 0..t.rows {
             if let (Some(l), Some(n)) = (l[i], &n[i]) {
                 let layer = l as usize;
@@ -620,7 +621,7 @@ fn histograms(t: &Table, layer: usize, point: &str, k: usize) -> Vec<(String, Ve
     let (step, l, pt, lo, hi, count) = (
         t.f64s("step"),
         t.f64s("layer"),
-        t.texts("point"),
+        texts(t, "point"),
         t.f64s("lo"),
         t.f64s("hi"),
         t.f64s("count"),
@@ -754,15 +755,16 @@ pub fn write(r: &Report, out: &Path) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::results::columns::Column;
 
     #[test]
     fn layers_keep_their_index_and_show_the_paper_s_number() {
         // Activations of layers 2 and 7 only (`layers: [2, 7]`).
         let t = Table::from_columns(vec![
-            ("layer", data::Column::I64(vec![Some(7), Some(2), Some(7)])),
+            ("layer", Column::I64(vec![Some(7), Some(2), Some(7)])),
             (
                 "layer_name",
-                data::Column::Str(vec![
+                Column::Str(vec![
                     Some("conv7".into()),
                     Some("conv2".into()),
                     Some("conv7".into()),

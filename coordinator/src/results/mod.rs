@@ -12,7 +12,12 @@
 //! Every file appears whole or not at all: it is written under a temporary name and renamed.
 //! A sweep run again on its own directory resumes: the trials `trials.parquet` records as
 //! finished, whose files are there, are not run again.
+//!
+//! `tables` builds its Parquet tables and writes them; `columns` reads any of them back as
+//! plain columns (the report, and `trials.parquet` on resuming); `journal` keeps the rows of
+//! running attempts and the log of ended trials.
 
+pub mod columns;
 pub mod journal;
 mod tables;
 

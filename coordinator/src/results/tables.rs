@@ -1,9 +1,11 @@
-//! Arrow tables of the results and their Parquet files.
+//! Arrow tables of the results and their Parquet files: each table's batch built from a
+//! trial's record and rows, written whole or streamed (`TableWriter`); `trials.parquet` read
+//! back for resuming (`read_trials`, on the shared reader of `columns`).
 
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arrow_array::builder::{BooleanBuilder, Float64Builder, Int64Builder, StringBuilder};
 use arrow_array::{
@@ -16,6 +18,7 @@ use parquet::file::properties::WriterProperties;
 
 use bnsweep_proto as pb;
 
+use super::columns::{read_table, Column, Table};
 use crate::error::{Error, Result};
 use crate::sweep::config::Kind;
 use crate::sweep::{ParamValue, Sweep};
@@ -579,88 +582,56 @@ fn parquet_error(path: &Path, source: parquet::errors::ParquetError) -> Error {
     }
 }
 
-/// Reads `trials.parquet` back.
+/// Reads `trials.parquet` back. A column it lacks, or of another type, refuses it.
 pub fn read_trials(path: &Path) -> Result<Vec<Prior>> {
-    use arrow_array::{Array, Int64Array as I64};
-    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-    let parquet_err = |source| Error::Parquet {
-        path: path.to_path_buf(),
-        source,
-    };
-    let bad =
-        |what: &str| Error::Refused(format!("{}: {what}; it cannot be resumed", path.display()));
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(parquet_err)?
-        .build()
-        .map_err(parquet_err)?;
-    let mut out = Vec::new();
-    for batch in reader {
-        let batch = batch?;
-        let col = |name: &str| {
-            batch
-                .column_by_name(name)
-                .ok_or_else(|| bad(&format!("no column `{name}`")))
-        };
-        let strings = |name: &str| -> Result<StringArray> {
-            col(name)?
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .cloned()
-                .ok_or_else(|| bad(&format!("`{name}` is not a string column")))
-        };
-        let floats = |name: &str| -> Result<Float64Array> {
-            col(name)?
-                .as_any()
-                .downcast_ref::<Float64Array>()
-                .cloned()
-                .ok_or_else(|| bad(&format!("`{name}` is not a double column")))
-        };
-        let times = |name: &str| -> Result<TimestampMicrosecondArray> {
-            col(name)?
-                .as_any()
-                .downcast_ref::<TimestampMicrosecondArray>()
-                .cloned()
-                .ok_or_else(|| bad(&format!("`{name}` is not a timestamp column")))
-        };
-        let (ids, status, worker, device, error) = (
-            strings("trial_id")?,
-            strings("status")?,
-            strings("worker")?,
-            strings("device")?,
-            strings("error")?,
-        );
-        let attempts = col("attempts")?
-            .as_any()
-            .downcast_ref::<I64>()
-            .cloned()
-            .ok_or_else(|| bad("`attempts` is not an int64 column"))?;
-        let (acc, loss) = (floats("final_test_acc")?, floats("final_train_loss")?);
-        let (started, ended) = (times("started_at")?, times("ended_at")?);
-        let opt_str = |a: &StringArray, i: usize| (!a.is_null(i)).then(|| a.value(i).to_string());
-        let opt_f64 = |a: &Float64Array, i: usize| (!a.is_null(i)).then(|| a.value(i));
-        let opt_time = |a: &TimestampMicrosecondArray, i: usize| {
-            (!a.is_null(i))
-                .then(|| UNIX_EPOCH + std::time::Duration::from_micros(a.value(i).max(0) as u64))
-        };
-        for i in 0..batch.num_rows() {
-            out.push(Prior {
-                trial_id: ids.value(i).to_string(),
-                status: Status::parse(status.value(i)),
-                attempts: attempts.value(i).clamp(0, i64::from(u32::MAX)) as u32,
-                summary: Summary {
-                    worker: opt_str(&worker, i),
-                    device: opt_str(&device, i),
-                    started_at: opt_time(&started, i),
-                    ended_at: opt_time(&ended, i),
-                    final_test_acc: opt_f64(&acc, i),
-                    final_train_loss: opt_f64(&loss, i),
-                    error: opt_str(&error, i),
-                },
-            });
-        }
-    }
-    Ok(out)
+    let t = read_table(path)?;
+    let strings = |name| typed(&t, path, name, "a string", Column::strings);
+    let (ids, status, worker, device, error) = (
+        strings("trial_id")?,
+        strings("status")?,
+        strings("worker")?,
+        strings("device")?,
+        strings("error")?,
+    );
+    let attempts = typed(&t, path, "attempts", "an int64", Column::ints)?;
+    let floats = |name| typed(&t, path, name, "a double", Column::floats);
+    let (acc, loss) = (floats("final_test_acc")?, floats("final_train_loss")?);
+    let times = |name| typed(&t, path, name, "a timestamp", Column::times);
+    let (started, ended) = (times("started_at")?, times("ended_at")?);
+    let time = |us: Option<i64>| us.map(|us| UNIX_EPOCH + Duration::from_micros(us.max(0) as u64));
+    Ok((0..t.rows)
+        .map(|i| Prior {
+            // Never null as written; a null reads as "" (an unknown status).
+            trial_id: ids[i].clone().unwrap_or_default(),
+            status: Status::parse(status[i].as_deref().unwrap_or_default()),
+            attempts: attempts[i].unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32,
+            summary: Summary {
+                worker: worker[i].clone(),
+                device: device[i].clone(),
+                started_at: time(started[i]),
+                ended_at: time(ended[i]),
+                final_test_acc: acc[i],
+                final_train_loss: loss[i],
+                error: error[i].clone(),
+            },
+        })
+        .collect())
+}
+
+/// Column `name` of `trials.parquet` as `get` reads it (`kind` names its type in the refusal).
+fn typed<'t, T>(
+    t: &'t Table,
+    path: &Path,
+    name: &str,
+    kind: &str,
+    get: fn(&Column) -> Option<&[Option<T>]>,
+) -> Result<&'t [Option<T>]> {
+    let refused =
+        |what: String| Error::Refused(format!("{}: {what}; it cannot be resumed", path.display()));
+    let column = t
+        .col(name)
+        .ok_or_else(|| refused(format!("no column `{name}`")))?;
+    get(column).ok_or_else(|| refused(format!("`{name}` is not {kind} column")))
 }
 
 /// Number of rows in a Parquet file (for tests and checks).
@@ -672,4 +643,155 @@ pub fn read_row_count(path: &Path) -> Result<i64> {
         source,
     })?;
     Ok(reader.metadata().file_metadata().num_rows())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn records(sweep: &Sweep) -> Vec<TrialRecord> {
+        let at = |us: u64| Some(UNIX_EPOCH + Duration::from_micros(us));
+        let record = |i: usize, status, attempts, summary| TrialRecord {
+            trial: sweep.trials[i].clone(),
+            status,
+            attempts,
+            handed_back: 0,
+            summary,
+            last_step: 0,
+            persisted: true,
+        };
+        vec![
+            record(
+                0,
+                Status::Completed,
+                2,
+                Summary {
+                    worker: Some("w1-0000-h".into()),
+                    device: Some("cuda:0".into()),
+                    started_at: at(1_700_000_000_123_456),
+                    ended_at: at(1_700_000_100_654_321),
+                    final_test_acc: Some(0.875),
+                    final_train_loss: Some(0.25),
+                    error: None,
+                },
+            ),
+            record(
+                1,
+                Status::Failed,
+                3,
+                Summary {
+                    started_at: at(1_700_000_000_000_001),
+                    error: Some("out of memory".into()),
+                    ..Summary::default()
+                },
+            ),
+            record(2, Status::Queued, 0, Summary::default()),
+        ]
+    }
+
+    fn sweep() -> Sweep {
+        Sweep::parse("s.yaml", "name: s\nparameters:\n  lr: [0.1, 0.2, 0.3]\n").unwrap()
+    }
+
+    /// trials.parquet of these records, with column `name` replaced by `array` (or dropped).
+    fn written(
+        dir: &Path,
+        records: &[TrialRecord],
+        name: &str,
+        array: Option<ArrayRef>,
+    ) -> PathBuf {
+        let batch = trials_batch(&param_columns(&sweep()), records).unwrap();
+        let (mut fields, mut arrays): (Vec<Field>, Vec<ArrayRef>) = (Vec::new(), Vec::new());
+        for (f, a) in batch.schema().fields().iter().zip(batch.columns()) {
+            match (f.name() == name, &array) {
+                (false, _) => {
+                    fields.push(f.as_ref().clone());
+                    arrays.push(a.clone());
+                }
+                (true, Some(other)) => {
+                    fields.push(Field::new(name, other.data_type().clone(), true));
+                    arrays.push(other.clone());
+                }
+                (true, None) => {}
+            }
+        }
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).unwrap();
+        let path = dir.join("trials.parquet");
+        write_parquet(&path, &batch).unwrap();
+        path
+    }
+
+    #[test]
+    fn trials_parquet_reads_back_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = records(&sweep());
+        let path = written(dir.path(), &records, "", None);
+        let expected: Vec<Prior> = records
+            .iter()
+            .map(|r| Prior {
+                trial_id: r.trial.id.clone(),
+                status: Some(r.status),
+                attempts: r.attempts,
+                summary: r.summary.clone(),
+            })
+            .collect();
+        assert_eq!(read_trials(&path).unwrap(), expected);
+        // No trials: no rows, and nothing refused.
+        let path = written(dir.path(), &[], "", None);
+        assert_eq!(read_trials(&path).unwrap(), []);
+    }
+
+    /// A column missing, or of another type, refuses the file, naming the column.
+    #[test]
+    fn trials_parquet_without_a_column_of_its_type_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = records(&sweep());
+        let refusal = |name: &str, array: Option<ArrayRef>| {
+            let path = written(dir.path(), &records, name, array);
+            let err = read_trials(&path).unwrap_err();
+            assert!(matches!(err, Error::Refused(_)), "{err}");
+            let err = err.to_string();
+            assert!(err.ends_with("; it cannot be resumed"), "{err}");
+            assert!(err.starts_with(&path.display().to_string()), "{err}");
+            err
+        };
+        let ints: ArrayRef = Arc::new(Int64Array::from(vec![1; 3]));
+        for name in [
+            "trial_id",
+            "worker",
+            "attempts",
+            "final_train_loss",
+            "ended_at",
+        ] {
+            let err = refusal(name, None);
+            assert!(err.contains(&format!(": no column `{name}`;")), "{err}");
+        }
+        for (name, kind) in [
+            ("status", "a string"),
+            ("error", "a string"),
+            ("final_test_acc", "a double"),
+            ("started_at", "a timestamp"),
+        ] {
+            let err = refusal(name, Some(ints.clone()));
+            assert!(
+                err.contains(&format!(": `{name}` is not {kind} column;")),
+                "{err}"
+            );
+        }
+        let as_text: ArrayRef = Arc::new(StringArray::from(vec!["1"; 3]));
+        let err = refusal("attempts", Some(as_text));
+        assert!(
+            err.contains(": `attempts` is not an int64 column;"),
+            "{err}"
+        );
+        // Timestamps of another unit are not read as microseconds.
+        let millis: ArrayRef = Arc::new(arrow_array::TimestampMillisecondArray::from(vec![1; 3]));
+        let err = refusal("ended_at", Some(millis));
+        assert!(
+            err.contains(": `ended_at` is not a timestamp column;"),
+            "{err}"
+        );
+    }
 }
