@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::report::svg::fmt_num;
 use crate::results::columns::{read_table, Column, Table};
 use crate::sweep::Sweep;
+use crate::trial::Status;
 
 /// A column's value at `i` as text, numbers written short; None for a null, a timestamp or a
 /// column of another type.
@@ -58,7 +59,8 @@ impl Variant {
 pub struct TrialInfo {
     pub id: String,
     pub seed: i64,
-    pub status: String,
+    /// None: not one of the statuses bnsweep writes.
+    pub status: Option<Status>,
     pub final_test_acc: Option<f64>,
     /// The other swept parameters (lr, ...), e.g. "lr = 0.05": one figure each.
     pub panel: String,
@@ -120,7 +122,7 @@ impl Results {
                 trials.push(TrialInfo {
                     id: ids[i].clone().unwrap_or_default(),
                     seed: seed[i].unwrap_or(0.0) as i64,
-                    status: status[i].clone().unwrap_or_default(),
+                    status: status[i].as_deref().and_then(Status::parse),
                     final_test_acc: acc[i],
                     panel,
                     lr: lr[i],

@@ -18,6 +18,7 @@ use super::data::{texts, TrialInfo};
 use super::svg::{esc, fmt_num};
 use crate::results::columns::Table;
 use crate::sweep::Sweep;
+use crate::trial::Status;
 
 /// A net "trains" when its final test accuracy reaches this: twice chance for 10 classes.
 pub const TRAINS_FROM: f64 = 0.2;
@@ -135,7 +136,7 @@ pub struct TrialSummary {
     pub noise: f64,
     pub seed: i64,
     /// `completed`, `diverged`, `failed`, `running` or `queued`.
-    pub status: String,
+    pub status: Option<Status>,
     pub final_test_acc: Option<f64>,
     pub layers: Option<LayerSummary>,
     pub landscape: Option<LandscapeSummary>,
@@ -290,7 +291,7 @@ pub fn summarize(
         bn: info.variant.bn,
         noise: info.variant.noise,
         seed: info.seed,
-        status: info.status.clone(),
+        status: info.status,
         final_test_acc: info.final_test_acc,
         layers: layers.map(layer_summary),
         landscape: landscape.map(landscape_summary),
@@ -471,15 +472,17 @@ fn groups(ts: &[&TrialSummary]) -> Vec<Group> {
 }
 
 fn finished(t: &TrialSummary) -> bool {
-    t.status == "completed" || t.status == "diverged"
+    matches!(t.status, Some(Status::Completed | Status::Diverged))
 }
 
 /// A finished trial's accuracy for the claims: its final test accuracy, chance when it diverged
 /// (or has none).
 pub fn accuracy(t: &TrialSummary) -> Option<f64> {
-    match t.status.as_str() {
-        "completed" => Some(t.final_test_acc.filter(|a| a.is_finite()).unwrap_or(CHANCE)),
-        "diverged" => Some(CHANCE),
+    match t.status {
+        Some(Status::Completed) => {
+            Some(t.final_test_acc.filter(|a| a.is_finite()).unwrap_or(CHANCE))
+        }
+        Some(Status::Diverged) => Some(CHANCE),
         _ => None,
     }
 }
@@ -487,7 +490,7 @@ pub fn accuracy(t: &TrialSummary) -> Option<f64> {
 /// Whether a finished trial trained: it completed with a test accuracy of at least
 /// `TRAINS_FROM`.
 pub fn trains(t: &TrialSummary) -> Option<bool> {
-    accuracy(t).map(|a| t.status == "completed" && a >= TRAINS_FROM)
+    accuracy(t).map(|a| t.status == Some(Status::Completed) && a >= TRAINS_FROM)
 }
 
 /// The trials in panel order.
@@ -683,7 +686,7 @@ impl Draft {
         }
         let pending = trials
             .iter()
-            .filter(|t| t.status == "running" || t.status == "queued")
+            .filter(|t| matches!(t.status, Some(Status::Running | Status::Queued)))
             .count()
             + ctx.unrecorded;
         if pending > 0 {
@@ -691,7 +694,10 @@ impl Draft {
                 "{pending} trial(s) have not finished yet: the verdict may change."
             ));
         }
-        let failed = trials.iter().filter(|t| t.status == "failed").count();
+        let failed = trials
+            .iter()
+            .filter(|t| t.status == Some(Status::Failed))
+            .count();
         if failed > 0 {
             self.caveat(format!(
                 "{failed} failed trial(s) are left out (their `error` is in trials.parquet)."
@@ -983,7 +989,8 @@ fn bn_vs_no_bn(
                 };
                 let mut n: BTreeMap<&str, usize> = BTreeMap::new();
                 for t in in_group(&all, g) {
-                    *n.entry(t.status.as_str()).or_default() += 1;
+                    *n.entry(t.status.map_or("unknown", Status::as_str))
+                        .or_default() += 1;
                 }
                 let n: Vec<String> = n.iter().map(|(s, k)| format!("{k} {s}")).collect();
                 let _ = write!(text, " (its trials: {})", n.join(", "));
@@ -1152,7 +1159,7 @@ pub fn claim_e(trials: &[TrialSummary], ctx: &Context) -> Finding {
         bn_vs_no_bn(
             &mut d,
             trials,
-            &|t| t.status == "completed",
+            &|t| t.status == Some(Status::Completed),
             &quantities,
             &nothing,
         );
@@ -1351,7 +1358,7 @@ mod tests {
             bn,
             noise,
             seed,
-            status: status.into(),
+            status: Status::parse(status),
             final_test_acc: Some(acc),
             layers: None,
             landscape: None,
@@ -1431,7 +1438,7 @@ mod tests {
             .iter_mut()
             .find(|t| t.lr == Some(0.5) && !t.bn && t.seed == 1)
             .unwrap();
-        one.status = "completed".into();
+        one.status = Some(Status::Completed);
         one.final_test_acc = Some(0.5);
         let f = claim_a(&t, &ALL);
         assert_eq!(f.verdict, Verdict::Mixed, "{f:?}");
@@ -1461,7 +1468,7 @@ mod tests {
         );
         // Still running at the higher rate: no verdict yet, and said so.
         let mut t = two_rates(("diverged", 0.1), ("running", 0.0));
-        for x in t.iter_mut().filter(|t| t.status == "running") {
+        for x in t.iter_mut().filter(|t| t.status == Some(Status::Running)) {
             x.final_test_acc = None;
         }
         let f = claim_a(&t, &ALL);
@@ -1490,7 +1497,7 @@ mod tests {
         // Diverged no BN counts at chance: noisy BN is above it.
         let mut t = noisy(0.80, 0.78, 0.60);
         for x in t.iter_mut().filter(|t| !t.bn) {
-            x.status = "diverged".into();
+            x.status = Some(Status::Diverged);
             x.final_test_acc = Some(0.9);
         }
         assert_eq!(claim_b(&t, &ALL).verdict, Verdict::Supported);
@@ -1760,7 +1767,7 @@ mod tests {
         // Diverged trials are left out: only completed nets "end" somewhere.
         let mut t = distances(0.2, 0.5);
         for x in t.iter_mut().filter(|t| !t.bn) {
-            x.status = "diverged".into();
+            x.status = Some(Status::Diverged);
         }
         let f = claim_e(&t, &ALL);
         assert_eq!(f.verdict, Verdict::NotEnoughData, "{f:?}");

@@ -17,6 +17,7 @@ use bnsweep_proto as pb;
 
 use crate::error::{Error, Result};
 use crate::results::columns::Table;
+use crate::trial::Status;
 use data::{texts, Results, TrialInfo, Variant};
 use svg::{esc, Chart, Series, PALETTE};
 
@@ -247,8 +248,18 @@ fn load_trials(results: &Results) -> Result<Vec<TrialData>> {
 /// Where the sweep stands, and what is missing.
 fn sweep_status(results: &Results, trials: &[TrialData]) -> Vec<String> {
     let total = results.sweep.trials.len();
-    let count = |s: &str| results.trials.iter().filter(|t| t.status == s).count();
-    let (completed, diverged, failed) = (count("completed"), count("diverged"), count("failed"));
+    let count = |s: Status| {
+        results
+            .trials
+            .iter()
+            .filter(|t| t.status == Some(s))
+            .count()
+    };
+    let (completed, diverged, failed) = (
+        count(Status::Completed),
+        count(Status::Diverged),
+        count(Status::Failed),
+    );
     let finished = completed + diverged + failed;
     let mut status = vec![format!(
         "{finished} of {total} trials finished: {completed} completed, {diverged} diverged, {failed} failed."
@@ -256,8 +267,8 @@ fn sweep_status(results: &Results, trials: &[TrialData]) -> Vec<String> {
     if finished < total {
         status.push(format!(
             "Partial results: {} running, {} queued, {} not yet recorded. The figures show what has arrived; run `bnsweep report` again for more.",
-            count("running"),
-            count("queued"),
+            count(Status::Running),
+            count(Status::Queued),
             total.saturating_sub(results.trials.len())
         ));
     }
@@ -283,20 +294,20 @@ fn accuracy_table(results: &Results, figures: &Figures<'_>) -> Vec<AccuracyRow> 
             }
             let accs: Vec<f64> = g
                 .iter()
-                .filter(|t| t.info.status == "completed")
+                .filter(|t| t.info.status == Some(Status::Completed))
                 .filter_map(|t| t.info.final_test_acc)
                 .collect();
             let (mean, sd) = mean_sd(&accs);
-            let st = |s: &str| g.iter().filter(|t| t.info.status == s).count();
+            let st = |s: Status| g.iter().filter(|t| t.info.status == Some(s)).count();
             table.push(AccuracyRow {
                 panel: p.clone(),
                 variant: v.label(),
                 mean,
                 sd,
                 seeds: g.len(),
-                finished: st("completed") + st("diverged") + st("failed"),
-                diverged: st("diverged"),
-                failed: st("failed"),
+                finished: st(Status::Completed) + st(Status::Diverged) + st(Status::Failed),
+                diverged: st(Status::Diverged),
+                failed: st(Status::Failed),
             });
         }
     }
