@@ -32,7 +32,7 @@ pub struct ParamColumn {
     pub field: &'static str,
 }
 
-pub fn param_columns(sweep: &Sweep) -> Vec<ParamColumn> {
+pub(crate) fn param_columns(sweep: &Sweep) -> Vec<ParamColumn> {
     sweep
         .param_columns()
         .into_iter()
@@ -128,7 +128,7 @@ fn key_columns(
     (fields, arrays)
 }
 
-pub fn train_batch(
+pub(crate) fn train_batch(
     params: &[ParamColumn],
     record: &TrialRecord,
     rows: &[pb::TrainRow],
@@ -167,7 +167,7 @@ pub fn train_batch(
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
 }
 
-pub fn eval_batch(
+pub(crate) fn eval_batch(
     params: &[ParamColumn],
     record: &TrialRecord,
     rows: &[pb::EvalRow],
@@ -253,7 +253,7 @@ fn finish(
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
 }
 
-pub fn layers_batch(
+pub(crate) fn layers_batch(
     params: &[ParamColumn],
     record: &TrialRecord,
     rows: &[pb::LayerRow],
@@ -322,7 +322,7 @@ pub fn layers_batch(
     finish(fields, arrays, columns)
 }
 
-pub fn landscape_batch(
+pub(crate) fn landscape_batch(
     params: &[ParamColumn],
     record: &TrialRecord,
     rows: &[pb::LandscapeRow],
@@ -373,7 +373,7 @@ pub fn landscape_batch(
     )
 }
 
-pub fn activations_batch(
+pub(crate) fn activations_batch(
     params: &[ParamColumn],
     record: &TrialRecord,
     rows: &[pb::ActivationRow],
@@ -415,7 +415,7 @@ fn micros(t: Option<SystemTime>) -> Option<i64> {
     })
 }
 
-pub fn trials_batch(params: &[ParamColumn], records: &[TrialRecord]) -> Result<RecordBatch> {
+pub(crate) fn trials_batch(params: &[ParamColumn], records: &[TrialRecord]) -> Result<RecordBatch> {
     let refs: Vec<&TrialRecord> = records.iter().collect();
     let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
     let mut fields = vec![Field::new("trial_id", DataType::Utf8, false)];
@@ -483,7 +483,7 @@ const SMALL_TABLE: u64 = 4096;
 const ROW_GROUP: usize = 65_536;
 
 /// Writes a ZSTD-compressed Parquet file under a temporary name, then renames it into place.
-pub fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<()> {
+pub(crate) fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<()> {
     let mut table = TableWriter::create(path, batch.schema(), batch.num_rows() as u64)?;
     match table.write(batch) {
         Ok(()) => table.finish().map(|_| ()),
@@ -500,7 +500,7 @@ pub fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<()> {
 ///
 /// [`finish`]: TableWriter::finish
 /// [`abandon`]: TableWriter::abandon
-pub struct TableWriter {
+pub(crate) struct TableWriter {
     tmp: std::path::PathBuf,
     path: std::path::PathBuf,
     writer: ArrowWriter<File>,
@@ -509,7 +509,7 @@ pub struct TableWriter {
 
 impl TableWriter {
     /// Starts a table of `rows` rows (which picks its compression) and this schema.
-    pub fn create(path: &Path, schema: SchemaRef, rows: u64) -> Result<TableWriter> {
+    pub(crate) fn create(path: &Path, schema: SchemaRef, rows: u64) -> Result<TableWriter> {
         let tmp = super::tmp_path(path);
         let created = Self::writer(&tmp, path, schema, rows);
         if created.is_err() {
@@ -539,7 +539,7 @@ impl TableWriter {
         ArrowWriter::try_new(file, schema, Some(props)).map_err(|e| parquet_error(path, e))
     }
 
-    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+    pub(crate) fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         self.writer
             .write(batch)
             .map_err(|e| parquet_error(&self.path, e))?;
@@ -549,7 +549,7 @@ impl TableWriter {
 
     /// Closes the file, syncs it, and renames it into place; the rename is made durable by
     /// syncing the directory (the caller's to do). Returns the rows written.
-    pub fn finish(self) -> Result<u64> {
+    pub(crate) fn finish(self) -> Result<u64> {
         let TableWriter {
             tmp,
             path,
@@ -569,7 +569,7 @@ impl TableWriter {
     }
 
     /// Gives the table up: its temporary file goes.
-    pub fn abandon(self) {
+    pub(crate) fn abandon(self) {
         drop(self.writer);
         let _ = std::fs::remove_file(&self.tmp);
     }
@@ -583,7 +583,7 @@ fn parquet_error(path: &Path, source: parquet::errors::ParquetError) -> Error {
 }
 
 /// Reads `trials.parquet` back. A column it lacks, or of another type, refuses it.
-pub fn read_trials(path: &Path) -> Result<Vec<Prior>> {
+pub(crate) fn read_trials(path: &Path) -> Result<Vec<Prior>> {
     let t = read_table(path)?;
     let strings = |name| typed(&t, path, name, "a string", Column::strings);
     let (ids, status, worker, device, error) = (
