@@ -78,6 +78,8 @@ impl Entry {
 struct Member {
     secret: String,
     host: String,
+    /// Its last call here.
+    last_seen: Instant,
 }
 
 /// The registered workers, and how their ids are given out (as a sweep gives them out).
@@ -218,8 +220,9 @@ impl Hub {
     }
 
     /// The upkeep of every sweep not yet finished ([`crate::server::upkeep`]); says when one
-    /// finishes.
+    /// finishes. Silent workers are forgotten.
     pub fn upkeep(&self) {
+        self.forget_silent(Instant::now());
         for e in self.entries() {
             if e.finished.load(Ordering::Relaxed) {
                 continue;
@@ -266,16 +269,39 @@ impl Hub {
         }
     }
 
+    /// Checks a worker's call and notes that it was heard from; its host.
     fn authenticate(&self, worker_id: &str, secret: &str) -> Result<String> {
-        let workers = self.workers.lock().expect("workers");
+        let mut workers = self.workers.lock().expect("workers");
         let w = workers
             .by_id
-            .get(worker_id)
+            .get_mut(worker_id)
             .ok_or_else(|| Error::UnknownWorker(worker_id.to_string()))?;
         if !pb::auth::same(w.secret.as_bytes(), secret.as_bytes()) {
             return Err(Error::WrongSecret(worker_id.to_string()));
         }
+        w.last_seen = Instant::now();
         Ok(w.host.clone())
+    }
+
+    /// Forgets the workers not heard from for longer than the worker timeout (every sweep
+    /// has declared them lost by then), so that the server holds the workers alive now, not
+    /// every worker it ever saw; one that comes back is told it is unknown and registers
+    /// again.
+    fn forget_silent(&self, now: Instant) {
+        let timeout = self.policy.worker_timeout;
+        let mut workers = self.workers.lock().expect("workers");
+        workers.by_id.retain(|id, w| {
+            let alive = now.saturating_duration_since(w.last_seen) <= timeout;
+            if !alive {
+                tracing::info!(worker = %id, host = %w.host, "worker forgotten (silent for over {timeout:?})");
+            }
+            alive
+        });
+    }
+
+    /// Workers registered and heard from within the worker timeout.
+    pub fn registered_workers(&self) -> usize {
+        self.workers.lock().expect("workers").by_id.len()
     }
 
     /// A worker's id and secret: the ones it had when this server (or, after a restart, one
@@ -299,6 +325,7 @@ impl Hub {
                 let member = Member {
                     secret: previous_secret.to_string(),
                     host: host.to_string(),
+                    last_seen: Instant::now(),
                 };
                 by_id.insert(previous.to_string(), member);
                 return (previous.to_string(), previous_secret.to_string());
@@ -316,6 +343,7 @@ impl Hub {
         let member = Member {
             secret: secret.clone(),
             host: host.to_string(),
+            last_seen: Instant::now(),
         };
         by_id.insert(id.clone(), member);
         (id, secret)

@@ -217,3 +217,55 @@ async fn a_finished_sweep_stays_finished_across_a_restart_until_resumed() {
     service.submit(Request::new(resume)).await.unwrap();
     assert_eq!(poll(&service, &mut who, 1).await, ["f"]);
 }
+
+/// A worker silent for longer than the worker timeout is forgotten (the server holds the
+/// workers alive now, not every one it ever saw): its next call is answered NOT_FOUND, and it
+/// registers again under a new id. A worker that keeps polling stays.
+#[tokio::test]
+async fn a_silent_worker_is_forgotten_and_registers_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let timeout = std::time::Duration::from_secs(1);
+    let policy = Policy {
+        worker_timeout: timeout,
+        ..Policy::default()
+    };
+    let hub = Hub::open(dir.path(), policy).unwrap();
+    let service = HubService(hub.clone());
+    let (mut silent, mut polling) = (register(&service).await, register(&service).await);
+    assert_eq!(hub.registered_workers(), 2);
+    // The point of the test is time passing: the polling worker's calls go on meanwhile.
+    let until = std::time::Instant::now() + 2 * timeout;
+    while std::time::Instant::now() < until {
+        poll(&service, &mut polling, 0).await;
+        tokio::time::sleep(timeout / 10).await;
+    }
+    hub.upkeep();
+    assert_eq!(hub.registered_workers(), 1);
+    poll(&service, &mut polling, 0).await;
+    let gone = service
+        .poll_work(Request::new(pb::PollWorkRequest {
+            worker_id: silent.id.clone(),
+            worker_secret: silent.secret.clone(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::NotFound, "{gone:?}");
+    let again = service
+        .register(Request::new(pb::RegisterRequest {
+            host: "h".into(),
+            devices: vec!["cpu".into()],
+            slots: 8,
+            version: pb::PROTOCOL_VERSION.into(),
+            previous_worker_id: silent.id.clone(),
+            previous_worker_secret: silent.secret.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(again.worker_id, silent.id);
+    silent.id = again.worker_id;
+    silent.secret = again.worker_secret;
+    poll(&service, &mut silent, 0).await;
+    assert_eq!(hub.registered_workers(), 2);
+}
