@@ -8,8 +8,8 @@
 #   bench/slot_kill.sh CIFAR_DIR --device cuda     # GPU: 4 trials of 3,000 steps, kill at 20 s
 #   bench/slot_kill.sh CIFAR_DIR                   # CPU dry run: width 0.125, 300 steps, 10 s
 #
-# Environment: BNSWEEP, WORKER (default target/release/...), READER (a python with pyarrow;
-# default python3), OUT (default a temporary directory).
+# Environment: BNSWEEP (default target/release/bnsweep), WORKER (default: beside it), READER
+# (a python with pyarrow; default python3), OUT (default a temporary directory).
 set -euo pipefail
 source "$(dirname "$0")/cifar_args.sh"
 reader="${READER:-python3}"

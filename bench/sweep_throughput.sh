@@ -14,8 +14,9 @@
 # The PyTorch row is bench/pytorch_eager.py (same model, batch, optimizer, data handling on the
 # device, no measurements) run as one process per trial, one after another, TRIALS_TORCH times.
 #
-# Environment: STEPS, K (slots, default 4), CONFIGS (below), TRIALS_TORCH (0: no PyTorch row), BNSWEEP and WORKER (target/release/...), PYTHON
-# (with torch 2.11; default python3), OUT (default a temporary directory).
+# Environment: STEPS, K (slots, default 4), CONFIGS (below), TRIALS_TORCH (0: no PyTorch row),
+# BNSWEEP (default target/release/bnsweep) and WORKER (default: beside it), PYTHON (with torch
+# 2.11; default python3), OUT (default a temporary directory).
 set -euo pipefail
 source "$(dirname "$0")/cifar_args.sh"
 python="${PYTHON:-python3}"

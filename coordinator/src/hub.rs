@@ -8,7 +8,9 @@
 //! that workers need nothing new. Each poll lets every sweep hear from the worker (its
 //! heartbeat there), then fills the worker's free slots: sweeps of a higher `priority` first;
 //! among sweeps of equal priority one trial each in turn, beginning one sweep further on at
-//! every poll, so that a large sweep does not starve a small one.
+//! every poll, so that a large sweep does not starve a small one. A worker that stops
+//! polling is forgotten after the worker timeout, so that the registry holds the workers
+//! alive now.
 //!
 //! `bnsweep cancel --sweep S` takes S's running attempts back at once (see
 //! [`crate::scheduler::Scheduler::recall`]) and marks its directory (`.cancelled`), so that a
@@ -283,10 +285,11 @@ impl Hub {
         Ok(w.host.clone())
     }
 
-    /// Forgets the workers not heard from for longer than the worker timeout (every sweep
-    /// has declared them lost by then), so that the server holds the workers alive now, not
-    /// every worker it ever saw; one that comes back is told it is unknown and registers
-    /// again.
+    /// Forgets the workers that have not polled for longer than the worker timeout (a sweep
+    /// still running has declared them lost by then), so that the server holds the workers
+    /// alive now, not every worker it ever saw. One that comes back is told at its next poll
+    /// that it is unknown and registers again: it gets its id back where a sweep still holds
+    /// it with its secret (a finished sweep does not expire its workers), a new one otherwise.
     fn forget_silent(&self, now: Instant) {
         let timeout = self.policy.worker_timeout;
         let mut workers = self.workers.lock().expect("workers");
@@ -299,7 +302,7 @@ impl Hub {
         });
     }
 
-    /// Workers registered and heard from within the worker timeout.
+    /// Workers registered and not yet forgotten (see `upkeep`).
     pub fn registered_workers(&self) -> usize {
         self.workers.lock().expect("workers").by_id.len()
     }

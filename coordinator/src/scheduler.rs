@@ -409,8 +409,10 @@ impl Scheduler {
             let n = had[table] + batch.rows_of(table) as u64;
             if n > max {
                 return Err(Error::InvalidArgument(format!(
-                    "trial {} attempt {}: {n} {table} rows, more than the trial can produce ({max})",
-                    batch.trial_id, batch.attempt
+                    "trial {} attempt {}: {n} {} rows, more than the trial can produce ({max})",
+                    batch.trial_id,
+                    batch.attempt,
+                    table.row_name()
                 )));
             }
         }
@@ -1019,7 +1021,13 @@ mod tests {
             layers: vec![pb::LayerRow::default()],
             ..batch(&w, &t, 1, 2, 11..11)
         };
-        assert!(s.metrics(layers, now).is_err(), "nothing is measured");
+        assert!(
+            matches!(
+                s.metrics(layers, now),
+                Err(Error::InvalidArgument(m)) if m.contains("1 layer rows") && m.contains("(0)")
+            ),
+            "nothing is measured"
+        );
     }
 
     /// The coordinator keeps counts of a running attempt, not its rows: its memory is the same

@@ -1,5 +1,6 @@
 //! The long-running coordinator's handlers in process (`bnsweep server`), on a temporary data
-//! directory: the order in which sweeps get a worker's free slots.
+//! directory: the order in which sweeps get a worker's free slots, cancelling, restarts, and
+//! forgetting silent workers.
 
 use bnsweep::hub::{Hub, HubService};
 use bnsweep::scheduler::Policy;
@@ -268,4 +269,57 @@ async fn a_silent_worker_is_forgotten_and_registers_again() {
     silent.secret = again.worker_secret;
     poll(&service, &mut silent, 0).await;
     assert_eq!(hub.registered_workers(), 2);
+}
+
+/// A worker the server forgot while a sweep still holds it (a finished sweep does not expire
+/// its workers) gets its id back when it registers again with its secret.
+#[tokio::test]
+async fn a_forgotten_worker_a_sweep_still_holds_gets_its_id_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let timeout = std::time::Duration::from_millis(200);
+    let policy = Policy {
+        worker_timeout: timeout,
+        ..Policy::default()
+    };
+    let hub = Hub::open(dir.path(), policy).unwrap();
+    let service = HubService(hub.clone());
+    service
+        .submit(Request::new(sweep("f", 1, "")))
+        .await
+        .unwrap();
+    let mut who = register(&service).await;
+    assert_eq!(poll(&service, &mut who, 1).await, ["f"]);
+    let outcome = pb::TrialOutcome {
+        worker_id: who.id.clone(),
+        worker_secret: who.secret.clone(),
+        trial_id: who.running[0].trial_id.clone(),
+        attempt: 1,
+        status: pb::TrialStatus::Failed as i32,
+        error: "the data is not there".into(),
+        ..Default::default()
+    };
+    service.finish_trial(Request::new(outcome)).await.unwrap();
+    hub.upkeep();
+    assert!(hub.statuses()[0].finished);
+    // The point of the test is time passing: the worker is silent for twice the timeout.
+    tokio::time::sleep(2 * timeout).await;
+    hub.upkeep();
+    assert_eq!(hub.registered_workers(), 0);
+    let again = service
+        .register(Request::new(pb::RegisterRequest {
+            host: "h".into(),
+            devices: vec!["cpu".into()],
+            slots: 8,
+            version: pb::PROTOCOL_VERSION.into(),
+            previous_worker_id: who.id.clone(),
+            previous_worker_secret: who.secret.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (again.worker_id, again.worker_secret),
+        (who.id.clone(), who.secret.clone())
+    );
+    assert_eq!(hub.registered_workers(), 1);
 }

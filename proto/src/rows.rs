@@ -49,6 +49,17 @@ impl Table {
         }
     }
 
+    /// What one row of this table is called in messages: its [`Row`] kind, in lower case.
+    pub fn row_name(self) -> &'static str {
+        match self {
+            Table::Train => "train",
+            Table::Eval => "eval",
+            Table::Layers => "layer",
+            Table::Landscape => "landscape",
+            Table::Activations => "activation",
+        }
+    }
+
     /// Whether every trial has this table (train and eval), rather than only trials that
     /// measure something.
     pub fn always(self) -> bool {
@@ -87,20 +98,14 @@ impl Counts {
         }
     }
 
+    /// The counts in [`Table::ALL`]'s order.
+    pub fn per_table(&self) -> [u64; 5] {
+        self.0
+    }
+
     /// Rows of every table together.
     pub fn total(&self) -> u64 {
         self.0.iter().sum()
-    }
-}
-
-/// `train 10, eval 1, layers 0, landscape 0, activations 0`.
-impl std::fmt::Display for Counts {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, t) in Table::ALL.into_iter().enumerate() {
-            let sep = if i == 0 { "" } else { ", " };
-            write!(f, "{sep}{t} {}", self[t])?;
-        }
-        Ok(())
     }
 }
 
@@ -229,10 +234,7 @@ mod tests {
         let mut twice = c;
         twice.add(&c);
         assert_eq!(twice[Table::Activations], 10);
-        assert_eq!(
-            c.to_string(),
-            "train 1, eval 2, layers 3, landscape 4, activations 5"
-        );
+        assert_eq!(c.per_table(), [1, 2, 3, 4, 5]);
     }
 
     #[test]
@@ -242,6 +244,8 @@ mod tests {
             names,
             ["train", "eval", "layers", "landscape", "activations"]
         );
+        let rows: Vec<&str> = Table::ALL.iter().map(|t| t.row_name()).collect();
+        assert_eq!(rows, ["train", "eval", "layer", "landscape", "activation"]);
         let always: Vec<Table> = Table::ALL.into_iter().filter(|t| t.always()).collect();
         assert_eq!(always, [Table::Train, Table::Eval]);
     }

@@ -521,7 +521,7 @@ fn a_killed_coordinator_resumes_without_losing_or_rerunning_trials() {
         std::fs::read_dir(&journal)
             .map(|d| {
                 d.flatten().any(|e| {
-                    // A slot file holding another trial's lease and some rows.
+                    // A journal file holding another trial's lease and some rows.
                     let bytes = std::fs::read(e.path()).unwrap_or_default();
                     e.path().extension().is_some_and(|x| x == "journal")
                         && bytes.len() > 200

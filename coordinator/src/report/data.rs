@@ -141,9 +141,12 @@ impl Results {
         })
     }
 
-    /// A trial's table (`train`, `eval`, `layers`, ...), if written.
-    pub fn table(&self, kind: &str, trial_id: &str) -> Result<Option<Table>> {
-        let path = self.dir.join(kind).join(format!("{trial_id}.parquet"));
+    /// A trial's table, if written.
+    pub fn table(&self, table: bnsweep_proto::Table, trial_id: &str) -> Result<Option<Table>> {
+        let path = self
+            .dir
+            .join(table.name())
+            .join(format!("{trial_id}.parquet"));
         if path.is_file() {
             read_table(&path).map(Some)
         } else {

@@ -135,7 +135,7 @@ pub struct TrialSummary {
     pub bn: bool,
     pub noise: f64,
     pub seed: i64,
-    /// `completed`, `diverged`, `failed`, `running` or `queued`.
+    /// As `trials.parquet` records it; None when it holds a status bnsweep does not write.
     pub status: Option<Status>,
     pub final_test_acc: Option<f64>,
     pub layers: Option<LayerSummary>,

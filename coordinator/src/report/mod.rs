@@ -232,7 +232,7 @@ fn load_trials(results: &Results) -> Result<Vec<TrialData>> {
         .trials
         .iter()
         .map(|info| {
-            let table = |t: pb::Table| results.table(t.name(), &info.id);
+            let table = |t| results.table(t, &info.id);
             Ok(TrialData {
                 info: info.clone(),
                 train: table(pb::Table::Train)?,

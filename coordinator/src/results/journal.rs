@@ -2,11 +2,11 @@
 //! leased attempt, holding the lease (a `JournalHeader`) and then every metric batch
 //! acknowledged for it. An empty file is free: an attempt that ends empties its file for
 //! the next one rather than deleting it, because creating and deleting a file per trial costs
-//! the file system more than the rest of the trial's bookkeeping. Every `*.journal` file in the
-//! directory is read back, whatever its name (earlier builds wrote `slot-N.journal`). A batch is appended before the
-//! worker gets its acknowledgement, so a coordinator killed mid-sweep loses no row it
-//! acknowledged: started again, it reads the journals back and the attempts carry on where they
-//! were.
+//! the file system more than the rest of the trial's bookkeeping. Every `*.journal` file in
+//! the directory is read back, whatever its name (earlier builds wrote `slot-N.journal`). A
+//! batch is appended before the worker gets its acknowledgement, so a coordinator killed
+//! mid-sweep loses no row it acknowledged: started again, it reads the journals back and the
+//! attempts carry on where they were.
 //!
 //! The journal is also where an attempt's rows are kept while it runs: the coordinator holds
 //! only their counts in memory ([`Tally`]), and the trial's tables are written by streaming its

@@ -145,7 +145,8 @@ impl ResultsDir {
         let lock = lock(dir)?;
         let mut priors = match holds(dir, sweep)? {
             Holding::Nothing => {
-                for sub in ["", "train", "eval", "logs"] {
+                let always = pb::Table::ALL.into_iter().filter(|t| t.always());
+                for sub in ["", "logs"].into_iter().chain(always.map(pb::Table::name)) {
                     let d = dir.join(sub);
                     fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
                 }
@@ -245,15 +246,11 @@ impl ResultsDir {
                 && trial.config.steps >= m.every
                 && (m.ics || m.weights || m.landscape.is_some() || m.activations.is_some())
         });
-        for table in [
-            pb::Table::Layers,
-            pb::Table::Landscape,
-            pb::Table::Activations,
-        ] {
+        for table in pb::Table::ALL.into_iter().filter(|t| !t.always()) {
             let needed = measured.is_some_and(|m| match table {
+                pb::Table::Train | pb::Table::Eval | pb::Table::Layers => true,
                 pb::Table::Landscape => m.landscape.is_some(),
                 pb::Table::Activations => m.activations.is_some(),
-                _ => true,
             });
             if rows(table)?.is_none() && needed {
                 return Err(format!("its {table} table is missing"));
@@ -316,14 +313,14 @@ impl ResultsDir {
         }
         tables.flush(&self.params, record)?;
         let read = reader.tally();
-        let (counted, journaled) = (tally.rows, read.rows);
+        let (counted, journaled) = (tally.rows.per_table(), read.rows.per_table());
         if counted != journaled {
             return Err(Error::io(
                 reader.path(),
                 std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     format!(
-                        "the journal of trial {} attempt {} holds {} batches with rows {journaled}, but {} batches with rows {counted} were acknowledged",
+                        "the journal of trial {} attempt {} holds {} batches with {journaled:?} rows (train, eval, layers, landscape, activations), but {} batches with {counted:?} were acknowledged",
                         record.trial.id, record.attempts, read.next_seq, tally.next_seq
                     ),
                 ),
@@ -431,17 +428,17 @@ fn start_table(
     rows: u64,
 ) -> Result<Box<dyn Sink>> {
     use std::mem::take;
-    let columns = (results, table, record, rows);
+    let target = (results, table, record, rows);
     match table {
-        pb::Table::Train => Streamed::create(columns, tables::train_batch, |b| take(&mut b.train)),
-        pb::Table::Eval => Streamed::create(columns, tables::eval_batch, |b| take(&mut b.eval)),
+        pb::Table::Train => Streamed::create(target, tables::train_batch, |b| take(&mut b.train)),
+        pb::Table::Eval => Streamed::create(target, tables::eval_batch, |b| take(&mut b.eval)),
         pb::Table::Layers => {
-            Streamed::create(columns, tables::layers_batch, |b| take(&mut b.layers))
+            Streamed::create(target, tables::layers_batch, |b| take(&mut b.layers))
         }
         pb::Table::Landscape => {
-            Streamed::create(columns, tables::landscape_batch, |b| take(&mut b.landscape))
+            Streamed::create(target, tables::landscape_batch, |b| take(&mut b.landscape))
         }
-        pb::Table::Activations => Streamed::create(columns, tables::activations_batch, |b| {
+        pb::Table::Activations => Streamed::create(target, tables::activations_batch, |b| {
             take(&mut b.activations)
         }),
     }
@@ -656,6 +653,84 @@ mod tests {
     /// though the journal holds a batch twice and was cut short by a kill (a torn last record)
     /// before the attempt carried on; and the files are the ones the same rows written in one
     /// go make. A journal that does not hold what was acknowledged writes nothing.
+    /// A journal holding rows of a table the attempt was not counted as having is refused, and
+    /// a table that cannot be started (its directory is a file) leaves none of the others'
+    /// temporary files behind.
+    #[test]
+    fn a_trial_s_tables_are_all_written_or_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let text = "name: s\nparameters:\n  lr: [0.1]\ntrain: {steps: 10}\n";
+        let sweep = Sweep::parse("s.yaml", text).unwrap();
+        let trial = sweep.trials[0].clone();
+        let header = pb::JournalHeader {
+            trial_id: trial.id.clone(),
+            attempt: 1,
+            ..Default::default()
+        };
+        let mut batch = pb::MetricsBatch {
+            trial_id: trial.id.clone(),
+            attempt: 1,
+            ..Default::default()
+        };
+        for step in 1..=10 {
+            batch.push(pb::Row::Train(pb::TrainRow {
+                step,
+                ..Default::default()
+            }));
+        }
+        batch.push(pb::Row::Eval(pb::EvalRow::default()));
+        batch.push(pb::Row::Layer(pb::LayerRow::default()));
+        batch.push(pb::Row::Landscape(pb::LandscapeRow::default()));
+        let (results, _) = ResultsDir::open(&out, &sweep).unwrap();
+        let j = results.journal();
+        j.sync(j.begin(&header).unwrap()).unwrap();
+        j.sync(j.append(&batch).unwrap()).unwrap();
+        let record = TrialRecord {
+            trial,
+            status: Status::Completed,
+            attempts: 1,
+            handed_back: 0,
+            summary: Summary::default(),
+            last_step: 10,
+            persisted: false,
+        };
+        let left = || {
+            ["train", "eval", "layers", "landscape"]
+                .iter()
+                .flat_map(|d| fs::read_dir(out.join(d)).into_iter().flatten())
+                .count()
+        };
+
+        let mut counted = Tally::default();
+        counted.take(&batch);
+        let mut without_layers = counted.clone();
+        without_layers.rows[pb::Table::Layers] = 0;
+        let err = results.write_trial(&record, &without_layers).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("holds layers rows that were not acknowledged"),
+            "{err}"
+        );
+        assert_eq!(left(), 0);
+
+        fs::remove_dir(out.join("landscape")).unwrap();
+        fs::write(out.join("landscape"), "a file where the directory goes").unwrap();
+        let err = results.write_trial(&record, &counted).unwrap_err();
+        assert!(err.to_string().contains("landscape"), "{err}");
+        assert_eq!(
+            left(),
+            0,
+            "train, eval and layers were started, then removed"
+        );
+
+        fs::remove_file(out.join("landscape")).unwrap();
+        results.write_trial(&record, &counted).unwrap();
+        for d in ["train", "eval", "layers", "landscape"] {
+            assert_eq!(fs::read_dir(out.join(d)).unwrap().count(), 1, "{d}");
+        }
+    }
+
     #[test]
     fn a_trial_s_tables_are_written_from_its_journal_each_row_once() {
         let dir = tempfile::tempdir().unwrap();
