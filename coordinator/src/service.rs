@@ -144,12 +144,18 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             s.workers()
                 .authenticate(&req.worker_id, &req.worker_secret)?;
             let resp = s.poll(&req.worker_id, req.free_slots, &req.running, Instant::now())?;
-            let workers = s.workers();
-            let secret = workers.secret_of(&req.worker_id).to_string();
-            let host = workers
-                .host_of(&req.worker_id)
-                .unwrap_or_default()
-                .to_string();
+            // What each new lease's journal header records of its worker (nothing to copy
+            // when the poll hands out no trial).
+            let (secret, host) = if resp.trials.is_empty() {
+                Default::default()
+            } else {
+                let workers = s.workers();
+                let host = workers.host_of(&req.worker_id).unwrap_or_default();
+                (
+                    workers.secret_of(&req.worker_id).to_string(),
+                    host.to_string(),
+                )
+            };
             for (n, t) in resp.trials.iter().enumerate() {
                 // Journaled before the worker hears of it: a restarted coordinator knows the
                 // lease. Not synced here: the attempt's first batch syncs its file, header
