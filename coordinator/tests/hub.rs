@@ -2,6 +2,8 @@
 //! directory: the order in which sweeps get a worker's free slots, cancelling, restarts, and
 //! forgetting silent workers.
 
+use std::sync::Arc;
+
 use bnsweep::hub::{Hub, HubService};
 use bnsweep::scheduler::Policy;
 use bnsweep_proto as pb;
@@ -38,13 +40,19 @@ struct Worker {
 }
 
 async fn register(hub: &HubService) -> Worker {
+    register_again(hub, None).await
+}
+
+/// Registers a worker that was `previous` (its id and secret) before.
+async fn register_again(hub: &HubService, previous: Option<&Worker>) -> Worker {
     let r = hub
         .register(Request::new(pb::RegisterRequest {
             host: "h".into(),
             devices: vec!["cpu".into()],
             slots: 8,
             version: pb::PROTOCOL_VERSION.into(),
-            ..Default::default()
+            previous_worker_id: previous.map(|w| w.id.clone()).unwrap_or_default(),
+            previous_worker_secret: previous.map(|w| w.secret.clone()).unwrap_or_default(),
         }))
         .await
         .unwrap()
@@ -54,6 +62,30 @@ async fn register(hub: &HubService) -> Worker {
         secret: r.worker_secret,
         running: Vec::new(),
     }
+}
+
+/// Sweep `f` of one trial, submitted, handed out to a new worker and failed there (a cause
+/// of the trial's, no retry), so that the sweep is finished; the worker.
+async fn finished_by_a_failure(hub: &Arc<Hub>) -> Worker {
+    let service = HubService(hub.clone());
+    service
+        .submit(Request::new(sweep("f", 1, "")))
+        .await
+        .unwrap();
+    let mut who = register(&service).await;
+    assert_eq!(poll(&service, &mut who, 1).await, ["f"]);
+    let outcome = pb::TrialOutcome {
+        worker_id: who.id.clone(),
+        worker_secret: who.secret.clone(),
+        trial_id: who.running[0].trial_id.clone(),
+        attempt: 1,
+        status: pb::TrialStatus::Failed as i32,
+        error: "the data is not there".into(),
+        ..Default::default()
+    };
+    service.finish_trial(Request::new(outcome)).await.unwrap();
+    hub.upkeep();
+    who
 }
 
 /// The sweeps of the trials one poll with `free` slots hands out, in order; the worker runs
@@ -183,24 +215,7 @@ async fn a_finished_sweep_stays_finished_across_a_restart_until_resumed() {
     let dir = tempfile::tempdir().unwrap();
     {
         let hub = Hub::open(dir.path(), Policy::default()).unwrap();
-        let service = HubService(hub.clone());
-        service
-            .submit(Request::new(sweep("f", 1, "")))
-            .await
-            .unwrap();
-        let mut who = register(&service).await;
-        assert_eq!(poll(&service, &mut who, 1).await, ["f"]);
-        let outcome = pb::TrialOutcome {
-            worker_id: who.id.clone(),
-            worker_secret: who.secret.clone(),
-            trial_id: who.running[0].trial_id.clone(),
-            attempt: 1,
-            status: pb::TrialStatus::Failed as i32,
-            error: "the data is not there".into(),
-            ..Default::default()
-        };
-        service.finish_trial(Request::new(outcome)).await.unwrap();
-        hub.upkeep();
+        finished_by_a_failure(&hub).await;
         let s = &hub.statuses()[0];
         assert!(s.finished && s.failed == 1, "{s:?}");
     }
@@ -219,20 +234,25 @@ async fn a_finished_sweep_stays_finished_across_a_restart_until_resumed() {
     assert_eq!(poll(&service, &mut who, 1).await, ["f"]);
 }
 
-/// A worker silent for longer than the worker timeout is forgotten (the server holds the
-/// workers alive now, not every one it ever saw): its next call is answered NOT_FOUND, and it
-/// registers again under a new id. A worker that keeps polling stays.
-#[tokio::test]
-async fn a_silent_worker_is_forgotten_and_registers_again() {
+/// A server whose workers are lost (and forgotten) after `timeout` without a poll.
+fn with_timeout(timeout: std::time::Duration) -> (Arc<Hub>, HubService, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let timeout = std::time::Duration::from_secs(1);
     let policy = Policy {
         worker_timeout: timeout,
         ..Policy::default()
     };
     let hub = Hub::open(dir.path(), policy).unwrap();
-    let service = HubService(hub.clone());
-    let (mut silent, mut polling) = (register(&service).await, register(&service).await);
+    (hub.clone(), HubService(hub), dir)
+}
+
+/// A worker silent for longer than the worker timeout is forgotten (the server holds the
+/// workers alive now, not every one it ever saw): its next call is answered NOT_FOUND, and it
+/// registers again under a new id. A worker that keeps polling stays.
+#[tokio::test]
+async fn a_silent_worker_is_forgotten_and_registers_again() {
+    let timeout = std::time::Duration::from_secs(1);
+    let (hub, service, _dir) = with_timeout(timeout);
+    let (silent, mut polling) = (register(&service).await, register(&service).await);
     assert_eq!(hub.registered_workers(), 2);
     // The point of the test is time passing: the polling worker's calls go on meanwhile.
     let until = std::time::Instant::now() + 2 * timeout;
@@ -252,22 +272,9 @@ async fn a_silent_worker_is_forgotten_and_registers_again() {
         .await
         .unwrap_err();
     assert_eq!(gone.code(), tonic::Code::NotFound, "{gone:?}");
-    let again = service
-        .register(Request::new(pb::RegisterRequest {
-            host: "h".into(),
-            devices: vec!["cpu".into()],
-            slots: 8,
-            version: pb::PROTOCOL_VERSION.into(),
-            previous_worker_id: silent.id.clone(),
-            previous_worker_secret: silent.secret.clone(),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_ne!(again.worker_id, silent.id);
-    silent.id = again.worker_id;
-    silent.secret = again.worker_secret;
-    poll(&service, &mut silent, 0).await;
+    let mut again = register_again(&service, Some(&silent)).await;
+    assert_ne!(again.id, silent.id);
+    poll(&service, &mut again, 0).await;
     assert_eq!(hub.registered_workers(), 2);
 }
 
@@ -275,50 +282,17 @@ async fn a_silent_worker_is_forgotten_and_registers_again() {
 /// its workers) gets its id back when it registers again with its secret.
 #[tokio::test]
 async fn a_forgotten_worker_a_sweep_still_holds_gets_its_id_back() {
-    let dir = tempfile::tempdir().unwrap();
     let timeout = std::time::Duration::from_millis(200);
-    let policy = Policy {
-        worker_timeout: timeout,
-        ..Policy::default()
-    };
-    let hub = Hub::open(dir.path(), policy).unwrap();
-    let service = HubService(hub.clone());
-    service
-        .submit(Request::new(sweep("f", 1, "")))
-        .await
-        .unwrap();
-    let mut who = register(&service).await;
-    assert_eq!(poll(&service, &mut who, 1).await, ["f"]);
-    let outcome = pb::TrialOutcome {
-        worker_id: who.id.clone(),
-        worker_secret: who.secret.clone(),
-        trial_id: who.running[0].trial_id.clone(),
-        attempt: 1,
-        status: pb::TrialStatus::Failed as i32,
-        error: "the data is not there".into(),
-        ..Default::default()
-    };
-    service.finish_trial(Request::new(outcome)).await.unwrap();
-    hub.upkeep();
+    let (hub, service, _dir) = with_timeout(timeout);
+    let who = finished_by_a_failure(&hub).await;
     assert!(hub.statuses()[0].finished);
     // The point of the test is time passing: the worker is silent for twice the timeout.
     tokio::time::sleep(2 * timeout).await;
     hub.upkeep();
     assert_eq!(hub.registered_workers(), 0);
-    let again = service
-        .register(Request::new(pb::RegisterRequest {
-            host: "h".into(),
-            devices: vec!["cpu".into()],
-            slots: 8,
-            version: pb::PROTOCOL_VERSION.into(),
-            previous_worker_id: who.id.clone(),
-            previous_worker_secret: who.secret.clone(),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let again = register_again(&service, Some(&who)).await;
     assert_eq!(
-        (again.worker_id, again.worker_secret),
+        (again.id, again.secret),
         (who.id.clone(), who.secret.clone())
     );
     assert_eq!(hub.registered_workers(), 1);
