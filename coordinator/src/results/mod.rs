@@ -447,7 +447,7 @@ fn start_table(
 /// The tables of a trial being written from its journal, each under a temporary name until
 /// every one is whole: train and eval always, a measurement table when the trial sent rows
 /// for it; in [`pb::Table::ALL`]'s order.
-struct TrialTables(Vec<(pb::Table, Box<dyn Sink>)>);
+struct TrialTables(Vec<Box<dyn Sink>>);
 
 impl TrialTables {
     fn create(results: &ResultsDir, record: &TrialRecord, tally: &Tally) -> Result<TrialTables> {
@@ -459,7 +459,7 @@ impl TrialTables {
                 continue;
             }
             match start_table(results, table, record, rows) {
-                Ok(sink) => made.0.push((table, sink)),
+                Ok(sink) => made.0.push(sink),
                 Err(e) => {
                     made.abandon();
                     return Err(e);
@@ -478,7 +478,7 @@ impl TrialTables {
         record: &TrialRecord,
         mut batch: pb::MetricsBatch,
     ) -> Result<()> {
-        for (_, sink) in &mut self.0 {
+        for sink in &mut self.0 {
             sink.add(params, record, &mut batch)?;
         }
         match pb::Table::ALL.into_iter().find(|&t| batch.rows_of(t) > 0) {
@@ -493,14 +493,14 @@ impl TrialTables {
     fn flush(&mut self, params: &[ParamColumn], record: &TrialRecord) -> Result<()> {
         self.0
             .iter_mut()
-            .try_for_each(|(_, sink)| sink.flush(params, record))
+            .try_for_each(|sink| sink.flush(params, record))
     }
 
     /// Syncs the tables and renames them into place, train first; returns their directories
     /// (to be synced). A table that cannot be finished removes the ones not yet renamed.
     fn finish(self) -> Result<Vec<PathBuf>> {
         let mut dirs = Vec::new();
-        let mut pending = self.0.into_iter().map(|(_, sink)| sink.into_parts());
+        let mut pending = self.0.into_iter().map(|sink| sink.into_parts());
         while let Some((writer, dir)) = pending.next() {
             if let Err(e) = writer.finish() {
                 pending.for_each(|(w, _)| w.abandon());
@@ -513,7 +513,7 @@ impl TrialTables {
 
     /// Removes every temporary file.
     fn abandon(self) {
-        for (_, sink) in self.0 {
+        for sink in self.0 {
             sink.into_parts().0.abandon();
         }
     }
